@@ -1,0 +1,48 @@
+"""`zreward <verb> ...`: a small dispatcher that forwards argv to the verb's module `main(argv)`.
+
+Modules are imported only when their verb runs, so `zreward --help` does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# verb -> (module with main(argv) -> int | None, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "world": ("zreward.data.shapes_world.cli", "ShapesWorld: build a dataset, render scenes, run the oracle"),
+    "data": ("zreward.data.convert", "convert public preference datasets to canonical records"),
+    "model": ("zreward.models.cli", "create tiny models from config (model init)"),
+    "score": ("zreward.serve.score_cli", "score a split directory with a saved Scorer"),
+    "demo": ("zreward.demo", "the main job: the ShapesWorld end-to-end demo"),
+}
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    lines = ["usage: zreward <verb> [args...]", "", "verbs:"]
+    lines += [f"  {v.ljust(width)}  {h}" for v, (_, h) in VERBS.items()]
+    lines += ["", "Every verb has --help."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from zreward import __version__
+
+        print(__version__)
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"zreward: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(VERBS[verb][0])
+    rc = module.main(rest)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
