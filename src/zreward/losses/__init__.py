@@ -1,0 +1,43 @@
+"""Loss functions of zreward: pure torch functions (tensors in, tensor out), one file per family.
+
+- distribution: KL / cross-entropy / EMD / JS between level logits and a target distribution, expected-score
+  regression.
+- pairwise: Thurstone fidelity, Bradley–Terry (with margin), score-gap Huber.
+- policy: GRPO group-relative advantages, clipped policy-gradient loss with k3 KL.
+- distill: TRL-compatible generalized JSD (GKD / OPD), RISD KL(p̄_T ‖ p_S), chain averaging.
+- rewarddance: cross-entropy on P("yes").
+"""
+from __future__ import annotations
+
+from zreward.losses.distill import generalized_jsd, mean_over_chains, risd_kl
+from zreward.losses.distribution import (
+    cross_entropy_levels,
+    emd_levels,
+    expected_score_loss,
+    js_levels,
+    kl_div_levels,
+    masked_reduce,
+)
+from zreward.losses.pairwise import bradley_terry, score_gap_huber, thurstone_fidelity
+from zreward.losses.policy import clipped_pg_loss, group_relative_advantages, k3_kl
+from zreward.losses.rewarddance import yes_no_ce, yes_probability
+
+__all__ = [
+    "kl_div_levels",
+    "cross_entropy_levels",
+    "emd_levels",
+    "js_levels",
+    "expected_score_loss",
+    "masked_reduce",
+    "thurstone_fidelity",
+    "bradley_terry",
+    "score_gap_huber",
+    "group_relative_advantages",
+    "clipped_pg_loss",
+    "k3_kl",
+    "generalized_jsd",
+    "risd_kl",
+    "mean_over_chains",
+    "yes_no_ce",
+    "yes_probability",
+]
