@@ -1,0 +1,157 @@
+"""Training data shared by every trainer: a canonical split loaded once into memory, prompt-grouped batches.
+
+- `load_train_data(split_dir)` reads a split (validated by `zreward.data.records`), decodes every image once with
+  the single image loader into a uint8 tensor cache, and turns labels into target distributions over the levels
+  (`zreward.data.labels.label_dist`: histogram, else ratings, else DeQA-style Gaussian from MOS+std).
+- Batches are built from **prompt groups** (all images of one prompt), so within-prompt pairs — what the pairwise
+  losses need — always exist in a batch. `group_batch` is a pure function of (seed, step) (see
+  `run_utils.batch_indices`), so resume and multi-process sharding need no loader state.
+- `within_group_pairs` lists every ordered-once pair of batch items that share a prompt (vectorised).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zreward.data.images import image_to_tensor, load_image
+from zreward.data.labels import label_dist
+from zreward.data.records import RecordError, read_split, skip_summary
+from zreward.trainers.run_utils import batch_indices
+
+
+@dataclass
+class TrainData:
+    """N images of one split, with labels as arrays.
+
+    Attributes:
+        ids / prompts: N image ids and prompts.  images: N uint8 tensors (3, H, W).
+        target: (N, D, L) float32 label distributions (zeros where unlabelled).  mask: (N, D) bool, labelled.
+        mos: (N, D) float32 label means (0 where unlabelled).  group: (N,) prompt-group index of each image.
+        groups: G arrays of image indices, one per distinct prompt.  rationales: N dicts dim → text.
+        dims / levels: the split's dimensions and level values.
+        pair_votes: {(id_a, id_b): vote share for a} from `pairs.jsonl` overall pairs (ties count half).
+    """
+
+    ids: list[str]
+    prompts: list[str]
+    images: list[torch.Tensor]
+    target: np.ndarray
+    mask: np.ndarray
+    mos: np.ndarray
+    group: np.ndarray
+    groups: list[np.ndarray]
+    rationales: list[dict[str, str]]
+    dims: list[str]
+    levels: list[float]
+    pair_votes: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_batch(self, idx) -> torch.Tensor | list[torch.Tensor]:
+        """Float images in [0, 1] for the given indices: a (B, 3, H, W) tensor when sizes agree, else a list."""
+        ims = [self.images[i] for i in idx]
+        if all(t.shape == ims[0].shape for t in ims):
+            return torch.stack(ims).float().div_(255.0)
+        return [t.float().div_(255.0) for t in ims]
+
+    def dim_index(self, dims: list[str] | None) -> list[int]:
+        if dims is None:
+            return list(range(len(self.dims)))
+        missing = [d for d in dims if d not in self.dims]
+        if missing:
+            raise ValueError(f"dims {missing} are not in this split's dims {self.dims}")
+        return [self.dims.index(d) for d in dims]
+
+
+def load_train_data(split_dir: str | Path, *, max_images: int | None = None, skip_bad: bool = False,
+                    max_pixels: int | None = None) -> TrainData:
+    """Load a canonical split for training.
+
+    Args:
+        split_dir: a split directory (dataset.json, images.jsonl, pairs.jsonl, images/).
+        max_images: keep only the first N images (whole prompt groups are not guaranteed; for quick runs).
+        skip_bad: skip invalid records (reported on stderr with counts and reasons) instead of failing.
+        max_pixels: decompression-bomb limit passed to the image loader (None: the loader's default).
+
+    Raises:
+        RecordError: an invalid record (names file, line and field) or an unreadable image (names the record).
+    """
+    split = read_split(split_dir, skip_bad=skip_bad)
+    if split.skipped:
+        import sys
+
+        print(f"[data] {split.root}: skipped {len(split.skipped)} bad records:\n{skip_summary(split.skipped)}",
+              file=sys.stderr)
+    recs = split.images[:max_images] if max_images else split.images
+    if not recs:
+        raise RecordError(f"{split.root / 'images.jsonl'}: records: expected at least one image record")
+    dims, levels = list(split.info.dims), list(split.info.levels)
+    n, d, k = len(recs), len(dims), len(levels)
+    target = np.zeros((n, d, k), np.float32)
+    mask = np.zeros((n, d), bool)
+    for i, rec in enumerate(recs):
+        for j, dim in enumerate(dims):
+            lab = rec.labels.get(dim)
+            if lab is None:
+                continue
+            try:
+                target[i, j] = label_dist(lab, levels)
+            except ValueError as e:
+                raise RecordError(f"{split.root / 'images.jsonl'} (id {rec.id}): labels.{dim}: {e}") from None
+            mask[i, j] = True
+    mos = (target * np.asarray(levels, np.float32)).sum(-1) * mask
+    kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
+    images = []
+    for rec in recs:
+        img = load_image(split.image_path(rec), what=f"{split.root / 'images.jsonl'} (id {rec.id})", **kwargs)
+        images.append((image_to_tensor(img) * 255.0).round_().to(torch.uint8))
+    prompt_of = {}
+    group = np.array([prompt_of.setdefault(r.prompt, len(prompt_of)) for r in recs], np.int64)
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    groups = np.split(order, bounds)
+    kept = {r.id for r in recs}
+    votes = {}
+    for p in split.pairs:
+        if p.dim != "overall" or p.a not in kept or p.b not in kept:
+            continue
+        if p.votes:
+            tot = sum(p.votes.values())
+            share = (p.votes.get("a", 0) + 0.5 * p.votes.get("tie", 0)) / tot if tot else 0.5
+        else:
+            share = {"a": 1.0, "b": 0.0, "tie": 0.5}[p.label]
+        votes[(p.a, p.b)] = share
+    return TrainData(ids=[r.id for r in recs], prompts=[r.prompt for r in recs], images=images, target=target,
+                     mask=mask, mos=mos.astype(np.float32), group=group, groups=groups,
+                     rationales=[r.rationales for r in recs], dims=dims, levels=levels, pair_votes=votes)
+
+
+def group_batch(data: TrainData, prompts_per_batch: int, step: int, seed: int, *, rank: int = 0,
+                world_size: int = 1, max_per_prompt: int | None = None) -> np.ndarray:
+    """Image indices for `rank` at global `step`: all images (up to `max_per_prompt`) of a seeded choice of prompts.
+
+    Raises:
+        ValueError: prompts_per_batch not divisible by world_size or larger than the number of prompts.
+    """
+    gi = batch_indices(len(data.groups), prompts_per_batch, step, seed, rank=rank, world_size=world_size)
+    parts = [data.groups[g][:max_per_prompt] if max_per_prompt else data.groups[g] for g in gi]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def within_group_pairs(group_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i < j) of batch positions whose items share a prompt group.
+
+    Args:
+        group_ids: (B,) group index of each batch item.
+
+    Returns:
+        (ia, ib): (P,) positions into the batch.
+    """
+    g = np.asarray(group_ids)
+    same = (g[:, None] == g[None, :]) & np.triu(np.ones((len(g), len(g)), bool), k=1)
+    ia, ib = np.nonzero(same)
+    return ia, ib
