@@ -13,6 +13,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("zreward.data.convert", "convert public preference datasets to canonical records"),
     "model": ("zreward.models.cli", "create tiny models from config (model init)"),
     "score": ("zreward.serve.score_cli", "score a split directory with a saved Scorer"),
+    "train": ("zreward.trainers.cli", "train a reward model: sft, gdso, grpo, rewarddance, risd, opd"),
+    "eval": ("zreward.eval.cli", "evaluate saved Scorers on a split: accuracy, calibration, cost -> report"),
     "demo": ("zreward.demo", "the main job: the ShapesWorld end-to-end demo"),
 }
 

@@ -1,0 +1,373 @@
+"""Plain helpers shared by the explicit training loops (no base Trainer class).
+
+* `RunConfig` / `AcceleratorConfig`: the config sections every trainer nests in its own `Config`;
+* `RunDir` + `prepare_run_dir`: the layout `run_dir/{config.yaml, metrics.jsonl, checkpoints/step_XXXXXX/,
+  final/}` and the fresh-run / resume / overwrite decision;
+* `MetricsLogger`: JSONL, one flushed line per call, resumable (entries after the resumed step are dropped);
+* `progress_bar`: tqdm, off when stderr is not a TTY, when `ZREWARD_NO_PROGRESS=1`, when disabled in the config,
+  and on non-main ranks;
+* `NonFiniteGuard`: skip the optimizer step on a non-finite loss / gradient norm, agreeing across ranks, and stop
+  with a clear error after more than `max_skips` consecutive skips;
+* `seed_everything(seed, rank)`: Python, numpy and torch seeds derived from (seed, rank);
+* `make_accelerator`: `accelerate.Accelerator` for CPU or GPU, also under `torchrun` on CPU (gloo);
+* `batch_indices`: which examples a global step uses, and each rank's shard of them - a pure function of
+  (seed, step), so resuming at step k and splitting a global batch over processes need no data-loader state.
+
+The loop these are made for (tests/trainers/ddp_mlp_script.py runs a version of it under torchrun)::
+
+    acc = make_accelerator(cfg.accelerator)
+    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
+                                is_main=acc.is_main_process)
+    seed_everything(cfg.run.seed, 0)                       # identical initial weights on every rank
+    model, opt, sched = build(cfg)
+    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
+    if ckpt is not None:                                   # before acc.prepare: plain module, plain optimizer
+        state = load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, rank=acc.process_index)
+        guard.load_state_dict(state.extra["guard"]); start = state.step
+    else:
+        seed_everything(cfg.run.seed, acc.process_index)   # per-rank randomness (a resume restores it instead)
+    model, opt = acc.prepare(model, opt)   # not the scheduler: accelerate would step it num_processes times a step
+    if acc.is_main_process: dump_config(cfg, run.config)
+    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
+    bar = progress_bar(cfg.run.max_steps, initial=start, enabled=cfg.run.progress, is_main=acc.is_main_process)
+    for step in range(start, cfg.run.max_steps):
+        idx = batch_indices(n, global_batch, step, cfg.run.seed, rank=acc.process_index, world_size=acc.num_processes)
+        loss = ...; acc.backward(loss); gn = acc.clip_grad_norm_(model.parameters(), 1.0)
+        if guard.check(step, loss, gn): opt.step(); sched.step()
+        opt.zero_grad()
+        log.log(step + 1, {"loss": acc.reduce(loss.detach(), "mean")}); bar.update(1)
+        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or step + 1 == cfg.run.max_steps:
+            rng = gather_rng_states()                      # collective: every rank calls it
+            if acc.is_main_process:
+                save_checkpoint(run.checkpoints, step + 1, acc.unwrap_model(model).state_dict(), optimizer=opt,
+                                scheduler=sched, rng_states=rng, extra={"guard": guard.state_dict()},
+                                keep_last=cfg.run.keep_last)
+            acc.wait_for_everyone()
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zreward.trainers.checkpoint import atomic_write_text, latest_checkpoint
+
+
+@dataclass
+class RunConfig:
+    """Where and how long a run goes; shared by all trainers as `cfg.run`."""
+
+    output_dir: str = field(default="runs/default", metadata={"help": "run directory (config, metrics, checkpoints, final/)"})
+    seed: int = field(default=0, metadata={"help": "base seed; each rank derives its own from (seed, rank)"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps to train"})
+    log_every: int = field(default=1, metadata={"help": "write metrics every N steps"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    keep_last: int | None = field(default=2, metadata={"help": "checkpoints to keep (null: all)"})
+    resume: str = field(default="auto", metadata={"help": "auto (latest checkpoint if any), never, or a checkpoint dir"})
+    overwrite: bool = field(default=False, metadata={"help": "delete an existing run dir that has checkpoints"})
+    max_nonfinite_skips: int = field(default=3, metadata={"help": "consecutive non-finite steps skipped before stopping"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar (also off without a TTY or with ZREWARD_NO_PROGRESS=1)"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "log_every", "save_every", "max_nonfinite_skips"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"run.{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ValueError(f"run.keep_last must be >= 1 or null, got {self.keep_last}")
+
+
+@dataclass
+class AcceleratorConfig:
+    """Options passed to `accelerate.Accelerator` (multi-GPU/DeepSpeed/FSDP come from accelerate's own config)."""
+
+    device: str = field(default="auto", metadata={"help": "auto (GPU if available), cpu or cuda"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"accelerator.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"accelerator.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"accelerator.gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+
+
+# -------------------------------------------------------------------------------------------------- run dir
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one run."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+
+def prepare_run_dir(output_dir: str | Path, *, resume: str = "auto", overwrite: bool = False,
+                    is_main: bool = True) -> tuple[RunDir, Path | None]:
+    """Decide fresh start vs resume and create the directory (on the main process).
+
+    Args:
+        resume: "auto" resumes from the latest checkpoint if there is one; "never" starts fresh (an existing
+            run with checkpoints is then an error unless `overwrite`); anything else is a checkpoint directory.
+        overwrite: with resume="never", delete an existing run dir first.
+
+    Returns:
+        (run dir, checkpoint to resume from or None).
+
+    Raises:
+        FileExistsError / FileNotFoundError with the path and what to do.
+    """
+    run = RunDir(Path(output_dir))
+    latest = latest_checkpoint(run.root)
+    if resume == "auto":
+        ckpt = latest
+    elif resume == "never":
+        ckpt = None
+        if latest is not None and not overwrite:
+            raise FileExistsError(f"{run.root}: run dir already has checkpoints ({latest.name}); use "
+                                  "run.resume=auto to continue it, run.overwrite=true to replace it, or another run.output_dir")
+        if latest is not None and is_main:
+            shutil.rmtree(run.root)
+    else:
+        ckpt = Path(resume)
+        if not (ckpt / "state.json").is_file():
+            raise FileNotFoundError(f"run.resume: {ckpt} is not a checkpoint directory (no state.json)")
+    if is_main:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+    return run, ckpt
+
+
+# -------------------------------------------------------------------------------------------------- metrics
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.detach().item() if v.numel() == 1 else v.detach().cpu().tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class MetricsLogger:
+    """Append `{"step": ..., **metrics, "time": ...}` lines to a JSONL file, flushed per line.
+
+    `resume_step=None` starts a new file; `resume_step=k` keeps only entries with step <= k (the ones the
+    resumed checkpoint had produced) so that a resumed run's file equals a straight run's. A torn last line
+    (crash mid-write) is dropped; a corrupt line elsewhere is an error naming file and line.
+    Only the main process should write: pass `enabled=False` elsewhere.
+    """
+
+    def __init__(self, path: str | Path, *, resume_step: int | None = None, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self._f = None
+        if not enabled:
+            return
+        kept: list[str] = []
+        if resume_step is not None and self.path.exists():
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            for i, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    step = entry["step"]
+                except (ValueError, KeyError, TypeError):
+                    if i == len(lines) - 1:
+                        continue  # torn write of the last line before a crash
+                    raise ValueError(f"{self.path}:{i + 1}: expected a JSON object with a 'step' field, got {line[:80]!r}") from None
+                if step <= resume_step:
+                    kept.append(line)
+        atomic_write_text(self.path, "".join(x + "\n" for x in kept))
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """Write one line; tensors/numpy scalars become numbers (non-finite floats as JSON NaN/Infinity)."""
+        if self._f is None:
+            return
+        entry = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}, "time": round(time.time(), 3)}
+        self._f.write(json.dumps(entry) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All entries of a metrics JSONL file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------------- progress
+
+
+def progress_enabled(enabled: bool = True, is_main: bool = True) -> bool:
+    """Whether to draw a bar: config says so, main process, stderr is a TTY, ZREWARD_NO_PROGRESS is not 1."""
+    if not enabled or not is_main or os.environ.get("ZREWARD_NO_PROGRESS", "") not in ("", "0"):
+        return False
+    return sys.stderr.isatty()
+
+
+def progress_bar(total: int, *, initial: int = 0, desc: str = "train", enabled: bool = True, is_main: bool = True):
+    """A tqdm bar over optimizer steps (a disabled, no-op bar when `progress_enabled` says no)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                disable=not progress_enabled(enabled, is_main))
+
+
+# ----------------------------------------------------------------------------------------------- NaN guard
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite values for more consecutive steps than allowed."""
+
+
+class NonFiniteGuard:
+    """Decide per step whether to apply the optimizer step; stop after too many consecutive bad steps.
+
+    Use after backward, before `optimizer.step()`::
+
+        if guard.check(step, loss, grad_norm):
+            optimizer.step(); scheduler.step()
+        optimizer.zero_grad()
+
+    Under torch.distributed the verdict is all-reduced, so every rank skips together (a rank stepping alone
+    would desynchronise the replicas). Save `state_dict()` in the checkpoint's extra state for exact resume.
+    """
+
+    def __init__(self, max_skips: int) -> None:
+        if max_skips < 0:
+            raise ValueError(f"max_skips must be >= 0, got {max_skips}")
+        self.max_skips = max_skips
+        self.consecutive = 0
+        self.total = 0
+
+    def check(self, step: int, loss: torch.Tensor | float, grad_norm: torch.Tensor | float | None = None) -> bool:
+        """True when the step may be applied; False to skip it. Raises NonFiniteError past the limit."""
+        loss_ok = _finite(loss)
+        grad_ok = grad_norm is None or _finite(grad_norm)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = loss.device if isinstance(loss, torch.Tensor) and dist.get_backend() == "nccl" else "cpu"
+            flags = torch.tensor([float(loss_ok), float(grad_ok)], device=device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+            loss_ok, grad_ok = bool(flags[0].item()), bool(flags[1].item())
+        if loss_ok and grad_ok:
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        self.total += 1
+        if self.consecutive > self.max_skips:
+            what = "loss" if not loss_ok else "gradient norm"
+            raise NonFiniteError(
+                f"{what} became non-finite at step {step} ({self.consecutive} consecutive skipped steps, limit "
+                f"{self.max_skips}; run.max_nonfinite_skips). Lower the learning rate, check the data, or use float32.")
+        return False
+
+    def state_dict(self) -> dict[str, int]:
+        return {"consecutive": self.consecutive, "total": self.total}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.consecutive, self.total = int(state["consecutive"]), int(state["total"])
+
+
+def _finite(x: torch.Tensor | float) -> bool:
+    if isinstance(x, torch.Tensor):
+        return bool(torch.isfinite(x.detach()).all().item())
+    return math.isfinite(float(x))
+
+
+# ------------------------------------------------------------------------------------------ seeds, devices
+
+
+def derive_seed(seed: int, rank: int = 0) -> int:
+    """A 63-bit seed from (seed, rank) via numpy's SeedSequence: distinct per rank, no (seed+rank) collisions."""
+    hi, lo = np.random.SeedSequence(entropy=seed, spawn_key=(rank,)).generate_state(2, dtype=np.uint32)
+    return ((int(hi) << 32) | int(lo)) & (2**63 - 1)
+
+
+def seed_everything(seed: int, rank: int = 0) -> int:
+    """Seed Python `random`, numpy's global RNG and torch (CPU and CUDA) from `derive_seed(seed, rank)`.
+
+    Call with rank=0 on every process before building the model (identical initial weights), then with the
+    real rank before training if per-rank randomness (dropout, sampling) should differ. Returns the seed used.
+    """
+    s = derive_seed(seed, rank)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)  # also seeds every CUDA device
+    return s
+
+
+def make_accelerator(cfg: AcceleratorConfig | None = None, **kwargs: Any):
+    """Build `accelerate.Accelerator` from an `AcceleratorConfig`.
+
+    On CPU it passes `cpu=True`; under `torchrun` this makes accelerate initialise a gloo process group (NOTES:
+    `accelerate launch --cpu --num_processes 2` silently runs one process, torchrun + cpu=True works).
+    Extra keyword arguments go to `Accelerator` unchanged.
+    """
+    from accelerate import Accelerator
+
+    cfg = cfg or AcceleratorConfig()
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("accelerator.device=cuda but torch.cuda.is_available() is False")
+    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision,
+                       gradient_accumulation_steps=cfg.gradient_accumulation_steps, **kwargs)
+
+
+def batch_indices(num_items: int, global_batch: int, step: int, seed: int, *, rank: int = 0,
+                  world_size: int = 1) -> list[int]:
+    """Indices of the examples that `rank` uses at global `step`: epochs are seeded permutations of
+    range(num_items), consecutive global batches are taken from them (batches never span epochs; a short
+    tail is dropped), and each rank gets a contiguous `global_batch // world_size` slice.
+
+    Raises:
+        ValueError: if global_batch is not divisible by world_size or exceeds num_items.
+    """
+    if global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} is not divisible by {world_size} processes")
+    if not 0 < global_batch <= num_items:
+        raise ValueError(f"global batch {global_batch} must be in [1, {num_items}] (dataset size)")
+    per_epoch = num_items // global_batch
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_items)
+    batch = perm[pos * global_batch:(pos + 1) * global_batch]
+    local = global_batch // world_size
+    return batch[rank * local:(rank + 1) * local].tolist()
