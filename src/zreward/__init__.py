@@ -9,8 +9,12 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_scorer"]
 
 
-def load_scorer(path_or_name, device: str = "cpu", dtype=None):
-    """Load a saved `Scorer` directory (or a hub name when the user has network). See `zreward.serve.scorer`."""
+def load_scorer(path_or_name, device: str = "cpu", dtype=None, **options):
+    """Load a saved `Scorer` directory, a plain HF VLM directory, or a hub name when the user has network.
+
+    `options` (lora, gradient_checkpointing, add_level_tokens, family, config_overrides) are documented in
+    `zreward.models.load.load_components`.
+    """
     from zreward.serve.scorer import load_scorer as _load
 
-    return _load(path_or_name, device=device, dtype=dtype)
+    return _load(path_or_name, device=device, dtype=dtype, **options)

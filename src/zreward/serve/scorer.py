@@ -1,0 +1,380 @@
+"""The `Scorer`: the one scoring contract used by trainers, evaluation, generator tuning and serving.
+
+A Scorer wraps a HF VLM (any supported family) + tokenizer + differentiable preprocessing + `zreward.json`:
+- **direct mode** (student / SFT): one right-padded forward over all (image, dimension) prompts of a batch; the
+  prompt ends at the score position; level readout = softmax restricted to the level tokens (`level_readout`).
+- **reasoning mode** (teacher): the prompt ends where a chain starts; chains are generated in one batched
+  `generate` call (left padding, KV cache), cut at EOS, closed with `reasoning_close`, and the level distribution is
+  read at the score position after each chain in one teacher-forced forward; with `samples=M` the M distributions
+  per (image, dim) are averaged (mean and std are then computed from the averaged distribution).
+- **reward**: Σ_d w_d·(mean_d − λ·std_d)/Σ_d w_d, differentiable w.r.t. an image tensor.
+
+Building blocks for trainers (all documented below): `direct_logits` / `direct_readout` (with grad),
+`reasoning_prompt`, `generate_chains`, `chain_forward` (per-token log-probs of given chain tokens + level logits
+after each chain, one forward), `prepare_images`, `encode_items`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zreward.models import level_readout as lr
+from zreward.models.batch import EncodedBatch, build_batch, expand_image_placeholders, item_images
+from zreward.models.families import FamilySpec
+from zreward.models.load import load_components, merged_state_dict, preprocessor_file, tokens_per_image
+from zreward.models.preprocess import PixelInputs, PixelSpec, pil_to_tensor, prepare_pixels
+from zreward.models.scorer_config import ScorerConfig
+
+
+@dataclass
+class ScoreOutput:
+    """Scores of B images on D dimensions over L levels.
+
+    Attributes:
+        probs: (B, D, L) level distributions (averaged over chains in reasoning mode).
+        mean: (B, D) expected score.  std: (B, D) its spread.  overall: (B,) weighted mean over dims.
+        in_level_mass: (B, D) probability of the level tokens under the full softmax (diagnostic; chain-averaged).
+        dims: dimension names.  levels: (L,) level values.
+        chains: reasoning mode only: chains[b] holds D·M strings, dim-major (chains[b][d·M + m]).
+    """
+
+    probs: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    overall: torch.Tensor
+    in_level_mass: torch.Tensor
+    dims: list[str]
+    levels: torch.Tensor
+    chains: list[list[str]] | None = None
+
+
+@dataclass
+class ChainBatch:
+    """N = B·D·M generated chains, ordered (image, dim, sample).
+
+    Attributes:
+        image_index: (N,) index into the images passed.  dim_index: (N,) index into the dims used.
+        prompt_ids: N reasoning-prompt token lists (image tokens expanded; ends where the chain starts).
+        chain_ids: N generated chain token lists (cut before the first EOS).
+        texts: N decoded chains.
+    """
+
+    image_index: list[int]
+    dim_index: list[int]
+    prompt_ids: list[list[int]]
+    chain_ids: list[list[int]]
+    texts: list[str]
+
+
+@dataclass
+class ChainForward:
+    """Teacher-forced pass over prompt + chain + close.
+
+    Attributes:
+        token_logprobs: (N, C) log p(chain token | prefix) under the current model; 0 where masked.
+        token_mask: (N, C) 1 on real chain tokens.
+        level_logits: (N, L) level logits at the score position after each closed chain.
+        in_level_mass: (N,) in-level mass there.
+    """
+
+    token_logprobs: torch.Tensor
+    token_mask: torch.Tensor
+    level_logits: torch.Tensor
+    in_level_mass: torch.Tensor
+
+
+
+
+class Scorer:
+    """Score images with a VLM; see the module docstring. Build with `load_scorer`."""
+
+    def __init__(self, model, tokenizer, pixel_spec: PixelSpec, config: ScorerConfig, family: FamilySpec,
+                 device: str | torch.device = "cpu", preprocessor_json: dict | None = None):
+        self.model, self.tokenizer, self.pixel_spec, self.config, self.family = model, tokenizer, pixel_spec, config, family
+        self.device = torch.device(device)
+        self.preprocessor_json = preprocessor_json or {}
+        hf_cfg = model.config
+        self.image_token_id = tokenizer.convert_tokens_to_ids(family.image_token)
+        self.tokens_per_image = tokens_per_image(hf_cfg)
+        self.level_token_ids = torch.tensor(config.level_token_ids, dtype=torch.long)
+        self.levels = torch.tensor(config.levels, dtype=torch.float32)
+        self.close_ids = tokenizer.encode(config.templates.reasoning_close, add_special_tokens=False)
+        self.eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+        # Chat checkpoints end a turn with a token listed only in generation_config (Gemma's <end_of_turn>, ...).
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.eos_ids |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]) - {None}
+        # A chain must never contain image/vision tokens: the model would expect pixels for them.
+        self.suppress_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in family.extra_special} - {None})
+
+    # ------------------------------------------------------------------ prompts and inputs
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """The model's dtype, also while a trainer has swapped in a DDP-wrapped model (DDP has no `.dtype`)."""
+        return getattr(self.model, "module", self.model).dtype
+
+    @property
+    def dims(self) -> list[str]:
+        return list(self.config.dims)
+
+    def resolve_dims(self, dims: list[str] | None) -> list[str]:
+        """None → all dims of this scorer; otherwise check the names (ValueError naming unknown ones)."""
+        dims = self.dims if dims is None else list(dims)
+        bad = [d for d in dims if d not in self.config.rubrics]
+        if bad:
+            raise ValueError(f"dims: unknown dimensions {bad}; this scorer knows {sorted(self.config.rubrics)}")
+        return dims
+
+    _dims = resolve_dims  # short alias used inside the package
+
+    def _chat(self, prompt: str, dim: str) -> str:
+        t = self.config.templates
+        user = t.user.format(prompt=prompt, dim=dim, rubric=self.config.rubrics[dim],
+                             lo=self.config.level_strings[0], hi=self.config.level_strings[-1])
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  **t.chat_template_kwargs)
+
+    def direct_prompt(self, prompt: str, dim: str) -> str:
+        """Rendered chat text (one unexpanded image placeholder) ending at the score position."""
+        return self._chat(prompt, dim) + self.config.templates.direct_prefix
+
+    def reasoning_prompt(self, prompt: str, dim: str) -> str:
+        """Rendered chat text (one unexpanded image placeholder) ending where a reasoning chain starts."""
+        return self._chat(prompt, dim) + self.config.templates.reasoning_prefix
+
+    def prepare_images(self, images) -> PixelInputs:
+        """PIL images, paths, a list of (3, H, W) tensors or a (B, 3, H, W) tensor in [0, 1] → PixelInputs.
+
+        A tensor batch is preprocessed in one vectorised, differentiable call.
+        """
+        if isinstance(images, torch.Tensor):
+            x = images if images.ndim == 4 else images.unsqueeze(0)
+            return prepare_pixels(x.to(self.device, torch.float32), self.pixel_spec, self.tokens_per_image)
+        tensors = []
+        for i, im in enumerate(images):
+            if isinstance(im, torch.Tensor):
+                tensors.append(im.to(self.device, torch.float32))
+                continue
+            if isinstance(im, (str, Path, bytes)):
+                from zreward.data.images import load_image
+
+                im = load_image(im, what=f"image {i}")
+            tensors.append(pil_to_tensor(im).to(self.device))
+        if tensors and all(t.shape == tensors[0].shape for t in tensors):
+            return prepare_pixels(torch.stack(tensors), self.pixel_spec, self.tokens_per_image)
+        return prepare_pixels(tensors, self.pixel_spec, self.tokens_per_image)
+
+    def encode_items(self, texts: list[str], image_index: list, pixels: PixelInputs,
+                     suffix_ids: list[list[int]] | None = None, padding_side: str = "right") -> tuple[EncodedBatch, list[list[int]]]:
+        """Tokenise N rendered texts (placeholders expanded per image), append optional suffix tokens, and batch.
+
+        Args:
+            image_index: (N,) entries of `pixels` shown by each text: an int (one placeholder), or a list of ints
+                for a text with several image placeholders (in text order, e.g. a pairwise "A vs B" prompt).
+
+        Returns:
+            (EncodedBatch on the scorer's device, the N token lists before the suffix).
+        """
+        expanded = [expand_image_placeholders(t, self.family, [pixels.n_tokens[j] for j in js], where=f"item {i}")
+                    for i, (t, js) in enumerate(zip(texts, item_images(image_index)))]
+        ids = self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+        seqs = ids if suffix_ids is None else [a + b for a, b in zip(ids, suffix_ids)]
+        pad = self.tokenizer.pad_token_id
+        batch = build_batch(seqs, image_index, pixels, self.family, self.image_token_id, pad, padding_side)
+        batch.inputs["pixel_values"] = batch.inputs["pixel_values"].to(self.model_dtype)
+        return batch.to(self.device), ids
+
+    def logits_at(self, batch: EncodedBatch, positions: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits (N, V) at one position per row; only the needed positions go through lm_head."""
+        keep = torch.unique(positions)
+        out = self.model(**batch.inputs, logits_to_keep=keep, use_cache=False)
+        col = torch.searchsorted(keep, positions)
+        return out.logits[torch.arange(len(positions), device=out.logits.device), col]
+
+    _logits_at = logits_at
+
+    # ------------------------------------------------------------------ direct mode
+    def direct_readout(self, prompts: list[str], images, dims: list[str] | None = None) -> lr.LevelReadout:
+        """Direct-mode readout with gradients: one forward for all B·D (image, dim) prompts.
+
+        Args:
+            prompts: B text prompts.  images: B images (see `prepare_images`).  dims: subset of dims (default all).
+
+        Returns:
+            LevelReadout with logits/probs (B, D, L), mean/std/in_level_mass (B, D).
+        """
+        dims = self._dims(dims)
+        pixels = images if isinstance(images, PixelInputs) else self.prepare_images(images)
+        b = len(prompts)
+        if len(pixels.values) != b:
+            raise ValueError(f"got {b} prompts but {len(pixels.values)} images")
+        texts = [self.direct_prompt(p, d) for p in prompts for d in dims]
+        image_index = [i for i in range(b) for _ in dims]
+        batch, _ = self.encode_items(texts, image_index, pixels)
+        logits = self.logits_at(batch, batch.last_pos).view(b, len(dims), -1)
+        return lr.readout(logits, self.level_token_ids.to(logits.device), self.levels.to(logits.device))
+
+    def direct_logits(self, prompts: list[str], images, dims: list[str] | None = None) -> torch.Tensor:
+        """(B, D, L) level logits at the score position, with gradients (direct mode, teacher-forced)."""
+        return self.direct_readout(prompts, images, dims).logits
+
+    def reward(self, prompts: list[str], images, dims: list[str] | None = None, weights=None,
+               uncertainty_lambda: float | None = None) -> torch.Tensor:
+        """Differentiable reward (B,): weighted over dims of `mean − λ·std` (direct mode).
+
+        Args:
+            prompts: B prompts.  images: (B, 3, H, W) float tensor in [0, 1] (gradients flow to it) or images.
+            dims: dims to use (default all).  weights: per-dim weights (default: config weights for those dims).
+            uncertainty_lambda: λ (default: config value, 0 = plain expectation).
+        """
+        dims = self._dims(dims)
+        if weights is None:
+            wmap = dict(zip(self.config.dims, self.config.reward_weights))
+            weights = [wmap.get(d, 1.0) for d in dims]
+        w = torch.as_tensor(weights, dtype=torch.float32)
+        lam = self.config.uncertainty_lambda if uncertainty_lambda is None else uncertainty_lambda
+        ro = self.direct_readout(prompts, images, dims)
+        return lr.reward_from_readout(ro.mean, ro.std, w.to(ro.mean.device), lam)
+
+    # ------------------------------------------------------------------ reasoning mode
+    def generate_chains(self, prompts: list[str], images, dims: list[str] | None = None, samples: int = 1,
+                        do_sample: bool | None = None, temperature: float | None = None,
+                        max_new_tokens: int | None = None) -> ChainBatch:
+        """Generate M chains per (image, dim) in one batched, KV-cached `generate` call (left padding).
+
+        Args:
+            do_sample: default True when samples > 1 (greedy chains would be identical), else False.
+            temperature / max_new_tokens: default from zreward.json.
+        """
+        dims = self._dims(dims)
+        pixels = images if isinstance(images, PixelInputs) else self.prepare_images(images)
+        do_sample = samples > 1 if do_sample is None else do_sample
+        items = [(b, d) for b in range(len(prompts)) for d in range(len(dims)) for _ in range(samples)]
+        texts = [self.reasoning_prompt(prompts[b], dims[d]) for b, d in items]
+        batch, prompt_ids = self.encode_items(texts, [b for b, _ in items], pixels, padding_side="left")
+        gen_kwargs = dict(max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=do_sample,
+                          pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids),
+                          suppress_tokens=self.suppress_ids)
+        if do_sample:  # plain temperature sampling: RL needs the model's own distribution, not a top-k/top-p one
+            gen_kwargs.update(temperature=temperature or self.config.temperature, top_k=0, top_p=1.0)
+        with torch.no_grad():
+            out = self.model.generate(**batch.inputs, **gen_kwargs)
+        new = out[:, batch.inputs["input_ids"].shape[1]:].tolist()
+        chains = []
+        for row in new:
+            cut = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
+            chains.append(row[:cut])
+        texts_out = self.tokenizer.batch_decode(chains, skip_special_tokens=True)
+        return ChainBatch([b for b, _ in items], [d for _, d in items], prompt_ids, chains, texts_out)
+
+    def chain_forward(self, chains: ChainBatch, images) -> ChainForward:
+        """One teacher-forced forward over prompt + chain + `reasoning_close` for each chain (with gradients).
+
+        Args:
+            chains: from `generate_chains` (or built by a trainer with the same fields).
+            images: the images the chains were generated for (same order as `chains.image_index` refers to).
+        """
+        pixels = images if isinstance(images, PixelInputs) else self.prepare_images(images)
+        seqs = [p + c + self.close_ids for p, c in zip(chains.prompt_ids, chains.chain_ids)]
+        pad = self.tokenizer.pad_token_id
+        batch = build_batch(seqs, chains.image_index, pixels, self.family, self.image_token_id, pad, "right")
+        batch.inputs["pixel_values"] = batch.inputs["pixel_values"].to(self.model_dtype)
+        batch = batch.to(self.device)
+        n, t = batch.inputs["input_ids"].shape
+        p_len = torch.tensor([len(p) for p in chains.prompt_ids])
+        c_len = torch.tensor([len(c) for c in chains.chain_ids])
+        # Logits for positions [t - k, t): enough to cover every chain token's predecessor and the score position.
+        k = int(t - p_len.min().item() + 1)
+        out = self.model(**batch.inputs, logits_to_keep=k, use_cache=False)
+        logits = out.logits  # (N, k, V) for positions t-k .. t-1
+        c_max = max(int(c_len.max().item()), 1)
+        j = torch.arange(c_max)
+        pred_pos = (p_len.unsqueeze(1) - 1 + j.unsqueeze(0))  # position whose logits predict chain token j
+        tok_mask = (j.unsqueeze(0) < c_len.unsqueeze(1)).long()
+        local = (pred_pos - (t - k)).clamp(0, k - 1).to(logits.device)
+        tgt_ids = torch.zeros(n, c_max, dtype=torch.long)
+        for i, c in enumerate(chains.chain_ids):  # index bookkeeping only
+            tgt_ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        rows = torch.arange(n, device=logits.device).unsqueeze(1)
+        sel = logits[rows, local].float()  # (N, C, V)
+        logp = sel.log_softmax(-1).gather(-1, tgt_ids.to(logits.device).unsqueeze(-1)).squeeze(-1)
+        tok_mask = tok_mask.to(logits.device)
+        score_local = (batch.lengths - 1 - (t - k)).to(logits.device)
+        full = logits[torch.arange(n, device=logits.device), score_local]
+        ro = lr.readout(full, self.level_token_ids.to(full.device), self.levels.to(full.device))
+        return ChainForward(logp * tok_mask, tok_mask, ro.logits, ro.in_level_mass)
+
+    # ------------------------------------------------------------------ the public scoring call
+    def score(self, prompts: list[str], images, dims: list[str] | None = None, reasoning: bool = False,
+              samples: int = 1, batch_size: int | None = None) -> ScoreOutput:
+        """Score B images (no gradients). See `ScoreOutput`; `batch_size` bounds images per model call.
+
+        A `mode: "yesno"` scorer (RewardDance baseline) scores P(image better than its stored reference) instead;
+        see `zreward.trainers.rewarddance.score_yesno`.
+        """
+        if self.config.mode == "yesno":
+            if reasoning:
+                raise ValueError("reasoning=True: a yes/no (RewardDance) scorer has no reasoning mode")
+            from zreward.trainers.rewarddance import score_yesno
+
+            return score_yesno(self, prompts, images, dims, batch_size)
+        dims = self._dims(dims)
+        if isinstance(images, torch.Tensor) and images.ndim == 3:
+            images = images.unsqueeze(0)
+        b = len(prompts)
+        if len(images) != b:
+            raise ValueError(f"got {b} prompts but {len(images)} images")
+        bs = batch_size or b or 1
+        probs, mass, chains = [], [], []
+        with torch.no_grad():
+            for s in range(0, b, bs):
+                ps, ims = prompts[s: s + bs], images[s: s + bs]
+                if not reasoning:
+                    ro = self.direct_readout(ps, ims, dims)
+                    probs.append(ro.probs.float().cpu())
+                    mass.append(ro.in_level_mass.float().cpu())
+                    continue
+                pixels = self.prepare_images(ims)
+                cb = self.generate_chains(ps, pixels, dims, samples=samples)
+                cf = self.chain_forward(cb, pixels)
+                p = torch.softmax(cf.level_logits.float(), -1).view(len(ps), len(dims), samples, -1)
+                probs.append(p.mean(2).cpu())
+                mass.append(cf.in_level_mass.float().view(len(ps), len(dims), samples).mean(2).cpu())
+                per = len(dims) * samples
+                chains += [cb.texts[i * per: (i + 1) * per] for i in range(len(ps))]
+        P = torch.cat(probs) if probs else torch.zeros(0, len(dims), len(self.levels))
+        mean = lr.expectation(P, self.levels)
+        std = lr.std_of(P, self.levels, mean)
+        wmap = dict(zip(self.config.dims, self.config.reward_weights))
+        w = torch.tensor([wmap[d] for d in dims], dtype=torch.float32)
+        return ScoreOutput(P, mean, std, lr.overall(mean, w), torch.cat(mass) if mass else torch.zeros(0, len(dims)),
+                           dims, self.levels.clone(), chains if reasoning else None)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write safetensors weights (LoRA merged), tokenizer, image processor config and zreward.json."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        base, sd = merged_state_dict(self.model)
+        base.save_pretrained(out, state_dict=sd)
+        self.tokenizer.save_pretrained(out)
+        (out / "preprocessor_config.json").write_text(json.dumps(self.preprocessor_json, indent=2) + "\n")
+        self.config.save(out)
+        return out
+
+
+def load_scorer(path_or_name: str | Path, device: str = "cpu", dtype=None, **options) -> Scorer:
+    """Load a Scorer from a scorer directory, a plain HF VLM directory or a hub name.
+
+    Args:
+        path_or_name: see `zreward.models.load.load_components`.
+        device: torch device.  dtype: None → fp32 on CPU, bf16 on CUDA.
+        **options: lora (LoraOptions), gradient_checkpointing, add_level_tokens, family, config_overrides.
+    """
+    model, tok, pixel_spec, cfg, spec = load_components(path_or_name, device=device, dtype=dtype, **options)
+    pp = json.loads(preprocessor_file(str(path_or_name)).read_text())
+    pp = pp.get("image_processor", pp) if isinstance(pp.get("image_processor"), dict) else pp
+    return Scorer(model, tok, pixel_spec, cfg, spec, device=device, preprocessor_json=pp)
