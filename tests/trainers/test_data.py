@@ -56,3 +56,11 @@ def test_bad_label_names_record(tmp_path, small_world):
     with pytest.raises(RecordError, match=rf"id {obj['id']}\): labels.realism"):
         load_train_data(d)
     assert LEVELS[0] == 1.0
+
+
+def test_groups_are_prompt_instances_not_texts(small_world):
+    data = load_train_data(small_world / "train")
+    # 40 prompt instances x 4 candidates, even where two instances share the same prompt text
+    assert len(data.groups) == 40 and all(len(g) == 4 for g in data.groups)
+    for g in data.groups:
+        assert len({data.ids[i].split("_c")[0] for i in g}) == 1

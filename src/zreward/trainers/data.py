@@ -109,8 +109,7 @@ def load_train_data(split_dir: str | Path, *, max_images: int | None = None, ski
     for rec in recs:
         img = load_image(split.image_path(rec), what=f"{split.root / 'images.jsonl'} (id {rec.id})", **kwargs)
         images.append((image_to_tensor(img) * 255.0).round_().to(torch.uint8))
-    prompt_of = {}
-    group = np.array([prompt_of.setdefault(r.prompt, len(prompt_of)) for r in recs], np.int64)
+    group = prompt_groups(recs, split.pairs)
     order = np.argsort(group, kind="stable")
     bounds = np.flatnonzero(np.diff(group[order])) + 1
     groups = np.split(order, bounds)
@@ -128,6 +127,39 @@ def load_train_data(split_dir: str | Path, *, max_images: int | None = None, ski
     return TrainData(ids=[r.id for r in recs], prompts=[r.prompt for r in recs], images=images, target=target,
                      mask=mask, mos=mos.astype(np.float32), group=group, groups=groups,
                      rationales=[r.rationales for r in recs], dims=dims, levels=levels, pair_votes=votes)
+
+
+def prompt_groups(recs: list, pairs: list) -> np.ndarray:
+    """(N,) group index per image: one group per prompt *instance*.
+
+    Two images are in one group when a pair of `pairs.jsonl` links them (pairs are only formed between images of
+    the same prompt), found as connected components; images in no pair fall back to grouping by prompt text.
+    Text alone is not enough: ShapesWorld (and public sets) repeat the same prompt text for different instances.
+    """
+    index = {r.id: i for i, r in enumerate(recs)}
+    parent = list(range(len(recs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    paired = np.zeros(len(recs), bool)
+    for p in pairs:
+        ia, ib = index.get(p.a), index.get(p.b)
+        if ia is None or ib is None:
+            continue
+        paired[ia] = paired[ib] = True
+        ra, rb = find(ia), find(ib)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    key: dict = {}
+    out = np.empty(len(recs), np.int64)
+    for i, r in enumerate(recs):
+        k = ("pair", find(i)) if paired[i] else ("text", r.prompt)
+        out[i] = key.setdefault(k, len(key))
+    return out
 
 
 def group_batch(data: TrainData, prompts_per_batch: int, step: int, seed: int, *, rank: int = 0,
