@@ -1,0 +1,252 @@
+"""OPD baseline: on-policy distillation of a teacher Scorer into a one-token student (GKD with λ = 1, β = 1).
+
+On-policy distillation (GKD, Agarwal et al. https://arxiv.org/abs/2306.13649; TRL `GKDTrainer` with lmbda=1,
+beta=1): the student samples its own output, the teacher scores the student's tokens, and the loss is the
+per-token reverse KL KL(p_S ‖ p_T) at every position of the student's sample.
+
+Implemented variant, for a one-token scorer (the Z-Reward student emits a single level token):
+- **Output**: the student's output is the level token at the score position of the direct prompt (one per
+  (image, dimension)). Distributions are over the L level tokens only (the level readout's restricted softmax,
+  `Scorer.direct_logits`), not the full vocabulary.
+- **Teacher**: a Scorer dir (`teacher.path`), queried WITHOUT generating or seeing its own reasoning — OPD only
+  ever queries the teacher on the student's own trajectory, and the student's trajectory has no reasoning (this
+  is exactly what RISD changes: it distils the teacher's reasoning-conditioned distribution). `teacher.query`:
+  `direct` = the teacher's direct prompt; `empty_chain` = the teacher's reasoning prompt closed at once with
+  `reasoning_close` (an empty chain), which is the score position a reasoning-trained teacher (SFT cold start /
+  GDSO) was actually trained on, whereas its direct prompt may never have been trained; `auto` (default) picks
+  `empty_chain` for a `mode: reasoning` teacher and `direct` otherwise. Frozen, no_grad.
+- **Estimator** (`opd.estimator`):
+  - `exact` (default): loss = `losses.generalized_jsd(student_logits, teacher_logits, beta=1)` over the L levels,
+    i.e. the closed-form KL(p_S ‖ p_T) at the score position. This *is* TRL's GKD loss with λ = 1: GKD samples a
+    sequence from the student and then computes the full-distribution divergence at each position of it; for a
+    one-token output the only position is the score position, whose context (the prompt) does not depend on the
+    sample, so sampling changes nothing and the loss is exact and zero-variance. Reduction "batchmean" = sum over
+    (image, dim) rows and levels / number of rows.
+  - `sampled`: the literal Monte-Carlo form ("the student samples a token, the teacher scores it"):
+    y ~ p_S (temperature 1), per-token reverse KL r = log p_S(y) − log p_T(y), loss = mean of sg(r)·log p_S(y)
+    (score-function gradient; E_y[sg(r)·∇log p_S(y)] = ∇KL(p_S ‖ p_T)). Unbiased but noisy — kept for comparison;
+    `samples_per_item` tokens are drawn per (image, dim). The logged `loss` is always the exact reverse KL.
+- **Data**: images only (no human labels are used): batches of `images_per_batch` images drawn as a pure
+  function of (seed, step) (`run_utils.batch_indices`), all `dims` each; `data.prompts_per_batch` is not used.
+- **Temperature** (`opd.temperature`): both logit sets divided by it (TRL semantics); default 1.0.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from zreward.losses import generalized_jsd
+from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
+                                     trainable_parameters, val_pairwise_accuracy)
+from zreward.trainers.config import dump_config, parse_cli
+from zreward.trainers.data import load_train_data
+from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, RunConfig,
+                                        batch_indices, make_accelerator, prepare_run_dir, progress_bar,
+                                        seed_everything)
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen teacher (`cfg.teacher`)."""
+
+    path: str = field(default="", metadata={"help": "teacher Scorer dir / HF VLM dir / hub name (required)"})
+    dtype: str | None = field(default=None, metadata={"help": "fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU)"})
+    query: str = field(default="auto", metadata={"help": "direct, empty_chain, or auto (empty_chain for a "
+                                                           "reasoning-mode teacher, else direct)"})
+
+    def __post_init__(self) -> None:
+        if self.query not in ("auto", "direct", "empty_chain"):
+            raise ValueError(f"teacher.query must be auto, direct or empty_chain, got {self.query!r}")
+
+
+@dataclass
+class OPDSection:
+    """OPD-specific options (`cfg.opd`)."""
+
+    estimator: str = field(default="exact", metadata={"help": "exact (closed-form reverse KL over the levels) or sampled"})
+    samples_per_item: int = field(default=4, metadata={"help": "sampled estimator: level tokens drawn per (image, dim)"})
+    temperature: float = field(default=1.0, metadata={"help": "divide student and teacher logits by this"})
+    images_per_batch: int = field(default=16, metadata={"help": "images per global batch (each scored on all dims)"})
+    dims: list[str] | None = field(default=None, metadata={"help": "dimensions to distil (null: the student's dims)"})
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ("exact", "sampled"):
+            raise ValueError(f"opd.estimator must be exact or sampled, got {self.estimator!r}")
+        if self.samples_per_item < 1:
+            raise ValueError(f"opd.samples_per_item must be >= 1, got {self.samples_per_item}")
+        if self.temperature <= 0:
+            raise ValueError(f"opd.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/opd_tiny", max_steps=150))
+    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(val_max_images=400))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=10))
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    opd: OPDSection = field(default_factory=OPDSection)
+
+
+def sampled_reverse_kl_surrogate(student_logits: torch.Tensor, teacher_logits: torch.Tensor, samples: torch.Tensor,
+                                 temperature: float = 1.0) -> torch.Tensor:
+    """Score-function surrogate whose gradient is an unbiased estimate of ∇KL(p_S ‖ p_T) from sampled tokens.
+
+    Args:
+        student_logits: (N, L) student level logits (with grad).
+        teacher_logits: (N, L) teacher level logits (constant).
+        samples: (N, M) level indices drawn from the (detached) student distribution.
+        temperature: both logit sets are divided by it.
+
+    Returns:
+        Scalar mean over the N·M samples of sg(log p_S(y) − log p_T(y)) · log p_S(y).
+    """
+    log_s = torch.log_softmax(student_logits / temperature, -1).gather(-1, samples)
+    log_t = torch.log_softmax(teacher_logits.detach() / temperature, -1).gather(-1, samples)
+    return ((log_s - log_t).detach() * log_s).mean()
+
+
+@torch.no_grad()
+def teacher_level_logits(teacher, prompts: list[str], images, dims: list[str], query: str) -> torch.Tensor:
+    """(B, D, L) teacher level logits without the teacher's reasoning.
+
+    Args:
+        query: "direct" (the direct prompt) or "empty_chain" (the reasoning prompt immediately followed by
+            `reasoning_close`: the score position a reasoning teacher was trained on, reached with no chain).
+    """
+    if query == "direct":
+        return teacher.direct_logits(prompts, images, dims)
+    from zreward.serve.scorer import ChainBatch
+
+    pixels = teacher.prepare_images(images)
+    items = [(b, d) for b in range(len(prompts)) for d in range(len(dims))]
+    texts = [teacher.reasoning_prompt(prompts[b], dims[d]) for b, d in items]
+    _, prompt_ids = teacher.encode_items(texts, [b for b, _ in items], pixels)
+    chains = ChainBatch([b for b, _ in items], [d for _, d in items], prompt_ids, [[] for _ in items],
+                        ["" for _ in items])
+    return teacher.chain_forward(chains, pixels).level_logits.view(len(prompts), len(dims), -1)
+
+
+def check_teacher(student, teacher, dims: list[str]) -> None:
+    """The teacher must read out the same levels and know every distilled dimension."""
+    if [float(x) for x in teacher.levels] != [float(x) for x in student.levels]:
+        raise ValueError(f"teacher.path: teacher levels {teacher.levels.tolist()} differ from the student's "
+                         f"{student.levels.tolist()}")
+    missing = [d for d in dims if d not in teacher.config.rubrics]
+    if missing:
+        raise ValueError(f"teacher.path: the teacher has no rubric for dims {missing} (it knows "
+                         f"{sorted(teacher.config.rubrics)})")
+
+
+def train(cfg: Config) -> Path:
+    """Distil `cfg.teacher.path` into the student `cfg.model.init_from` on-policy; returns the final Scorer dir."""
+    from zreward.serve.scorer import load_scorer
+
+    o = cfg.opd
+    if cfg.accelerator.gradient_accumulation_steps != 1:
+        raise ValueError("accelerator.gradient_accumulation_steps: this trainer takes one micro-batch per step "
+                         f"(got {cfg.accelerator.gradient_accumulation_steps}); use a smaller batch or more processes")
+    if not cfg.teacher.path:
+        raise ValueError("teacher.path is required: the Scorer dir of the teacher to distil")
+    acc = make_accelerator(cfg.accelerator)
+    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
+                                is_main=acc.is_main_process)
+    seed_everything(cfg.run.seed, 0)
+    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
+    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    scorer = build_scorer(cfg.model, device=acc.device)
+    teacher = load_scorer(cfg.teacher.path, device=str(acc.device), dtype=cfg.teacher.dtype)
+    teacher.model.eval().requires_grad_(False)
+    dims = scorer._dims(o.dims)
+    check_teacher(scorer, teacher, dims)
+    query = cfg.teacher.query
+    if query == "auto":
+        query = "empty_chain" if teacher.config.mode == "reasoning" else "direct"
+    model = scorer.model
+    opt, sched = build_optimizer(trainable_parameters(model), cfg.optim, cfg.run.max_steps)
+    lora = hasattr(model, "peft_config")
+    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=acc.process_index)
+        model.load_state_dict(state.model_state, strict=not lora)
+        guard.load_state_dict(state.extra["guard"])
+        start = state.step
+    else:
+        seed_everything(cfg.run.seed, acc.process_index)
+    model, opt = acc.prepare(model, opt)
+    scorer.model = model
+    if acc.is_main_process:
+        dump_config(cfg, run.config)
+    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
+    bar = progress_bar(cfg.run.max_steps, initial=start, enabled=cfg.run.progress, is_main=acc.is_main_process)
+    teacher_val = None
+    for step in range(start, cfg.run.max_steps):
+        t0 = time.perf_counter()
+        idx = batch_indices(len(data), o.images_per_batch, step, cfg.run.seed, rank=acc.process_index,
+                            world_size=acc.num_processes)
+        prompts, images = [data.prompts[i] for i in idx], data.image_batch(idx)
+        # rollout: the student's distribution over its one output token; the teacher scores the same outputs.
+        s_logits = scorer.direct_logits(prompts, images, dims).float().flatten(0, 1)  # (B·D, L)
+        with torch.no_grad():
+            t_logits = teacher_level_logits(teacher, prompts, images, dims, query).float().flatten(0, 1)
+            t_logits = t_logits.to(s_logits.device)
+        reverse_kl = generalized_jsd(s_logits, t_logits, beta=1.0, temperature=o.temperature)
+        if o.estimator == "exact":
+            loss = reverse_kl
+        else:
+            with torch.no_grad():
+                probs = torch.softmax(s_logits / o.temperature, -1)
+                y = torch.multinomial(probs, o.samples_per_item, replacement=True)  # (B·D, M)
+            loss = sampled_reverse_kl_surrogate(s_logits, t_logits, y, o.temperature)
+        acc.backward(loss)
+        gn = acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip else None
+        if guard.check(step, loss, gn):
+            opt.step()
+            sched.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            lv = scorer.levels.to(s_logits.device)
+            gap = ((s_logits.softmax(-1) - t_logits.softmax(-1)) @ lv).abs().mean()
+            fwd = generalized_jsd(s_logits, t_logits, beta=0.0, temperature=o.temperature)
+        metrics = {"loss": acc.reduce(reverse_kl.detach(), "mean"), "forward_kl": fwd, "mean_abs_gap": gap,
+                   "lr": sched.get_last_lr()[0], "grad_norm": gn if gn is not None else float("nan"),
+                   "step_time": time.perf_counter() - t0}
+        if o.estimator == "sampled":
+            metrics["surrogate"] = loss.detach()
+        last = step + 1 == cfg.run.max_steps
+        if val is not None and acc.is_main_process and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
+            metrics.update(val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size))
+            if teacher_val is None:  # the ceiling the student distils towards; computed once
+                teacher_val = val_pairwise_accuracy(teacher, val, batch_size=cfg.data.eval_batch_size)["val_acc"]
+            metrics["teacher_val_acc"] = teacher_val
+        if (step + 1) % cfg.run.log_every == 0 or last or "val_acc" in metrics:
+            log.log(step + 1, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{reverse_kl.item():.4f}")
+        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
+            rng = gather_rng_states()
+            if acc.is_main_process:
+                m = acc.unwrap_model(model)
+                sd = {k: v for k, v in m.state_dict().items() if "lora_" in k} if lora else m.state_dict()
+                save_checkpoint(run.checkpoints, step + 1, sd, optimizer=opt, scheduler=sched, rng_states=rng,
+                                extra={"guard": guard.state_dict()}, keep_last=cfg.run.keep_last)
+            acc.wait_for_everyone()
+    bar.close()
+    log.close()
+    if acc.is_main_process:
+        scorer.model = acc.unwrap_model(model)
+        scorer.save_pretrained(run.final)
+    acc.wait_for_everyone()
+    return run.final
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(Config, argv, prog="zreward train opd",
+                    description="OPD baseline: on-policy distillation (GKD λ=1, β=1) of a teacher Scorer.")
+    print(train(cfg))
+    return 0

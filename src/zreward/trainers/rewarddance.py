@@ -1,0 +1,399 @@
+"""RewardDance baseline (https://arxiv.org/abs/2509.08826): a generative yes/no reward trained with next-token CE.
+
+Implemented variant (pairwise RewardDance, the paper's main paradigm):
+- **Question**: one chat turn showing two images of the same prompt, "Image A: <img> Image B: <img>" + "Prompt: …
+  Is image A better than image B for this prompt? Answer yes or no.", then the assistant prefix `answer_prefix`;
+  the next token is the answer. The reward is P("yes") (`losses.yes_probability`). One question about overall
+  quality (the human pair labels are overall preferences), no rubric dimensions.
+- **Training pairs**: batches of `pairs_per_batch` labelled overall pairs (pairs.jsonl; they are within-prompt by
+  construction) drawn as a pure function of (seed, step) (`run_utils.batch_indices`), so `data.prompts_per_batch`
+  is not used; with `both_orders` (default) each pair is asked in both orders with targets t and 1 − t, so the
+  model cannot learn a position bias.
+- **Targets** (paper: the human binary preference): `target=hard` → a wins: 1, b wins: 0, **tie: 0.5 soft target**
+  (kept rather than skipped: the CE with t = 0.5 teaches "undecided", and skipping would throw away ~11% of pairs);
+  `target=votes` → the rater vote share for a (ties count half).
+- **Loss**: `losses.yes_no_ce` at the answer position; `normalize=full` (default) is exact next-token CE over the
+  whole vocabulary (what training a generative RM with the LM head does).
+- **Pointwise use** (a per-image score for evaluation, RL and serving): P(yes) that the image is better than a
+  **fixed reference image**, symmetrised over both orders: s(x) = ½·[P(yes | x, ref) + 1 − P(yes | ref, x)].
+  The reference (`reference`): "median" (default) = the training image whose weighted-mean MOS is the median of the
+  training set, "blank" = a uniform grey canvas, or an image path. Also logged during training: the
+  group-average score (mean of s over the other candidates of the same prompt), which needs the whole candidate
+  set and is therefore not usable through the single-image Scorer API, and the direct pairwise judgement accuracy.
+- **Final model**: a normal Scorer dir whose `zreward.json` has `mode: "yesno"` and a `yesno` section (question
+  template, answer strings and ids, the reference image as base64 PNG so the dir is self-contained).
+  `load_scorer(dir).score(prompts, images)` then returns P(yes)-based scores: probs puts mass 1 − p on the lowest
+  and p on the highest level, so mean per dim = 1 + 4·p and `overall` = 1 + 4·p (monotone in p).
+- **Answer tokens**: " yes"/" no" must each be one token after `answer_prefix` (native in Qwen tokenizers); when
+  they are not (the tiny test tokenizer) they are added as tokens and the embeddings resized (not with LoRA).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zreward.losses import yes_no_ce, yes_probability
+from zreward.models.preprocess import PixelInputs
+from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
+                                     trainable_parameters)
+from zreward.trainers.config import dump_config, parse_cli
+from zreward.trainers.data import TrainData, load_train_data
+from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, RunConfig,
+                                        batch_indices, make_accelerator, prepare_run_dir, progress_bar, seed_everything)
+
+
+@dataclass
+class YesNoConfig:
+    """The yes/no question; stored in the final dir's zreward.json (`yesno`)."""
+
+    question: str = field(default="Prompt: {prompt}\nIs image A better than image B for this prompt? Answer yes or no.",
+                          metadata={"help": "question text after the two images; {prompt} is filled in"})
+    label_a: str = field(default="Image A:", metadata={"help": "text before the first image"})
+    label_b: str = field(default="Image B:", metadata={"help": "text before the second image"})
+    answer_prefix: str = field(default="Answer:", metadata={"help": "assistant prefix; the next token is the answer"})
+    yes: str = field(default=" yes", metadata={"help": "the 'yes' answer (one token after answer_prefix)"})
+    no: str = field(default=" no", metadata={"help": "the 'no' answer (one token after answer_prefix)"})
+
+
+@dataclass
+class RewardDanceSection:
+    """RewardDance-specific options (`cfg.rewarddance`)."""
+
+    yesno: YesNoConfig = field(default_factory=YesNoConfig)
+    pairs_per_batch: int = field(default=16, metadata={"help": "labelled pairs per global batch (×2 with both_orders)"})
+    target: str = field(default="hard", metadata={"help": "hard (a: 1, b: 0, tie: 0.5) or votes (rater vote share)"})
+    both_orders: bool = field(default=True, metadata={"help": "ask each pair as (a, b) and (b, a)"})
+    normalize: str = field(default="full", metadata={"help": "CE over the full vocabulary (full) or {yes, no} (restricted)"})
+    reference: str = field(default="median", metadata={"help": "pointwise reference: median, blank or an image path"})
+
+    def __post_init__(self) -> None:
+        if self.target not in ("hard", "votes"):
+            raise ValueError(f"rewarddance.target must be hard or votes, got {self.target!r}")
+        if self.normalize not in ("full", "restricted"):
+            raise ValueError(f"rewarddance.normalize must be full or restricted, got {self.normalize!r}")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/rewarddance_tiny", max_steps=150))
+    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(prompts_per_batch=4, val_max_images=200))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=10))
+    rewarddance: RewardDanceSection = field(default_factory=RewardDanceSection)
+
+
+# ------------------------------------------------------------------------------------------ yes/no machinery
+
+
+def answer_token_ids(scorer, yn: YesNoConfig, add_tokens: bool = True) -> tuple[int, int]:
+    """Ids of the yes/no answers, checked to be one token each right after `answer_prefix`.
+
+    When they are not and `add_tokens`, they are added to the tokenizer and the embeddings resized (mean init).
+
+    Raises:
+        ValueError: an answer is not one token and cannot be added (LoRA model, or add_tokens=False).
+    """
+    tok = scorer.tokenizer
+
+    def ok(s: str) -> bool:
+        alone = tok.encode(s, add_special_tokens=False)
+        pre = tok.encode(yn.answer_prefix, add_special_tokens=False)
+        return len(alone) == 1 and tok.encode(yn.answer_prefix + s, add_special_tokens=False) == pre + alone
+
+    bad = [s for s in (yn.yes, yn.no) if not ok(s)]
+    if bad and add_tokens and not hasattr(scorer.model, "peft_config"):
+        from tokenizers import AddedToken
+
+        tok.add_tokens([AddedToken(s, normalized=False, special=False) for s in bad])
+        emb = scorer.model.get_input_embeddings().weight
+        if len(tok) > emb.shape[0]:
+            scorer.model.resize_token_embeddings(len(tok), mean_resizing=True)
+        bad = [s for s in (yn.yes, yn.no) if not ok(s)]
+    if bad:
+        raise ValueError(f"rewarddance.yesno: answers {bad} are not single tokens after {yn.answer_prefix!r} "
+                         f"(got {[tok.tokenize(yn.answer_prefix + s) for s in bad]}); choose answers that are, or "
+                         f"train without LoRA so that they can be added as tokens")
+    yes_id, no_id = (tok.encode(s, add_special_tokens=False)[0] for s in (yn.yes, yn.no))
+    if yes_id == no_id:
+        raise ValueError(f"rewarddance.yesno: yes {yn.yes!r} and no {yn.no!r} map to the same token {yes_id}")
+    return yes_id, no_id
+
+
+def pair_prompt(scorer, yn: YesNoConfig, prompt: str) -> str:
+    """Rendered chat text with two image placeholders (A then B), ending at the answer position."""
+    content = [{"type": "text", "text": yn.label_a}, {"type": "image"}, {"type": "text", "text": yn.label_b},
+               {"type": "image"}, {"type": "text", "text": yn.question.format(prompt=prompt)}]
+    messages = [{"role": "user", "content": content}]
+    chat = scorer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return chat + yn.answer_prefix
+
+
+def pair_logits(scorer, yn: YesNoConfig, prompts: list[str], pixels: PixelInputs, ia, ib) -> torch.Tensor:
+    """Full-vocabulary logits (N, V) at the answer position for N questions "is pixels[ia] better than pixels[ib]".
+
+    Args:
+        prompts: N prompts.  pixels: prepared images.  ia, ib: (N,) indices into `pixels` (A and B).
+    """
+    texts = [pair_prompt(scorer, yn, p) for p in prompts]
+    batch, _ = scorer.encode_items(texts, [[int(a), int(b)] for a, b in zip(ia, ib)], pixels)
+    return scorer._logits_at(batch, batch.last_pos)
+
+
+@torch.no_grad()
+def prefer_prob(scorer, yn: YesNoConfig, ids: tuple[int, int], prompts: list[str], pixels: PixelInputs, ia, ib,
+                batch_size: int = 64) -> torch.Tensor:
+    """(N,) symmetrised P(A better than B) = ½·[P(yes | A, B) + 1 − P(yes | B, A)], restricted to {yes, no}."""
+    ia, ib = np.asarray(ia), np.asarray(ib)
+    out = []
+    for s in range(0, len(ia), batch_size):
+        a, b, p = ia[s:s + batch_size], ib[s:s + batch_size], prompts[s:s + batch_size]
+        lg = pair_logits(scorer, yn, p + p, pixels, np.concatenate([a, b]), np.concatenate([b, a]))
+        y = yes_probability(lg.float(), *ids).view(2, -1)
+        out.append(0.5 * (y[0] + 1 - y[1]))
+    return torch.cat(out).cpu() if out else torch.zeros(0)
+
+
+def concat_pixels(a: PixelInputs, b: PixelInputs) -> PixelInputs:
+    grids = None if a.grids is None else a.grids + b.grids
+    return PixelInputs(a.values + b.values, grids, a.n_tokens + b.n_tokens)
+
+
+def encode_png(img: torch.Tensor) -> str:
+    """(3, H, W) uint8 or float in [0, 1] → base64 PNG."""
+    from PIL import Image
+
+    x = img if img.dtype == torch.uint8 else (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(x.permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_png(b64: str) -> torch.Tensor:
+    """base64 PNG → (3, H, W) float in [0, 1]."""
+    from zreward.data.images import image_to_tensor, load_image
+
+    return image_to_tensor(load_image(base64.b64decode(b64), what="zreward.json yesno.reference_png"))
+
+
+def score_yesno(scorer, prompts: list[str], images, dims: list[str] | None = None, batch_size: int | None = None):
+    """`Scorer.score` for a `mode: "yesno"` scorer: p = P(image better than the stored reference) (symmetrised).
+
+    Returns:
+        ScoreOutput with probs (B, D, L) = (1 − p) on the lowest level, p on the highest; mean = lo + (hi − lo)·p
+        (1 + 4·p on the default levels) for every dim; overall the same; in_level_mass = P(yes) + P(no) under the
+        full softmax (how much the model answers with the two answer tokens).
+    """
+    from zreward.serve.scorer import ScoreOutput
+    from zreward.models import level_readout as lr
+
+    y = scorer.config.yesno
+    if not y:
+        raise ValueError("zreward.json: mode is 'yesno' but the 'yesno' section is missing")
+    yn = YesNoConfig(**{k: y[k] for k in asdict(YesNoConfig())})
+    ids = (int(y["yes_id"]), int(y["no_id"]))
+    dims = scorer._dims(dims)
+    b = len(prompts)
+    if len(images) != b:
+        raise ValueError(f"got {b} prompts but {len(images)} images")
+    ref = scorer.prepare_images(decode_png(y["reference_png"]).unsqueeze(0))
+    p_all, mass_all = [], []
+    bs = batch_size or b or 1
+    with torch.no_grad():
+        for s in range(0, b, bs):
+            ps, ims = prompts[s:s + bs], images[s:s + bs]
+            n = len(ps)
+            pix = concat_pixels(scorer.prepare_images(ims), ref)
+            lg = pair_logits(scorer, yn, ps + ps, pix, list(range(n)) + [n] * n, [n] * n + list(range(n))).float()
+            yes = yes_probability(lg, *ids).view(2, n)
+            p_all.append(0.5 * (yes[0] + 1 - yes[1]))
+            full = lg.log_softmax(-1)
+            mass_all.append((full[:, ids[0]].exp() + full[:, ids[1]].exp()).view(2, n).mean(0))
+    p = torch.cat(p_all).cpu() if p_all else torch.zeros(0)
+    levels = scorer.levels.clone()
+    probs = torch.zeros(b, len(dims), len(levels))
+    probs[..., 0], probs[..., -1] = (1 - p).unsqueeze(1), p.unsqueeze(1)
+    mean = lr.expectation(probs, levels)
+    w = torch.tensor([dict(zip(scorer.config.dims, scorer.config.reward_weights))[d] for d in dims])
+    mass = (torch.cat(mass_all).cpu() if mass_all else torch.zeros(0)).unsqueeze(1).expand(b, len(dims))
+    return ScoreOutput(probs, mean, lr.std_of(probs, levels, mean), lr.overall(mean, w), mass.clone(), dims, levels)
+
+
+# ------------------------------------------------------------------------------------------ data and eval
+
+
+def labelled_pairs(data: TrainData, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every labelled overall pair of a split → (ia, ib, t): image indices and target P(A better than B).
+
+    Args:
+        mode: "hard" (a: 1, b: 0, tie: 0.5) or "votes" (the vote share for a, ties counting half).
+    """
+    pos = {i: k for k, i in enumerate(data.ids)}
+    ia = np.array([pos[a] for a, _ in data.pair_votes], np.int64)
+    ib = np.array([pos[b] for _, b in data.pair_votes], np.int64)
+    t = np.array(list(data.pair_votes.values()), np.float32)
+    if mode == "hard":
+        t = np.where(t > 0.5, 1.0, np.where(t < 0.5, 0.0, 0.5)).astype(np.float32)
+    return ia, ib, t
+
+
+def pair_batch(pairs, pairs_per_batch: int, step: int, seed: int, both_orders: bool, rank: int = 0,
+               world_size: int = 1):
+    """This rank's questions at `step`: (images, ia, ib, t) with ia/ib positions into `images`.
+
+    A pure function of (seed, step) like `run_utils.batch_indices`; with `both_orders` each pair also appears as
+    (b, a, 1 − t).
+    """
+    ia, ib, t = pairs
+    sel = batch_indices(len(ia), pairs_per_batch, step, seed, rank=rank, world_size=world_size)
+    a, b, tt = ia[sel], ib[sel], t[sel]
+    if both_orders:
+        a, b, tt = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([tt, 1 - tt])
+    images, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    return images, inv[: len(a)], inv[len(a):], tt
+
+
+def pick_reference(data: TrainData, reference: str, weights: list[float]) -> torch.Tensor:
+    """The pointwise reference image (3, H, W) in [0, 1] (see module docstring)."""
+    if reference == "median":
+        w = np.asarray(weights, np.float32)[: data.mos.shape[1]]
+        m = (data.mos * w).sum(1) / np.maximum((data.mask * w).sum(1), 1e-9)
+        i = int(np.argsort(m, kind="stable")[len(m) // 2])
+        return data.images[i].float() / 255.0
+    if reference == "blank":
+        return torch.full_like(data.images[0], 128, dtype=torch.float32) / 255.0
+    from zreward.data.images import image_to_tensor, load_image
+
+    return image_to_tensor(load_image(reference, what="rewarddance.reference"))
+
+
+@torch.no_grad()
+def evaluate(scorer, yn: YesNoConfig, ids: tuple[int, int], data: TrainData, batch_size: int = 64) -> dict:
+    """Held-out pairwise accuracy (non-tie overall pairs) of three readouts: the reference score (`val_acc`, what
+    `Scorer.score` returns), the candidate-set average (`val_acc_group`: mean of the symmetrised P(better) over the
+    image's labelled partners, i.e. the other candidates of its prompt) and the direct pair judgement
+    (`val_acc_pair`)."""
+    from zreward.eval.metrics import pairwise_accuracy
+    from zreward.trainers.common import val_pairs
+
+    was = scorer.model.training
+    scorer.model.eval()
+    try:
+        n = len(data)
+        ims = data.image_batch(np.arange(n))
+        ia, ib, lab = val_pairs(data)
+        p = prefer_prob(scorer, yn, ids, [data.prompts[i] for i in ia], scorer.prepare_images(ims), ia, ib,
+                        batch_size).numpy()
+        tot, cnt = np.zeros(n), np.zeros(n)
+        np.add.at(tot, ia, p)
+        np.add.at(tot, ib, 1 - p)
+        np.add.at(cnt, ia, 1)
+        np.add.at(cnt, ib, 1)
+        group = tot / np.maximum(cnt, 1)
+        ref = score_yesno(scorer, data.prompts, ims, batch_size=batch_size).overall.numpy()
+        return {"val_acc": float(pairwise_accuracy(ref[ia], ref[ib], lab)),
+                "val_acc_group": float(pairwise_accuracy(group[ia], group[ib], lab)),
+                "val_acc_pair": float(pairwise_accuracy(p - 0.5, np.zeros_like(p), lab)), "val_pairs": int(len(ia))}
+    finally:
+        scorer.model.train(was)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def train(cfg: Config) -> Path:
+    """Train a RewardDance yes/no reward model; returns the final Scorer dir (`mode: "yesno"`)."""
+    rd = cfg.rewarddance
+    if cfg.accelerator.gradient_accumulation_steps != 1:
+        raise ValueError("accelerator.gradient_accumulation_steps: this trainer takes one micro-batch per step "
+                         f"(got {cfg.accelerator.gradient_accumulation_steps}); use a smaller batch or more processes")
+    acc = make_accelerator(cfg.accelerator)
+    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
+                                is_main=acc.is_main_process)
+    seed_everything(cfg.run.seed, 0)
+    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
+    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    pairs = labelled_pairs(data, rd.target)
+    if len(pairs[0]) == 0:
+        raise ValueError(f"{cfg.data.train}/pairs.jsonl: expected labelled overall pairs (RewardDance trains on them)")
+    scorer = build_scorer(cfg.model, device=acc.device)
+    ids = answer_token_ids(scorer, rd.yesno)
+    ref = pick_reference(data, rd.reference, scorer.config.reward_weights)
+    # Filled now so that evaluation during training scores exactly like the final dir will.
+    scorer.config.yesno = {**asdict(rd.yesno), "yes_id": ids[0], "no_id": ids[1], "reference": rd.reference,
+                           "reference_png": encode_png(ref)}
+    model = scorer.model
+    opt, sched = build_optimizer(trainable_parameters(model), cfg.optim, cfg.run.max_steps)
+    lora = hasattr(model, "peft_config")
+    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=acc.process_index)
+        model.load_state_dict(state.model_state, strict=not lora)
+        guard.load_state_dict(state.extra["guard"])
+        start = state.step
+    else:
+        seed_everything(cfg.run.seed, acc.process_index)
+    model, opt = acc.prepare(model, opt)
+    scorer.model = model
+    if acc.is_main_process:
+        dump_config(cfg, run.config)
+    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
+    bar = progress_bar(cfg.run.max_steps, initial=start, enabled=cfg.run.progress, is_main=acc.is_main_process)
+    for step in range(start, cfg.run.max_steps):
+        t0 = time.perf_counter()
+        idx, ia, ib, t = pair_batch(pairs, rd.pairs_per_batch, step, cfg.run.seed, rd.both_orders,
+                                    rank=acc.process_index, world_size=acc.num_processes)
+        pixels = scorer.prepare_images(data.image_batch(idx))
+        logits = pair_logits(scorer, rd.yesno, [data.prompts[idx[a]] for a in ia], pixels, ia, ib).float()
+        target = torch.from_numpy(t).to(logits.device)
+        loss = yes_no_ce(logits, target, *ids, normalize=rd.normalize)
+        acc.backward(loss)
+        gn = acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip else None
+        if guard.check(step, loss, gn):
+            opt.step()
+            sched.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            p_yes = yes_probability(logits.detach(), *ids)
+            hit = ((p_yes > 0.5) == (target > 0.5)).float()[target != 0.5].mean() if (target != 0.5).any() else torch.tensor(float("nan"))
+        metrics = {"loss": acc.reduce(loss.detach(), "mean"), "train_pair_acc": hit, "pairs": len(ia),
+                   "lr": sched.get_last_lr()[0], "grad_norm": gn if gn is not None else float("nan"),
+                   "step_time": time.perf_counter() - t0}
+        last = step + 1 == cfg.run.max_steps
+        if val is not None and acc.is_main_process and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
+            metrics.update(evaluate(scorer, rd.yesno, ids, val, cfg.data.eval_batch_size))
+        if (step + 1) % cfg.run.log_every == 0 or last or "val_acc" in metrics:
+            log.log(step + 1, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
+            rng = gather_rng_states()
+            if acc.is_main_process:
+                m = acc.unwrap_model(model)
+                sd = {k: v for k, v in m.state_dict().items() if "lora_" in k} if lora else m.state_dict()
+                save_checkpoint(run.checkpoints, step + 1, sd, optimizer=opt, scheduler=sched, rng_states=rng,
+                                extra={"guard": guard.state_dict()}, keep_last=cfg.run.keep_last)
+            acc.wait_for_everyone()
+    bar.close()
+    log.close()
+    if acc.is_main_process:
+        scorer.model = acc.unwrap_model(model)
+        scorer.config.mode = "yesno"
+        scorer.config.validate()
+        scorer.save_pretrained(run.final)
+    acc.wait_for_everyone()
+    return run.final
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(Config, argv, prog="zreward train rewarddance",
+                    description="RewardDance baseline: pairwise P('yes') generative reward, next-token CE.")
+    print(train(cfg))
+    return 0
