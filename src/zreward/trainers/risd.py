@@ -1,0 +1,372 @@
+"""RISD: distil a reasoning teacher's chain-averaged score distribution into a one-token (direct-mode) student.
+
+Z-Reward (arXiv 2606.09076) trains its student (Qwen3.5-9B, one output token) to match the teacher's
+(Qwen3.5-27B) **reasoning-conditioned** level distribution averaged over M sampled chains. Implemented here:
+
+1. **Teacher targets, computed once and cached.** For every training input — the labelled split `data.train` and
+   an optional unlabelled split `data.extra_unlabelled` (e.g. extra generated ShapesWorld images; any labels there
+   are ignored) — the teacher (`teacher.path`, a reasoning-mode Scorer, e.g. GDSO or the SFT cold start) samples
+   M = `teacher.samples` chains per (image, dim) at `teacher.temperature` (batched, KV-cached
+   `Scorer.score(reasoning=True, samples=M)`), reads the level distribution after each chain and averages them:
+   p̄_T = (1/M) Σ_m p_T(· | chain_m) (the per-chain average is what `Scorer.score` returns).
+   The cache is a safetensors file under `teacher.cache_dir` named by a hash of (teacher directory fingerprint,
+   M, temperature, max_new_tokens, dims, levels, seed); inside, rows are keyed by a hash of (image id, prompt,
+   image pixels). A rerun reuses every row it finds and computes only missing ones; changing the teacher's files,
+   M, the temperature, the chain length or an image gives new keys, so stale targets are never used. The teacher
+   runs on the main process only (then it is freed); other processes wait and read the file.
+2. **Student loss** per step over prompt-grouped batches of the union of both splits (direct readout, with grad):
+       kl_weight    · KL(p̄_T ‖ p_S)                      (losses.risd_kl, every (image, dim) row)
+     + gap_weight   · Huber(E_S[a] − E_S[b], E_T[a] − E_T[b])   (losses.score_gap_huber, score-gap distillation
+                                                           over all within-prompt pairs and dims; E = expectation)
+     + human_weight · KL(human label ‖ p_S)               (losses.kl_div_levels, labelled rows only; 0 by default)
+   Each term is Σ / global item count, exact under DDP (see `zreward.trainers.sft`).
+
+Choices where the paper is silent: M = 4 by default; plain temperature sampling at the teacher's temperature
+(no top-k/top-p); the score-gap target uses the expectation of the averaged distribution (equal to the mean of
+the per-chain expectations); gaps use a Huber loss (δ = 1 level point) over every within-prompt pair; the student
+starts from `model.init_from` (usually a smaller model than the teacher) and is saved in "direct" mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from zreward.losses import kl_div_levels, risd_kl, score_gap_huber
+from zreward.trainers.checkpoint import atomic_write_bytes, gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
+                                     trainable_parameters, val_pairwise_accuracy)
+from zreward.trainers.config import dump_config, parse_cli
+from zreward.trainers.data import TrainData, group_batch, load_train_data, within_group_pairs
+from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, RunConfig, derive_seed,
+                                        make_accelerator, prepare_run_dir, progress_bar, seed_everything)
+from zreward.trainers.sft import (global_normalisers, model_state, restore_model_state, save_final, split_by_group,
+                                  unwrapped)
+
+
+@dataclass
+class RISDDataConfig(DataConfig):
+    """The shared data section plus RISD's unlabelled inputs."""
+
+    extra_unlabelled: str | None = field(default=None, metadata={"help": "extra split dir whose images get teacher targets only (labels ignored)"})
+    extra_max_images: int | None = field(default=None, metadata={"help": "use only the first N extra images"})
+
+
+@dataclass
+class TeacherConfig:
+    """The reasoning teacher and its cached targets (`cfg.teacher`)."""
+
+    path: str = field(default="", metadata={"help": "teacher Scorer dir (reasoning mode, e.g. a GDSO or SFT-cold-start final/; required)"})
+    samples: int = field(default=4, metadata={"help": "M sampled chains per (image, dim) averaged into p̄_T"})
+    temperature: float | None = field(default=None, metadata={"help": "chain sampling temperature (null: the teacher's zreward.json)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "chain length bound (null: the teacher's zreward.json)"})
+    batch_size: int = field(default=32, metadata={"help": "images per teacher generate call"})
+    dtype: str | None = field(default=None, metadata={"help": "teacher dtype: fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where the target cache lives (null: <run.output_dir>/teacher_cache)"})
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.batch_size < 1:
+            raise ValueError(f"teacher.samples and teacher.batch_size must be >= 1, got {self.samples}, {self.batch_size}")
+
+
+@dataclass
+class RISDConfig:
+    """The RISD loss section (`cfg.risd`)."""
+
+    dims: list[str] | None = field(default=None, metadata={"help": "dimensions to distil (null: all of the split's)"})
+    kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(p̄_T ‖ p_S)"})
+    gap_weight: float = field(default=1.0, metadata={"help": "weight of the within-prompt score-gap distillation (Huber)"})
+    gap_delta: float = field(default=1.0, metadata={"help": "Huber threshold of the score-gap term"})
+    human_weight: float = field(default=0.0, metadata={"help": "weight of KL(human label ‖ p_S) on labelled rows (0: off)"})
+
+
+@dataclass
+class Config:
+    """`zreward train risd` configuration (YAML files and `a.b=c` overrides only override these defaults)."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/risd"))
+    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: RISDDataConfig = field(default_factory=RISDDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    risd: RISDConfig = field(default_factory=RISDConfig)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def concat_unlabelled(data: TrainData, extra: TrainData) -> TrainData:
+    """`data` followed by `extra` with extra's labels dropped; each split keeps its own prompt groups (prompt
+    instances, see `zreward.trainers.data.prompt_groups`), extra's renumbered after data's."""
+    if extra.dims != data.dims or extra.levels != data.levels:
+        raise ValueError(f"data.extra_unlabelled: dims/levels {extra.dims}/{extra.levels} differ from the training "
+                         f"split's {data.dims}/{data.levels}")
+    m = len(extra)
+    prompts = data.prompts + extra.prompts
+    group = np.concatenate([data.group, extra.group + int(data.group.max()) + 1]).astype(np.int64)
+    order = np.argsort(group, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(group[order])) + 1)
+    zeros = np.zeros((m, *data.target.shape[1:]), np.float32)
+    return TrainData(ids=data.ids + extra.ids, prompts=prompts, images=data.images + extra.images,
+                     target=np.concatenate([data.target, zeros]),
+                     mask=np.concatenate([data.mask, np.zeros((m, len(data.dims)), bool)]),
+                     mos=np.concatenate([data.mos, zeros[..., 0]]), group=group, groups=groups,
+                     rationales=data.rationales + [{} for _ in range(m)], dims=data.dims, levels=data.levels,
+                     pair_votes=dict(data.pair_votes)) if m else data
+
+
+# ------------------------------------------------------------------------------------------ teacher cache
+
+
+def dir_fingerprint(path: str | Path, full_bytes: int = 16 << 20, edge: int = 1 << 20) -> str:
+    """Hash of a model directory: every file's relative name and size, the full content of files up to 16 MiB
+    and the first/last MiB of larger ones (weights of a 27B model are not re-read on every run)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"teacher.path: {root} is not a directory (expected a teacher Scorer dir)")
+    h = hashlib.sha256()
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        size = p.stat().st_size
+        h.update(f"{p.relative_to(root)}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            if size <= full_bytes:
+                h.update(f.read())
+            else:
+                h.update(f.read(edge))
+                f.seek(size - edge)
+                h.update(f.read(edge))
+    return h.hexdigest()
+
+
+def item_keys(data: TrainData) -> list[str]:
+    """One key per image: hash of (id, prompt, pixels), so an image changed under the same id gets a new key."""
+    keys = []
+    for i, p, im in zip(data.ids, data.prompts, data.images):
+        h = hashlib.blake2b(digest_size=12)
+        h.update(f"{i}\0{p}\0{tuple(im.shape)}\0".encode())
+        h.update(im.contiguous().numpy().tobytes())
+        keys.append(h.hexdigest())
+    return keys
+
+
+def _read_cache(path: Path) -> tuple[dict[str, int], torch.Tensor | None, torch.Tensor | None]:
+    if not path.exists():
+        return {}, None, None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = json.loads(f.metadata()["keys"])
+            probs, mass = f.get_tensor("probs"), f.get_tensor("in_level_mass")
+    except Exception as e:  # a torn/foreign file: rebuild rather than train on garbage
+        print(f"[risd] {path}: unreadable teacher cache ({e}); rebuilding it", file=sys.stderr)
+        return {}, None, None
+    if len(keys) != len(probs):
+        print(f"[risd] {path}: {len(keys)} keys for {len(probs)} rows; rebuilding it", file=sys.stderr)
+        return {}, None, None
+    return {k: r for r, k in enumerate(keys)}, probs, mass
+
+
+def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Path, acc) -> tuple[torch.Tensor, dict]:
+    """(N, D, L) chain-averaged teacher distributions for every image of `data` (cached; see module docstring).
+
+    Returns:
+        (targets, info) with info = {"cache": path, "computed": rows computed now, "seconds": time spent,
+        "in_level_mass": mean teacher in-level mass}.
+    """
+    t = cfg.teacher
+    if not t.path:
+        raise ValueError("teacher.path is required: a reasoning-mode teacher Scorer directory")
+    settings = {"teacher": dir_fingerprint(t.path), "samples": t.samples, "temperature": t.temperature,
+                "max_new_tokens": t.max_new_tokens, "dims": dims, "levels": data.levels, "seed": cfg.run.seed}
+    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / f"teacher_{tag}.safetensors"
+    keys = item_keys(data)
+    t0 = time.perf_counter()
+    computed = 0
+    if acc.is_main_process:
+        rows, probs, mass = _read_cache(path)
+        missing = [i for i, k in enumerate(keys) if k not in rows]
+        if missing:
+            new_p, new_m = _run_teacher(cfg, data, dims, missing, acc.device)
+            keep = list(rows)
+            all_keys = keep + [keys[i] for i in missing]
+            probs = new_p if probs is None else torch.cat([probs, new_p])
+            mass = new_m if mass is None else torch.cat([mass, new_m])
+            blob = st_save({"probs": probs.contiguous(), "in_level_mass": mass.contiguous()},
+                           metadata={"keys": json.dumps(all_keys), "settings": json.dumps(settings)})
+            atomic_write_bytes(path, blob)
+            computed = len(missing)
+    acc.wait_for_everyone()
+    rows, probs, mass = _read_cache(path)
+    absent = [k for k in keys if k not in rows]
+    if absent:
+        raise RuntimeError(f"{path}: teacher cache lacks {len(absent)} of {len(keys)} training images")
+    sel = torch.tensor([rows[k] for k in keys])
+    info = {"cache": str(path), "computed": computed, "seconds": time.perf_counter() - t0,
+            "in_level_mass": float(mass[sel].mean())}
+    return probs[sel].float(), info
+
+
+def _run_teacher(cfg: Config, data: TrainData, dims: list[str], idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score `idx` with the teacher in reasoning mode, M samples each; returns ((n, D, L) probs, (n, D) mass)."""
+    from zreward.serve.scorer import load_scorer
+
+    t = cfg.teacher
+    teacher = load_scorer(t.path, device=str(device), dtype=t.dtype)
+    teacher.model.eval()
+    missing = [d for d in dims if d not in teacher.dims]
+    if missing:
+        raise ValueError(f"teacher.path {t.path}: teacher has no dims {missing} (it has {teacher.dims})")
+    if t.temperature is not None:
+        teacher.config.temperature = t.temperature
+    if t.max_new_tokens is not None:
+        teacher.config.max_new_tokens = t.max_new_tokens
+    probs, mass = [], []
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):  # the teacher's sampling must not shift the training RNG
+        torch.manual_seed(derive_seed(cfg.run.seed, 0))
+        for s in range(0, len(idx), t.batch_size):
+            chunk = idx[s:s + t.batch_size]
+            out = teacher.score([data.prompts[i] for i in chunk], data.image_batch(chunk), dims=dims,
+                                reasoning=True, samples=t.samples)
+            probs.append(out.probs.float())
+            mass.append(out.in_level_mass.float())
+    del teacher
+    return torch.cat(probs), torch.cat(mass)
+
+
+# -------------------------------------------------------------------------------------------------- train
+
+
+def step_losses(cfg: Config, scorer, data: TrainData, teach: torch.Tensor, idx: np.ndarray, dims: list[str],
+                norms: dict[str, float], device) -> dict[str, torch.Tensor]:
+    """Loss terms of one (micro-)batch, each Σ_items / global normaliser (see module docstring)."""
+    r = cfg.risd
+    ro = scorer.direct_readout([data.prompts[i] for i in idx], data.image_batch(idx), dims)
+    logits = ro.logits.float()
+    p_t = teach[torch.as_tensor(idx)].to(device)  # (B, D, L)
+    terms = {"kl": risd_kl(p_t, logits, reduction="sum") / norms["rows"]}
+    if r.gap_weight:
+        ia, ib = (torch.as_tensor(x, dtype=torch.long, device=device) for x in within_group_pairs(data.group[idx]))
+        mean_t = p_t @ scorer.levels.to(device)  # (B, D)
+        mean_s = ro.mean.float()
+        terms["gap"] = score_gap_huber((mean_s[ia] - mean_s[ib]).flatten(), (mean_t[ia] - mean_t[ib]).flatten(),
+                                       delta=r.gap_delta, reduction="sum") / norms["pairs"]
+    if r.human_weight:
+        di = data.dim_index(dims)
+        target = torch.as_tensor(data.target[idx][:, di], device=device)
+        mask = torch.as_tensor(data.mask[idx][:, di], device=device)
+        terms["human_kl"] = kl_div_levels(logits, target, mask, reduction="sum") / norms["labelled"]
+    return terms
+
+
+def train(cfg: Config) -> Path:
+    """Build/reuse the teacher cache, then train the direct-mode student; returns `run_dir/final`."""
+    if not cfg.data.train:
+        raise ValueError("data.train is required: a canonical split directory")
+    acc = make_accelerator(cfg.accelerator)
+    rank, world = acc.process_index, acc.num_processes
+    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
+                                is_main=acc.is_main_process)
+    seed_everything(cfg.run.seed, 0)
+    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
+    if cfg.data.extra_unlabelled:
+        data = concat_unlabelled(data, load_train_data(cfg.data.extra_unlabelled, max_images=cfg.data.extra_max_images))
+    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    dims = list(cfg.risd.dims or data.dims)
+    data.dim_index(dims)  # raises naming unknown dims
+    cache_dir = Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else run.root / "teacher_cache"
+    teach, tinfo = teacher_targets(cfg, data, dims, cache_dir, acc)
+    if acc.is_main_process:
+        print(f"[risd] teacher targets for {len(data)} images: {tinfo['computed']} computed, "
+              f"{len(data) - tinfo['computed']} from {tinfo['cache']} ({tinfo['seconds']:.1f} s)", file=sys.stderr)
+    scorer = build_scorer(cfg.model, acc.device)
+    bad = [d for d in dims if d not in scorer.dims]
+    if bad:
+        raise ValueError(f"risd.dims: {bad} are not dims of the student {cfg.model.init_from} ({scorer.dims})")
+    model = scorer.model
+    params = trainable_parameters(model)
+    opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps)
+    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
+        restore_model_state(model, state.model_state, cfg.model.lora, ckpt)
+        guard.load_state_dict(state.extra["guard"])
+        start = state.step
+    else:
+        seed_everything(cfg.run.seed, rank)
+    scorer.model, opt = acc.prepare(model, opt)
+    if acc.is_main_process:
+        dump_config(cfg, run.config)
+    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
+    bar = progress_bar(cfg.run.max_steps, initial=start, desc="risd", enabled=cfg.run.progress,
+                       is_main=acc.is_main_process)
+    r, ga, device, di = cfg.risd, cfg.accelerator.gradient_accumulation_steps, acc.device, data.dim_index(dims)
+    weights = {"kl": r.kl_weight, "gap": r.gap_weight, "human_kl": r.human_weight}
+    for step in range(start, cfg.run.max_steps):
+        t0 = time.perf_counter()
+        idx = group_batch(data, cfg.data.prompts_per_batch, step, cfg.run.seed, rank=rank, world_size=world,
+                          max_per_prompt=cfg.data.max_per_prompt)
+        n_pairs = len(within_group_pairs(data.group[idx])[0]) * len(dims)
+        rows, pairs, labelled = global_normalisers([len(idx) * len(dims), n_pairs, data.mask[idx][:, di].sum()],
+                                                   device)
+        norms = {"rows": rows, "pairs": pairs, "labelled": labelled}
+        totals: dict[str, torch.Tensor] = {}
+        micro = split_by_group(idx, data.group, ga)
+        for m, part in enumerate(micro):
+            sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(scorer.model)
+            with sync:
+                terms = step_losses(cfg, scorer, data, teach, part, dims, norms, device)
+                acc.backward(sum(weights[k] * v for k, v in terms.items()))
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + v.detach()
+        loss = sum(weights[k] * v for k, v in totals.items())
+        gn = acc.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+        if guard.check(step, loss, gn):
+            opt.step()
+            sched.step()
+        opt.zero_grad(set_to_none=True)
+        names = sorted(totals)
+        red = acc.reduce(torch.stack([loss, *(totals[k] for k in names)]).float(), reduction="mean")
+        metrics = {"loss": red[0], **{k: red[i + 1] for i, k in enumerate(names)}, "lr": sched.get_last_lr()[0],
+                   "grad_norm": gn, "step_time": time.perf_counter() - t0, "skipped": guard.total}
+        if step == start:
+            metrics.update(teacher_cache_s=tinfo["seconds"], teacher_computed=tinfo["computed"],
+                           teacher_in_level_mass=tinfo["in_level_mass"])
+        last = step + 1 == cfg.run.max_steps
+        if val is not None and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
+            if acc.is_main_process:
+                with unwrapped(scorer, acc):
+                    metrics.update(val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size))
+            acc.wait_for_everyone()
+        if (step + 1) % cfg.run.log_every == 0 or last or "val_acc" in metrics:
+            log.log(step + 1, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(red[0]):.4f}")
+        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
+            rng = gather_rng_states()
+            if acc.is_main_process:
+                save_checkpoint(run.checkpoints, step + 1, model_state(acc.unwrap_model(scorer.model), cfg.model.lora),
+                                optimizer=opt, scheduler=sched, rng_states=rng, extra={"guard": guard.state_dict()},
+                                keep_last=cfg.run.keep_last)
+            acc.wait_for_everyone()
+    bar.close()
+    log.close()
+    return save_final(scorer, acc, run.final, "direct")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`zreward train risd --config FILE [a.b=c ...]`."""
+    cfg = parse_cli(Config, list(argv or []), prog="zreward train risd")
+    final = train(cfg)
+    print(f"[risd] final scorer: {final}")
+    return 0

@@ -1,0 +1,390 @@
+"""SFT: direct score-token training against annotator distributions, and the teacher's reasoning cold start.
+
+Two variants (`sft.mode`), both explicit loops over prompt-grouped batches (`zreward.trainers.data.group_batch`):
+
+- **direct** (the SFT baseline of Z-Reward, arXiv 2606.09076, and the usual Q-Align / DeQA-Score recipe,
+  https://arxiv.org/abs/2312.17090, https://arxiv.org/abs/2501.11561): one forward per (image, dim) prompt that ends
+  at the score position; level logits = the full logits restricted to the 9 level tokens. Loss per step:
+      kl_weight · KL(target ‖ p)                       (losses.kl_div_levels, all labelled (image, dim) rows)
+    + expected_weight · (E_p[s] − MOS)²                 (losses.expected_score_loss; MSE or Huber)
+    + pair_weight · pairwise(images of one prompt)      (losses.score_gap_huber on E[s] gaps vs MOS gaps, or
+                                                         losses.thurstone_fidelity vs P(a ≻ b) of the labels)
+  The plain SFT baseline is KL only: `expected_weight` and `pair_weight` default to 0. The paper's SFT baseline is
+  "cross-entropy on the score token"; KL to the annotator distribution has the same gradient as the soft-label
+  cross-entropy (they differ by the target's entropy, a constant), so it is that baseline with soft labels.
+- **reasoning** (the teacher's cold start before GDSO): teacher-forced on the scorer's reasoning prompt + the
+  record's rationale for that dim (`rationales[dim]`, truncated to `max_chain_tokens` tokens) + EOS, then
+  `reasoning_close`: next-token CE on the rationale tokens and on the EOS after them (so that generation stops
+  there), plus the same KL (and optional expected / pairwise terms) on the level distribution at the score
+  position after `prompt + rationale + reasoning_close` — exactly the sequence `Scorer.score(reasoning=True)` reads
+  after it generated a chain and cut it at EOS. One forward gives both, because the EOS logits and the first close
+  token's logits sit at the same (causal) position.
+  Choices where the paper is silent: rows without a rationale get no CE (the KL still applies); CE is a mean over
+  rationale tokens (+EOS) of the whole global batch, `ce_weight` 1.
+
+Normalisation (exact under DDP): every term is a sum over its items divided by the item count of the **global**
+batch (counts all-reduced once per step), so N processes with the same global batch give the same loss and
+gradient as one process (up to float summation order). Gradient accumulation splits the local batch by prompt
+groups with the same global normalisers.
+
+The final Scorer (`run_dir/final`) records `mode` in zreward.json ("direct" or "reasoning"); a reasoning scorer
+also gets `max_new_tokens ≥ max_chain_tokens + 1` so the chains it learned fit.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zreward.losses import expected_score_loss, kl_div_levels, score_gap_huber, thurstone_fidelity
+from zreward.models import level_readout as lr
+from zreward.trainers.checkpoint import atomic_dir, gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
+                                     trainable_parameters, val_pairwise_accuracy)
+from zreward.trainers.config import dump_config, parse_cli
+from zreward.trainers.data import TrainData, group_batch, load_train_data, within_group_pairs
+from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, RunConfig,
+                                        make_accelerator, prepare_run_dir, progress_bar, seed_everything)
+
+
+@dataclass
+class SFTConfig:
+    """The SFT method section (`cfg.sft`)."""
+
+    mode: str = field(default="direct", metadata={"help": "direct (SFT baseline) or reasoning (teacher cold start on rationales)"})
+    dims: list[str] | None = field(default=None, metadata={"help": "dimensions to train (null: all of the split's)"})
+    kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(annotator distribution ‖ p) at the score position"})
+    expected_weight: float = field(default=0.0, metadata={"help": "weight of the expected-score regression onto the MOS (0: off)"})
+    expected_kind: str = field(default="mse", metadata={"help": "mse or huber (expected-score term)"})
+    pair_weight: float = field(default=0.0, metadata={"help": "weight of the within-prompt pairwise term (0: off, the plain baseline)"})
+    pair_loss: str = field(default="huber", metadata={"help": "huber (E[s] gap vs MOS gap) or fidelity (Thurstone vs label P(a>b))"})
+    pair_delta: float = field(default=1.0, metadata={"help": "Huber threshold of the score-gap term"})
+    ce_weight: float = field(default=1.0, metadata={"help": "reasoning mode: weight of the rationale next-token CE"})
+    max_chain_tokens: int = field(default=64, metadata={"help": "reasoning mode: rationales are cut to this many tokens"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("direct", "reasoning"):
+            raise ValueError(f"sft.mode must be direct or reasoning, got {self.mode!r}")
+        if self.pair_loss not in ("huber", "fidelity"):
+            raise ValueError(f"sft.pair_loss must be huber or fidelity, got {self.pair_loss!r}")
+        if self.expected_kind not in ("mse", "huber"):
+            raise ValueError(f"sft.expected_kind must be mse or huber, got {self.expected_kind!r}")
+        if self.max_chain_tokens < 1:
+            raise ValueError(f"sft.max_chain_tokens must be >= 1, got {self.max_chain_tokens}")
+
+
+@dataclass
+class Config:
+    """`zreward train sft` configuration (YAML files and `a.b=c` overrides only override these defaults)."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/sft"))
+    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+# ------------------------------------------------------------------------------- helpers (also used by risd)
+
+
+def global_normalisers(counts: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Per-rank normalisers n_global / world for item counts, so that Σ_local / normaliser, averaged by DDP over
+    ranks, equals Σ_global / n_global (one all-reduce for all counts; 1 where the global count is 0)."""
+    t = torch.tensor([float(c) for c in counts], dtype=torch.float64)
+    dist = torch.distributed
+    world = 1
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        t = t.to(device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+    return [c / world if c > 0 else 1.0 for c in t.cpu().tolist()]
+
+
+def split_by_group(idx: np.ndarray, group: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Split batch indices into ≤ `parts` micro-batches without cutting a prompt group (pairs stay together)."""
+    if parts <= 1:
+        return [idx]
+    g = group[idx]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    chunks = np.array_split(np.arange(len(starts)), min(parts, len(starts)))
+    ends = np.r_[starts[1:], len(idx)]
+    return [idx[starts[c[0]]:ends[c[-1]]] for c in chunks if len(c)]
+
+
+def label_pair_prob(pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
+    """P(a ≻ b) + ½·P(tie) for independent level distributions.
+
+    Args:
+        pa, pb: (..., L) distributions.
+
+    Returns:
+        (...,) probabilities in [0, 1].
+    """
+    joint = pa.unsqueeze(-1) * pb.unsqueeze(-2)  # (..., L_a, L_b)
+    n = pa.shape[-1]
+    above = torch.tril(torch.ones(n, n, dtype=pa.dtype, device=pa.device), diagonal=-1)  # level_a > level_b
+    weight = above + 0.5 * torch.eye(n, dtype=pa.dtype, device=pa.device)
+    return (joint * weight).sum((-1, -2))
+
+
+def pair_counts(group: np.ndarray, mask: np.ndarray) -> int:
+    """Number of (within-prompt pair, dim) items where both images are labelled. group: (B,), mask: (B, D)."""
+    ia, ib = within_group_pairs(group)
+    return int((mask[ia] & mask[ib]).sum())
+
+
+def pairwise_sum(mean: torch.Tensor, std: torch.Tensor, group: np.ndarray, target: torch.Tensor,
+                 mos: torch.Tensor, mask: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
+    """Summed pairwise loss over within-prompt pairs and dims.
+
+    Args:
+        mean, std: (B, D) predicted expected score and spread.  group: (B,) prompt group ids.
+        target: (B, D, L) label distributions.  mos: (B, D) label means.  mask: (B, D) bool, labelled.
+        kind: "huber" (E[s] gap vs MOS gap, losses.score_gap_huber) or "fidelity" (losses.thurstone_fidelity
+            against `label_pair_prob`).
+    """
+    ia, ib = (torch.as_tensor(x, dtype=torch.long, device=mean.device) for x in within_group_pairs(group))
+    if len(ia) == 0:
+        return mean.sum() * 0.0
+    m = (mask[ia] & mask[ib]).flatten()
+    if kind == "huber":
+        return score_gap_huber((mean[ia] - mean[ib]).flatten(), (mos[ia] - mos[ib]).flatten(), delta=delta,
+                               mask=m, reduction="sum")
+    p = label_pair_prob(target[ia], target[ib]).flatten()
+    return thurstone_fidelity(mean[ia].flatten(), std[ia].flatten(), mean[ib].flatten(), std[ib].flatten(), p,
+                              mask=m, reduction="sum")
+
+
+def rationale_forward(scorer, prompts: list[str], images, dims: list[str], chains: list[list[int]]):
+    """Teacher-forced reasoning pass: prompt + chain + `reasoning_close` per (image, dim), one forward.
+
+    Args:
+        prompts: B prompts.  images: B images.  dims: D dims.
+        chains: B·D token lists (image-major); an empty chain gets no CE targets.
+
+    Returns:
+        (ce_sum, n_ce_tokens, LevelReadout (B, D, L) at the score position after each closed chain). The CE
+        targets are each chain token and an EOS after the last one (predicted where the close begins).
+    """
+    b, d = len(prompts), len(dims)
+    pixels = scorer.prepare_images(images)
+    texts = [scorer.reasoning_prompt(p, dim) for p in prompts for dim in dims]
+    image_index = [i for i in range(b) for _ in dims]
+    batch, prompt_ids = scorer.encode_items(texts, image_index, pixels,
+                                            suffix_ids=[c + scorer.close_ids for c in chains])
+    ids = batch.inputs["input_ids"]
+    n, t = ids.shape
+    p_len = torch.tensor([len(p) for p in prompt_ids])
+    c_len = torch.tensor([len(c) for c in chains])
+    k = int(t - p_len.min().item() + 1)  # logits for positions t-k..t-1 cover every target and the score position
+    out = scorer.model(**batch.inputs, logits_to_keep=k, use_cache=False)
+    logits = out.logits  # (N, k, V)
+    j = torch.arange(int(c_len.max().item()) + 1)
+    targets = torch.full((n, len(j)), -100, dtype=torch.long)
+    for i, c in enumerate(chains):  # index bookkeeping only
+        if c:
+            targets[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            targets[i, len(c)] = scorer.tokenizer.eos_token_id
+    local = (p_len.unsqueeze(1) - 1 + j.unsqueeze(0) - (t - k)).clamp(0, k - 1).to(logits.device)
+    rows = torch.arange(n, device=logits.device).unsqueeze(1)
+    tgt = targets.to(logits.device)
+    ce = F.cross_entropy(logits[rows, local].float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="sum")
+    score_local = (batch.lengths - 1 - (t - k)).to(logits.device)
+    full = logits[torch.arange(n, device=logits.device), score_local].view(b, d, -1)
+    ro = lr.readout(full, scorer.level_token_ids.to(full.device), scorer.levels.to(full.device))
+    return ce, int((targets != -100).sum()), ro
+
+
+def tokenize_rationales(tokenizer, data: TrainData, idx: np.ndarray, dims: list[str], max_tokens: int) -> list[list[int]]:
+    """B·D rationale token lists (image-major), cut to `max_tokens`; [] where a record has no rationale."""
+    texts = [data.rationales[i].get(d, "") or "" for i in idx for d in dims]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return [x[:max_tokens] for x in ids]
+
+
+@contextlib.contextmanager
+def unwrapped(scorer, acc):
+    """Temporarily give the Scorer the plain module (generation, evaluation, saving) and keep RNG untouched."""
+    wrapped = scorer.model
+    scorer.model = acc.unwrap_model(wrapped)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield scorer
+    finally:
+        scorer.model = wrapped
+
+
+def model_state(model, lora: bool) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores: only the trainable (adapter) parameters with LoRA, else the whole state dict."""
+    if lora:
+        return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    return model.state_dict()
+
+
+def restore_model_state(model, weights: dict[str, torch.Tensor], lora: bool, where: Path) -> None:
+    if not lora:
+        model.load_state_dict(weights, strict=True)
+        return
+    want = {k for k, v in model.named_parameters() if v.requires_grad}
+    if want != set(weights):
+        raise RuntimeError(f"{where}: checkpoint holds {len(weights)} adapter tensors, the model has {len(want)} "
+                           "trainable ones (different LoRA settings?)")
+    model.load_state_dict(weights, strict=False)
+
+
+def save_final(scorer, acc, out: Path, mode: str, max_new_tokens: int | None = None) -> Path:
+    """Write the trained Scorer atomically to `out` with `mode` (and chain length bound) in zreward.json."""
+    with unwrapped(scorer, acc):
+        scorer.config.mode = mode
+        if max_new_tokens is not None:
+            scorer.config.max_new_tokens = max(scorer.config.max_new_tokens, max_new_tokens)
+        if acc.is_main_process:
+            with atomic_dir(out) as tmp:
+                scorer.save_pretrained(tmp)
+    acc.wait_for_everyone()
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- train
+
+
+def _check_dims(cfg: Config, scorer, data: TrainData) -> list[str]:
+    dims = list(cfg.sft.dims or data.dims)
+    for what, have in (("training split", data.dims), (f"scorer {cfg.model.init_from}", scorer.dims)):
+        missing = [d for d in dims if d not in have]
+        if missing:
+            raise ValueError(f"sft.dims: {missing} are not dims of the {what} ({have})")
+    return dims
+
+
+def step_losses(cfg: Config, scorer, data: TrainData, idx: np.ndarray, dims: list[str], norms: dict[str, float],
+                device) -> dict[str, torch.Tensor]:
+    """Weighted-ready loss terms of one (micro-)batch, each Σ_items / global normaliser. See module docstring."""
+    s = cfg.sft
+    di = data.dim_index(dims)
+    target = torch.as_tensor(data.target[idx][:, di], device=device)
+    mask = torch.as_tensor(data.mask[idx][:, di], device=device)
+    mos = torch.as_tensor(data.mos[idx][:, di], device=device)
+    prompts, images = [data.prompts[i] for i in idx], data.image_batch(idx)
+    terms: dict[str, torch.Tensor] = {}
+    if s.mode == "reasoning":
+        chains = tokenize_rationales(scorer.tokenizer, data, idx, dims, s.max_chain_tokens)
+        ce, _, ro = rationale_forward(scorer, prompts, images, dims, chains)
+        terms["ce"] = ce / norms["ce"]
+    else:
+        ro = scorer.direct_readout(prompts, images, dims)
+    logits = ro.logits.float()
+    terms["kl"] = kl_div_levels(logits, target, mask, reduction="sum") / norms["rows"]
+    if s.expected_weight:
+        terms["expected"] = expected_score_loss(logits, mos, scorer.levels.to(device), mask, kind=s.expected_kind,
+                                                reduction="sum") / norms["rows"]
+    if s.pair_weight:
+        terms["pair"] = pairwise_sum(ro.mean.float(), ro.std.float(), data.group[idx], target, mos, mask,
+                                     s.pair_loss, s.pair_delta) / norms["pairs"]
+    return terms
+
+
+def _weights(cfg: Config) -> dict[str, float]:
+    s = cfg.sft
+    return {"kl": s.kl_weight, "expected": s.expected_weight, "pair": s.pair_weight, "ce": s.ce_weight}
+
+
+def train(cfg: Config) -> Path:
+    """Run SFT (direct or reasoning cold start); returns the final Scorer directory `run_dir/final`."""
+    if not cfg.data.train:
+        raise ValueError("data.train is required: a canonical split directory")
+    acc = make_accelerator(cfg.accelerator)
+    rank, world = acc.process_index, acc.num_processes
+    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
+                                is_main=acc.is_main_process)
+    seed_everything(cfg.run.seed, 0)  # identical initial weights on every rank
+    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
+    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    scorer = build_scorer(cfg.model, acc.device)
+    dims = _check_dims(cfg, scorer, data)
+    model = scorer.model
+    params = trainable_parameters(model)
+    opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps)
+    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
+        restore_model_state(model, state.model_state, cfg.model.lora, ckpt)
+        guard.load_state_dict(state.extra["guard"])
+        start = state.step
+    else:
+        seed_everything(cfg.run.seed, rank)
+    scorer.model, opt = acc.prepare(model, opt)  # not the scheduler (accelerate would step it per process)
+    if acc.is_main_process:
+        dump_config(cfg, run.config)
+    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
+    bar = progress_bar(cfg.run.max_steps, initial=start, desc=f"sft[{cfg.sft.mode}]", enabled=cfg.run.progress,
+                       is_main=acc.is_main_process)
+    weights, ga, device = _weights(cfg), cfg.accelerator.gradient_accumulation_steps, acc.device
+    for step in range(start, cfg.run.max_steps):
+        t0 = time.perf_counter()
+        idx = group_batch(data, cfg.data.prompts_per_batch, step, cfg.run.seed, rank=rank, world_size=world,
+                          max_per_prompt=cfg.data.max_per_prompt)
+        mask = data.mask[idx][:, data.dim_index(dims)]
+        n_ce = 0
+        if cfg.sft.mode == "reasoning":
+            n_ce = sum(len(c) + 1 for c in tokenize_rationales(scorer.tokenizer, data, idx, dims,
+                                                               cfg.sft.max_chain_tokens) if c)
+        rows, pairs, ce = global_normalisers([mask.sum(), pair_counts(data.group[idx], mask), n_ce], device)
+        norms = {"rows": rows, "pairs": pairs, "ce": ce}
+        totals: dict[str, torch.Tensor] = {}
+        micro = split_by_group(idx, data.group, ga)
+        for m, part in enumerate(micro):
+            sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(scorer.model)
+            with sync:
+                terms = step_losses(cfg, scorer, data, part, dims, norms, device)
+                loss = sum(weights[k] * v for k, v in terms.items())
+                acc.backward(loss)
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + v.detach()
+        loss = sum(weights[k] * v for k, v in totals.items())
+        gn = acc.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+        if guard.check(step, loss, gn):
+            opt.step()
+            sched.step()
+        opt.zero_grad(set_to_none=True)
+        names = sorted(totals)
+        red = acc.reduce(torch.stack([loss, *(totals[k] for k in names)]).float(), reduction="mean")
+        metrics = {"loss": red[0], **{k: red[i + 1] for i, k in enumerate(names)}, "lr": sched.get_last_lr()[0],
+                   "grad_norm": gn, "step_time": time.perf_counter() - t0, "skipped": guard.total}
+        last = step + 1 == cfg.run.max_steps
+        if val is not None and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
+            if acc.is_main_process:
+                with unwrapped(scorer, acc):
+                    metrics.update(val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size,
+                                                         reasoning=cfg.sft.mode == "reasoning"))
+            acc.wait_for_everyone()
+        if (step + 1) % cfg.run.log_every == 0 or last or "val_acc" in metrics:
+            log.log(step + 1, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(red[0]):.4f}")
+        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
+            rng = gather_rng_states()  # collective
+            if acc.is_main_process:
+                save_checkpoint(run.checkpoints, step + 1, model_state(acc.unwrap_model(scorer.model), cfg.model.lora),
+                                optimizer=opt, scheduler=sched, rng_states=rng, extra={"guard": guard.state_dict()},
+                                keep_last=cfg.run.keep_last)
+            acc.wait_for_everyone()
+    bar.close()
+    log.close()
+    chain_len = cfg.sft.max_chain_tokens + 1 if cfg.sft.mode == "reasoning" else None
+    return save_final(scorer, acc, run.final, cfg.sft.mode, chain_len)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`zreward train sft --config FILE [a.b=c ...]`."""
+    cfg = parse_cli(Config, list(argv or []), prog="zreward train sft")
+    final = train(cfg)
+    print(f"[sft] final scorer: {final}")
+    return 0

@@ -1,0 +1,168 @@
+"""RISD trainer: teacher-target cache (built once, reused, rebuilt on changes), student run, data union."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from zreward.trainers import risd
+from zreward.trainers.run_utils import derive_seed, read_metrics
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(teacher dir in reasoning mode with short chains, student dir)."""
+    from zreward.models.tiny import init_tiny
+
+    root = tmp_path_factory.mktemp("risd_models")
+    teacher = init_tiny("qwen2_vl", root / "teacher", preset="tiny", seed=1, mode="reasoning", max_new_tokens=6)
+    student = init_tiny("qwen2_vl", root / "student", preset="tiny", seed=2)
+    # A random tiny model is nearly uniform over the levels; sharpen the teacher's level-token rows so that its
+    # targets differ clearly from the student's start (else there is nothing to distil).
+    from safetensors.torch import load_file, save_file
+
+    ids = json.loads((teacher / "zreward.json").read_text())["level_token_ids"]
+    sd = load_file(str(teacher / "model.safetensors"))
+    key = next(k for k in sd if k.endswith("lm_head.weight"))
+    sd[key][ids] *= 40.0
+    save_file(sd, str(teacher / "model.safetensors"), metadata={"format": "pt"})
+    return teacher, student
+
+
+def _cfg(models, world, out, **over) -> risd.Config:
+    cfg = risd.Config()
+    cfg.teacher.path, cfg.model.init_from = str(models[0]), str(models[1])
+    cfg.teacher.samples, cfg.teacher.batch_size = 2, 8
+    cfg.data.train, cfg.data.max_images = str(world / "train"), 12
+    cfg.data.extra_unlabelled, cfg.data.extra_max_images = str(world / "ood"), 4
+    cfg.data.prompts_per_batch = 2
+    cfg.run.output_dir, cfg.run.progress, cfg.run.max_steps = str(out), False, 5
+    cfg.teacher.cache_dir = str(out.parent / "cache")
+    cfg.optim.lr = 3e-3
+    for key, value in over.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def test_risd_run_caches_teacher_once_and_student_learns(models, small_world, tmp_path):
+    from zreward.serve.scorer import load_scorer
+    from zreward.trainers.data import load_train_data
+
+    cfg = _cfg(models, small_world, tmp_path / "run", risd__human_weight=0.5)
+    final = risd.train(cfg)
+    logs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    first = logs[0]
+    assert first["teacher_computed"] == 16  # 12 labelled + 4 unlabelled images, computed on this first run
+    for key in ("loss", "kl", "gap", "human_kl", "lr", "grad_norm"):
+        assert key in first
+    assert np.mean([e["kl"] for e in logs[-2:]]) < first["kl"]
+    assert json.loads((final / "zreward.json").read_text())["mode"] == "direct"
+    assert load_scorer(final).score(["a red circle"], torch.rand(1, 3, 64, 64)).probs.shape == (1, 4, 9)
+
+    # the cached rows are exactly the teacher's chain-averaged distributions (same seed, same batches)
+    caches = list((tmp_path / "cache").glob("teacher_*.safetensors"))
+    assert len(caches) == 1
+    data = risd.concat_unlabelled(load_train_data(cfg.data.train, max_images=12),
+                                  load_train_data(cfg.data.extra_unlabelled, max_images=4))
+    acc = _Main()
+    cached, info = risd.teacher_targets(cfg, data, data.dims, tmp_path / "cache", acc)
+    assert info["computed"] == 0  # reused
+    teacher = load_scorer(models[0])
+    torch.manual_seed(derive_seed(cfg.run.seed, 0))
+    want = teacher.score(data.prompts[:8], data.image_batch(range(8)), reasoning=True, samples=2).probs
+    torch.testing.assert_close(cached[:8], want)
+    torch.testing.assert_close(cached.sum(-1), torch.ones(16, 4), rtol=0, atol=1e-5)
+
+    # rerun of the same config elsewhere: the cache is reused, nothing is recomputed
+    cfg2 = _cfg(models, small_world, tmp_path / "run2")
+    cfg2.run.max_steps = 1
+    risd.train(cfg2)
+    assert read_metrics(tmp_path / "run2" / "metrics.jsonl")[0]["teacher_computed"] == 0
+
+
+class _Main:
+    """The bits of an Accelerator that `teacher_targets` uses, single process."""
+
+    is_main_process = True
+    device = torch.device("cpu")
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def test_teacher_cache_is_rebuilt_when_inputs_change(models, small_world, tmp_path):
+    from zreward.trainers.data import load_train_data
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(models[0], teacher)
+    cfg = _cfg(models, small_world, tmp_path / "run")
+    cfg.teacher.path = str(teacher)
+    data = load_train_data(small_world / "train", max_images=4)
+    acc, cache = _Main(), tmp_path / "cache"
+    _, info = risd.teacher_targets(cfg, data, data.dims, cache, acc)
+    assert info["computed"] == 4
+    assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 0
+    cfg.teacher.samples = 3  # another M: new cache file
+    assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 4
+    cfg.teacher.samples = 2
+    zr = json.loads((teacher / "zreward.json").read_text())
+    zr["temperature"] = 0.7  # the teacher dir changed: new fingerprint
+    (teacher / "zreward.json").write_text(json.dumps(zr))
+    assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 4
+    data.images[0] = 255 - data.images[0]  # an image changed under the same id: only that row is recomputed
+    assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 1
+    assert len(list(cache.glob("teacher_*.safetensors"))) == 3
+
+
+def test_concat_unlabelled_drops_extra_labels_and_regroups(small_world):
+    from zreward.trainers.data import load_train_data
+
+    a = load_train_data(small_world / "train", max_images=8)
+    b = load_train_data(small_world / "ood", max_images=8)
+    u = risd.concat_unlabelled(a, b)
+    assert len(u) == 16 and u.ids == a.ids + b.ids
+    assert u.mask[:8].tolist() == a.mask.tolist() and not u.mask[8:].any()
+    assert (u.target[8:] == 0).all() and (u.mos[8:] == 0).all()
+    for g in u.groups:  # every group holds one prompt, and every image is in exactly one group
+        assert len({u.prompts[i] for i in g}) == 1
+    assert len(u.groups) == len(a.groups) + len(b.groups)  # each split keeps its own prompt instances
+    assert not set(u.group[:8].tolist()) & set(u.group[8:].tolist())
+    assert sorted(np.concatenate(u.groups).tolist()) == list(range(16))
+
+
+def test_step_losses_hand_values():
+    """Teacher one-hot at 4.0 and 2.0 (gap 2), uniform student (means 3.0, gap 0): KL = log 9 per row,
+    Huber(δ=1) of 2 = 1.5, human KL only on the labelled row."""
+    import math
+
+    from zreward.models.level_readout import readout_from_level_logits
+    from zreward.trainers.data import TrainData
+
+    levels = torch.tensor([1.0 + 0.5 * i for i in range(9)])
+
+    class FakeScorer:
+        def __init__(self):
+            self.levels = levels
+
+        def direct_readout(self, prompts, images, dims):
+            return readout_from_level_logits(torch.zeros(len(prompts), len(dims), 9), levels)
+
+    target = np.zeros((2, 1, 9), np.float32)
+    target[0, 0, 8] = 1.0
+    data = TrainData(ids=["a", "b"], prompts=["p", "p"], images=[torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2,
+                     target=target, mask=np.array([[True], [False]]), mos=np.array([[5.0], [0.0]], np.float32),
+                     group=np.array([0, 0]), groups=[np.array([0, 1])], rationales=[{}, {}], dims=["alignment"],
+                     levels=levels.tolist())
+    teach = torch.zeros(2, 1, 9)
+    teach[0, 0, 6], teach[1, 0, 2] = 1.0, 1.0
+    cfg = risd.Config()
+    cfg.risd.human_weight = 1.0
+    terms = risd.step_losses(cfg, FakeScorer(), data, teach, np.array([0, 1]), ["alignment"],
+                             {"rows": 2.0, "pairs": 1.0, "labelled": 1.0}, "cpu")
+    assert float(terms["kl"]) == pytest.approx(math.log(9))
+    assert float(terms["gap"]) == pytest.approx(1.5)
+    assert float(terms["human_kl"]) == pytest.approx(math.log(9))
