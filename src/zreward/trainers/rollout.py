@@ -1,0 +1,296 @@
+"""Shared stages of the reasoning-mode RL trainers (`gdso`, `grpo`), named as in verl: rollout → reward → advantages.
+
+Plain functions, no trainer state:
+
+- `rollout`: G sampled chains per (image, dimension) in one batched, KV-cached `Scorer.generate_chains` call
+  (eval mode, no gradients). Chains are ordered (image, dim, sample), so the G chains of one (image, dim) group
+  are contiguous, as `losses.group_relative_advantages` expects.
+- `subset` / `micro_batches`: split a rollout into micro-batches of whole prompt groups (the pairwise term couples
+  the images of one prompt; advantages couple the G chains of one (image, dim)), so each micro-batch is a
+  self-contained forward/backward.
+- `score_chains`: the teacher-forced pass (`Scorer.chain_forward`): per-token log-probs of the chain tokens and the
+  level logits read at the score position after each closed chain, all chains in one forward.
+- `distribution_rewards` (GDSO): reward from the chain's score distribution vs the label — `neg_abs` −|μ − MOS|,
+  `neg_sq` −(μ − MOS)², `neg_kl` −KL(target ‖ p), where μ = Σ p·level is the distribution's expectation.
+- `sampled_level_rewards` (GRPO): draw one level per chain from its distribution (or take the argmax) and reward
+  `neg_abs` −|level − MOS| or `exact` 1[|level − MOS| ≤ tol].
+- `masked_advantages`: `losses.group_relative_advantages` with unlabelled (image, dim) groups forced to 0.
+- `with_score_token`: append the chosen level token's log-prob (restricted level softmax) as one more "token" of
+  each chain, so a PG loss covers the chain tokens and the score token.
+- `reference_logprobs`: chain-token log-probs under the frozen initial model (k3 KL): with LoRA the adapters are
+  disabled for one no-grad forward (no extra memory); otherwise a frozen copy of the model is used (one more copy
+  of the weights in memory + one no-grad forward per rollout).
+- `group_moments`: per-(image, dim) mean over the G chains of the expectation and std (differentiable), for the
+  pairwise score-gap term.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from zreward.losses import group_relative_advantages
+from zreward.models.level_readout import expectation, std_of
+from zreward.models.preprocess import PixelInputs
+from zreward.serve.scorer import ChainBatch, ChainForward
+
+__all__ = ["Rollout", "rollout", "subset", "micro_batches", "score_chains", "distribution_rewards",
+           "sampled_level_rewards", "masked_advantages", "with_score_token", "reference_logprobs", "group_moments",
+           "DIST_REWARDS", "LEVEL_REWARDS", "Labels", "batch_labels", "resolve_dims", "step_dims"]
+
+DIST_REWARDS = ("neg_abs", "neg_sq", "neg_kl")
+LEVEL_REWARDS = ("neg_abs", "exact")
+
+
+@dataclass
+class Rollout:
+    """N = B·D·G chains for B images, D dims, G samples (ordered image, dim, sample).
+
+    Attributes:
+        chains: the generated chains (`chains.image_index` indexes `pixels`).
+        pixels: preprocessed images of the batch (B entries).
+        n_images / n_dims / group_size: B, D, G.
+        gen_tokens: number of generated chain tokens (for tokens/s).
+    """
+
+    chains: ChainBatch
+    pixels: PixelInputs
+    n_images: int
+    n_dims: int
+    group_size: int
+    gen_tokens: int
+
+
+def rollout(scorer, prompts: list[str], images, dims: list[str], group_size: int, max_new_tokens: int,
+            temperature: float) -> Rollout:
+    """Sample G chains per (image, dim) with the current policy (one batched generate call, no gradients).
+
+    Args:
+        scorer: a Scorer whose `model` is the plain (unwrapped) policy.
+        prompts: B prompts.  images: B images (tensor (B, 3, H, W) in [0, 1] or a list).  dims: D dimensions.
+        group_size: G ≥ 1 chains per (image, dim); sampled (do_sample=True) even for G = 1.
+    """
+    was_training = scorer.model.training
+    scorer.model.eval()
+    try:
+        pixels = scorer.prepare_images(images)
+        chains = scorer.generate_chains(prompts, pixels, dims, samples=group_size, do_sample=True,
+                                        temperature=temperature, max_new_tokens=max_new_tokens)
+    finally:
+        scorer.model.train(was_training)
+    return Rollout(chains, pixels, len(prompts), len(dims), group_size, sum(len(c) for c in chains.chain_ids))
+
+
+def subset(ro: Rollout, image_rows: np.ndarray) -> tuple[Rollout, np.ndarray]:
+    """The chains of a subset of the batch images (pixels kept whole; `image_index` still indexes them).
+
+    Returns:
+        (sub-rollout, (n,) chain rows taken from the full rollout, in order).
+    """
+    per = ro.n_dims * ro.group_size
+    rows = (np.asarray(image_rows, np.int64)[:, None] * per + np.arange(per)[None, :]).reshape(-1)
+    c = ro.chains
+    sub = ChainBatch([c.image_index[i] for i in rows], [c.dim_index[i] for i in rows],
+                     [c.prompt_ids[i] for i in rows], [c.chain_ids[i] for i in rows], [c.texts[i] for i in rows])
+    return Rollout(sub, ro.pixels, len(image_rows), ro.n_dims, ro.group_size,
+                   sum(len(x) for x in sub.chain_ids)), rows
+
+
+def micro_batches(group_ids: np.ndarray, groups_per_micro: int | None) -> list[np.ndarray]:
+    """Split batch image positions into micro-batches of whole prompt groups (None: one micro-batch).
+
+    Args:
+        group_ids: (B,) prompt-group id of each batch image.
+    """
+    uniq = list(dict.fromkeys(np.asarray(group_ids).tolist()))  # first-appearance order
+    step = len(uniq) if not groups_per_micro else groups_per_micro
+    out = []
+    for s in range(0, len(uniq), step):
+        keep = set(uniq[s:s + step])
+        out.append(np.array([i for i, g in enumerate(group_ids) if g in keep], np.int64))
+    return out
+
+
+def score_chains(scorer, ro: Rollout) -> ChainForward:
+    """Teacher-forced pass over prompt + chain + close for all N chains of `ro` (gradients if enabled)."""
+    return scorer.chain_forward(ro.chains, ro.pixels)
+
+
+def distribution_rewards(level_logits: torch.Tensor, levels: torch.Tensor, mos: torch.Tensor,
+                         target: torch.Tensor | None = None, kind: str = "neg_abs") -> torch.Tensor:
+    """GDSO reward of each chain from the score distribution read after it (no gradient).
+
+    Args:
+        level_logits: (N, L) level logits after each chain.
+        levels: (L,) level values.
+        mos: (N,) label mean of the chain's (image, dim).
+        target: (N, L) label distributions (needed for kind="neg_kl").
+        kind: "neg_abs" −|μ − MOS|, "neg_sq" −(μ − MOS)², "neg_kl" −KL(target ‖ p).
+
+    Returns:
+        (N,) float32 rewards.
+
+    >>> lg = torch.log(torch.tensor([[0.5, 0.5], [1.0, 1e-9]])); lv = torch.tensor([1.0, 2.0])
+    >>> distribution_rewards(lg, lv, torch.tensor([2.0, 1.0])).tolist()
+    [-0.5, -0.0]
+    """
+    if kind not in DIST_REWARDS:
+        raise ValueError(f"reward kind {kind!r}: expected one of {DIST_REWARDS}")
+    with torch.no_grad():
+        logp = torch.log_softmax(level_logits.detach().float(), -1)
+        mu = expectation(logp.exp(), levels.to(logp.device))
+        mos = mos.to(mu)
+        if kind == "neg_abs":
+            return -(mu - mos).abs()
+        if kind == "neg_sq":
+            return -(mu - mos) ** 2
+        if target is None:
+            raise ValueError("distribution_rewards: kind='neg_kl' needs the target distributions (N, L)")
+        t = target.to(logp)
+        return -(torch.xlogy(t, t) - t * logp).sum(-1)
+
+
+def sampled_level_rewards(level_logits: torch.Tensor, levels: torch.Tensor, mos: torch.Tensor,
+                          mode: str = "sample", kind: str = "neg_abs", tol: float = 0.25,
+                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO scalar reward on one level per chain.
+
+    Args:
+        level_logits: (N, L) level logits after each chain.  levels: (L,).  mos: (N,) label means.
+        mode: "sample" (draw from the restricted level softmax) or "argmax".
+        kind: "neg_abs" −|level − MOS| or "exact" 1[|level − MOS| ≤ tol].
+        generator: torch RNG for the draw (None: the global one).
+
+    Returns:
+        rewards (N,) float32, level index (N,) long of the chosen level.
+    """
+    if mode not in ("sample", "argmax"):
+        raise ValueError(f"level choice mode {mode!r}: expected 'sample' or 'argmax'")
+    if kind not in LEVEL_REWARDS:
+        raise ValueError(f"reward kind {kind!r}: expected one of {LEVEL_REWARDS}")
+    with torch.no_grad():
+        p = torch.softmax(level_logits.detach().float(), -1)
+        if mode == "sample":
+            idx = torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(p.device)
+        else:
+            idx = p.argmax(-1)
+        err = (levels.to(p.device)[idx] - mos.to(p)).abs()
+        r = -err if kind == "neg_abs" else (err <= tol + 1e-6).float()
+    return r, idx
+
+
+def masked_advantages(rewards: torch.Tensor, labelled: torch.Tensor, group_size: int,
+                      scale: str = "group") -> torch.Tensor:
+    """Group-relative advantages; chains of unlabelled (image, dim) groups get reward 0 and advantage 0.
+
+    Args:
+        rewards: (N,) per chain, groups of G contiguous.  labelled: (N,) bool, constant within a group.
+    """
+    r = torch.where(labelled, rewards, torch.zeros_like(rewards))
+    adv = group_relative_advantages(r, group_size, scale=scale)
+    return torch.where(labelled, adv, torch.zeros_like(adv))
+
+
+def with_score_token(token_logprobs: torch.Tensor, token_mask: torch.Tensor, level_logits: torch.Tensor,
+                     level_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append log p(chosen level | chain) (softmax restricted to the level tokens) as the last token of each row.
+
+    Args:
+        token_logprobs / token_mask: (N, C) chain tokens.  level_logits: (N, L).  level_idx: (N,) chosen level.
+
+    Returns:
+        (N, C + 1) log-probs and mask; the score token sits right after each chain's last real token (rows are
+        right-padded, so it is placed at column C; aggregation is by mask, the column does not matter).
+    """
+    lp = torch.log_softmax(level_logits.float(), -1).gather(-1, level_idx.view(-1, 1).to(level_logits.device))
+    logp = torch.cat([token_logprobs.float(), lp], 1)
+    mask = torch.cat([token_mask, torch.ones_like(token_mask[:, :1])], 1)
+    return logp, mask
+
+
+def make_reference(model):
+    """A frozen copy of `model` for k3 KL, or None for a peft model (adapters are disabled instead)."""
+    if hasattr(model, "peft_config"):
+        return None
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+@torch.no_grad()
+def reference_logprobs(scorer, ref_model, ro: Rollout) -> ChainForward:
+    """Chain log-probs under the frozen initial model: `ref_model` if given, else the policy with LoRA disabled."""
+    if ref_model is None and not hasattr(scorer.model, "disable_adapter"):
+        raise ValueError("reference_logprobs: no reference model and the policy has no LoRA adapters to disable")
+    view = scorer if ref_model is None else copy.copy(scorer)
+    if ref_model is not None:
+        view.model = ref_model
+    ctx = scorer.model.disable_adapter() if ref_model is None else contextlib.nullcontext()
+    with ctx:
+        return view.chain_forward(ro.chains, ro.pixels)
+
+
+def group_moments(level_logits: torch.Tensor, levels: torch.Tensor, n_images: int, n_dims: int,
+                  group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over the G chains of each (image, dim) of the expectation and of the std (differentiable).
+
+    Args:
+        level_logits: (B·D·G, L), ordered (image, dim, sample).
+
+    Returns:
+        mu (B, D), sigma (B, D).
+    """
+    p = torch.softmax(level_logits.float(), -1)
+    lv = levels.to(p.device)
+    mu = expectation(p, lv)
+    sd = std_of(p, lv, mu)
+    return mu.view(n_images, n_dims, group_size).mean(-1), sd.view(n_images, n_dims, group_size).mean(-1)
+
+
+@dataclass
+class Labels:
+    """Labels of the B batch images on the step's D dims: mos/std (B, D), target (B, D, L), mask (B, D)."""
+
+    mos: torch.Tensor
+    std: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+
+    def rows(self, rows: np.ndarray) -> Labels:
+        """The labels of a subset of the batch images."""
+        return Labels(self.mos[rows], self.std[rows], self.target[rows], self.mask[rows])
+
+    def per_chain(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N,) mos, (N, L) target, (N,) mask expanded to the (image, dim, sample) chain order."""
+        return (self.mos.reshape(-1).repeat_interleave(g), self.target.reshape(-1, self.target.shape[-1])
+                .repeat_interleave(g, 0), self.mask.reshape(-1).repeat_interleave(g))
+
+
+def batch_labels(data, idx: np.ndarray, dim_idx: list[int], levels: torch.Tensor) -> Labels:
+    """Labels of batch images `idx` (into a TrainData) on the dims `dim_idx` (into its dims); std from the target."""
+    target = torch.from_numpy(data.target[idx][:, dim_idx])
+    mos = torch.from_numpy(data.mos[idx][:, dim_idx])
+    var = (target * (levels - mos.unsqueeze(-1)) ** 2).sum(-1)
+    return Labels(mos, var.clamp_min(0).sqrt(), target, torch.from_numpy(data.mask[idx][:, dim_idx]))
+
+
+def resolve_dims(g_dims: list[str] | None, data, scorer, where: str = "dims") -> list[str]:
+    """The run's dims: the configured ones, or all dims the split and the scorer share; checked."""
+    dims = list(g_dims) if g_dims else [d for d in data.dims if d in scorer.dims]
+    bad = [d for d in dims if d not in data.dims or d not in scorer.dims]
+    if bad or not dims:
+        raise ValueError(f"{where}: {bad or dims} must be non-empty and in both the split's dims {data.dims} "
+                         f"and the scorer's dims {scorer.dims}")
+    return dims
+
+
+def step_dims(dims: list[str], k: int | None, seed: int, step: int) -> list[str]:
+    """The dims used at `step`: all, or a seeded random subset of k (a pure function of (seed, step))."""
+    if not k or k >= len(dims):
+        return dims
+    pick = np.sort(np.random.default_rng([seed, step, 7]).choice(len(dims), k, replace=False))
+    return [dims[i] for i in pick]
