@@ -1,0 +1,85 @@
+"""A scalar reward function for GRPO-style text-to-image RL harnesses (Flow-GRPO, DanceGRPO, ...).
+
+What is implemented: `ScorerRewardFn(scorer)(prompts, images) -> (scores, stds)`, a plain callable (TRL /
+Flow-GRPO style: no trainer coupling). For each image the Scorer's direct-mode level distributions per dimension
+give mean_d and std_d; then
+
+    score = Σ_d w_d (mean_d − λ·std_d) / Σ_d w_d        (the same formula as `Scorer.reward`)
+    std   = Σ_d w_d std_d / Σ_d w_d                     (the reward's own uncertainty, for filtering/weighting)
+
+Images may be a (B, 3, H, W) float tensor in [0, 1], a (B, H, W, 3) uint8 array, or a list of PIL images /
+paths / arrays. Scoring runs without gradients in chunks of `batch_size`; for a differentiable reward (ReFL,
+DRaFT) call `Scorer.reward` directly (see `zreward.align.tune`).
+
+Example (runs as written; builds a random tiny scorer, so the numbers themselves mean nothing):
+
+    >>> import tempfile, torch
+    >>> from zreward.models.tiny import init_tiny
+    >>> from zreward.align.reward_fn import ScorerRewardFn
+    >>> scorer_dir = init_tiny("qwen2_vl", tempfile.mkdtemp(), preset="tiny")
+    >>> reward_fn = ScorerRewardFn(scorer_dir, uncertainty_lambda=0.5)
+    >>> scores, stds = reward_fn(["a red circle", "two blue squares"], torch.rand(2, 3, 64, 64))
+    >>> scores.shape, stds.shape, bool(((scores >= 1) & (scores <= 5)).all())
+    (torch.Size([2]), torch.Size([2]), True)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class ScorerRewardFn:
+    """`reward_fn(prompts, images) -> (scores (B,), stds (B,))` backed by a zreward Scorer.
+
+    Args:
+        scorer: a `Scorer` or a scorer directory.
+        dims: dimensions to use (default: all of the scorer's).  weights: per-dim weights (default: the scorer's
+            `reward_weights`).  uncertainty_lambda: λ of `mean − λ·std` (default 0).
+        image_size: tensors/arrays are bilinearly resized to this side first (None = leave as is).
+        batch_size: images per scorer call.
+    """
+
+    def __init__(self, scorer, dims: list[str] | None = None, weights: list[float] | None = None,
+                 uncertainty_lambda: float = 0.0, image_size: int | None = 64, batch_size: int = 16):
+        if isinstance(scorer, (str, Path)):
+            from zreward.serve.scorer import load_scorer
+
+            scorer = load_scorer(scorer)
+        self.scorer = scorer
+        self.dims = scorer._dims(dims)
+        wmap = dict(zip(scorer.config.dims, scorer.config.reward_weights))
+        w = [wmap.get(d, 1.0) for d in self.dims] if weights is None else list(weights)
+        if len(w) != len(self.dims):
+            raise ValueError(f"weights: expected {len(self.dims)} values (one per dim {self.dims}), got {len(w)}")
+        self.weights = torch.tensor(w, dtype=torch.float32)
+        self.lam = float(uncertainty_lambda)
+        self.image_size = image_size
+        self.batch_size = batch_size
+
+    def _as_tensor(self, images) -> torch.Tensor | list:
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4 or images.shape[-1] != 3:
+                raise ValueError(f"images: numpy array of shape {images.shape}, expected (B, H, W, 3)")
+            images = torch.from_numpy(images).permute(0, 3, 1, 2).float() / (255.0 if images.dtype == np.uint8 else 1.0)
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError(f"images: tensor of shape {tuple(images.shape)}, expected (B, 3, H, W) in [0, 1]")
+            x = images.detach().float()
+            if self.image_size and x.shape[-1] != self.image_size:
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            return x.clamp(0, 1)
+        return list(images)
+
+    def __call__(self, prompts: list[str], images) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score B (prompt, image) pairs; returns (scores (B,), stds (B,)) float32 tensors on CPU."""
+        imgs = self._as_tensor(images)
+        if len(imgs) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(imgs)} images")
+        out = self.scorer.score(list(prompts), imgs, dims=self.dims, batch_size=self.batch_size)
+        w = self.weights / self.weights.sum()
+        scores = ((out.mean - self.lam * out.std) * w).sum(-1)
+        stds = (out.std * w).sum(-1)
+        return scores.float(), stds.float()
