@@ -5,6 +5,10 @@ import os
 
 import pytest
 
+# One intra-op thread: the tiny models gain nothing from a second one, and on a busy 2-core machine a spinning
+# second thread made the suite several times slower (measured). Set before torch is imported; torchrun children
+# inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("ZREWARD_NO_PROGRESS", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
