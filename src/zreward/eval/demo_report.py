@@ -1,0 +1,185 @@
+"""The `zreward demo` report: DIR/report.json + DIR/report.md from the demo's stages and its two eval reports.
+
+report.json: `methods` → {sft, grpo, rewarddance, gdso_teacher, risd_student, opd_student} → the test-split fields
+of `zreward eval` (accuracy, accuracy_ci, accuracy_ties, per_dim, kl, js, w1, srcc, plcc, ece, img_per_s,
+n_pairs, ... with _ci/_n), `model_dir` (the saved Scorer dir), `ood` (the same fields on the ood split) and
+`status`; a method whose stage failed keeps its key with null metrics and the reason. Plus `ceiling` (test,
+on the evaluated pairs), `ceiling_ci`, `ceiling_ood`, `profile`, `seed`, `wall_s`, `dataset_dir`, `cost_ratio`
+(student images/s ÷ teacher images/s), `goals` (the paper's claims checked on our numbers), `stages` (state,
+seconds, cache key), `commands` (the exact equivalent command of every stage), `software`, `plots`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zreward.eval.report import fmt, fmt_ci, plot_training_curves, read_metrics_jsonl, software_versions
+from zreward.eval.runner import json_clean
+
+__all__ = ["ROWS", "goals", "write_demo_report"]
+
+# (method key, label) in table order; the teacher's cold start is shown in the training curves only.
+ROWS = [("sft", "SFT"), ("grpo", "GRPO"), ("rewarddance", "RewardDance"), ("gdso_teacher", "GDSO teacher"),
+        ("risd_student", "RISD student"), ("opd_student", "OPD student")]
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pt(r: dict | None, key: str = "accuracy") -> float | None:
+    return None if r is None else r.get(key)
+
+
+def goals(methods: dict, ceiling: float | None) -> list[dict]:
+    """The paper's claims on our numbers (accuracy in points = ×100). A claim whose inputs are missing is null."""
+    def acc(m):
+        return _pt(methods.get(m))
+
+    out = []
+    base = [acc(m) for m in ("sft", "grpo", "rewarddance")]
+    t, s, o = acc("gdso_teacher"), acc("risd_student"), acc("opd_student")
+    best = max((b for b in base if b is not None), default=None)
+    out.append({"claim": "GDSO teacher ≥ best of SFT / GRPO / RewardDance + 3 points",
+                "value": None if t is None or best is None else 100 * (t - best), "target": 3.0,
+                "holds": None if t is None or best is None else 100 * (t - best) >= 3.0})
+    out.append({"claim": "GDSO teacher within 2 points of the annotator ceiling",
+                "value": None if t is None or ceiling is None else 100 * (ceiling - t), "target": 2.0,
+                "holds": None if t is None or ceiling is None else 100 * (ceiling - t) <= 2.0})
+    out.append({"claim": "RISD student ≥ teacher − 0.5 points",
+                "value": None if s is None or t is None else 100 * (s - t), "target": -0.5,
+                "holds": None if s is None or t is None else 100 * (s - t) >= -0.5})
+    out.append({"claim": "RISD student above OPD student",
+                "value": None if s is None or o is None else 100 * (s - o), "target": 0.0,
+                "holds": None if s is None or o is None else s > o})
+    ti = _pt(methods.get("gdso_teacher"), "img_per_s")
+    si = _pt(methods.get("risd_student"), "img_per_s")
+    out.append({"claim": "student ≥ 20× the teacher's images/s",
+                "value": None if not ti or si is None else si / ti, "target": 20.0,
+                "holds": None if not ti or si is None else si / ti >= 20.0})
+    return out
+
+
+def write_demo_report(ctx, wall_s: float, command: str, machine: dict | None = None) -> dict:
+    """Assemble and write DIR/report.json and DIR/report.md; returns report.json's content."""
+    out: Path = ctx.out
+    ev = {s: _load(out / "eval" / s / "report.json") for s in ("test", "ood")}
+    test_models = (ev["test"] or {}).get("models", {})
+    ood_models = (ev["ood"] or {}).get("models", {})
+    methods = {}
+    for m, _ in ROWS:
+        st = ctx.status.get(m, {"state": "not run"})
+        if m in test_models:
+            methods[m] = {**test_models[m], "model_dir": str(ctx.outputs.get(m, test_models[m].get("model_dir"))),
+                          "ood": ood_models.get(m), "status": st["state"]}
+        else:
+            methods[m] = {k: None for k in ("accuracy", "accuracy_ci", "accuracy_ties", "per_dim", "kl", "js", "w1",
+                                            "srcc", "plcc", "ece", "img_per_s", "n_pairs", "ood")}
+            methods[m].update(model_dir=str(ctx.outputs[m]) if m in ctx.outputs else None, status=st["state"],
+                              reason=st.get("reason", "not evaluated"))
+    ceil = {s: (ev[s] or {}).get("ceiling") for s in ("test", "ood")}
+    teacher_ips = _pt(methods["gdso_teacher"], "img_per_s")
+    cost_ratio = {m: (methods[m]["img_per_s"] / teacher_ips if teacher_ips and methods[m].get("img_per_s") else None)
+                  for m in ("risd_student", "opd_student")}
+    ceiling = (ceil["test"] or {}).get("accuracy")
+    curves = {}
+    for name, st in ctx.status.items():
+        mfile = out / "runs" / name / "metrics.jsonl"
+        if mfile.is_file():
+            curves[name] = read_metrics_jsonl(mfile)
+    plots = {}
+    if curves:
+        plots["training_curves"] = plot_training_curves(curves, out / "training_curves.png").name
+    for s in ("test", "ood"):
+        for p in sorted((out / "eval" / s).glob("*.png")):
+            plots[f"{s}/{p.stem}"] = f"eval/{s}/{p.name}"
+    card = _load(out / "world" / "card.json") or {}
+    report = json_clean({
+        "methods": methods, "ceiling": ceiling, "ceiling_ci": (ceil["test"] or {}).get("accuracy_ci"),
+        "ceiling_ood": (ceil["ood"] or {}).get("accuracy"), "ceiling_card": card.get("ceiling"),
+        "profile": ctx.profile, "seed": ctx.seed, "wall_s": wall_s, "machine": machine or {},
+        # sum of every stage's own build time (reused stages: from their records) = a from-scratch run's work
+        "stages_wall_s": sum(st.get("seconds") or 0.0 for st in ctx.status.values()),
+        "n_reused": sum(st["state"] == "reused" for st in ctx.status.values()),
+        "dataset_dir": str(out / "world"),
+        "cost_ratio": cost_ratio, "goals": goals(methods, ceiling),
+        "eval": {s: {"n_images": (ev[s] or {}).get("n_images"), "pairs": (ev[s] or {}).get("pairs")} for s in ev},
+        "stages": ctx.status, "commands": {"demo": command, **ctx.commands}, "software": software_versions(),
+        "plots": plots})
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text("\n".join(_markdown(report, ev)) + "\n")
+    return report
+
+
+def _table(methods: dict, split: str, ceiling: dict | None, dims: list[str]) -> list[str]:
+    head = "| method | mode | accuracy ±95% CI (n) | with ties | " + " | ".join(dims) + \
+           " | KL | W1 | ECE | img/s |"
+    L = [head, "|" + "---|" * (8 + len(dims))]
+    for m, label in ROWS:
+        r = methods[m] if split == "test" else (methods[m].get("ood") or {})
+        if r.get("accuracy") is None and r.get("img_per_s") is None:
+            L.append(f"| {label} | – | {methods[m].get('status', '?')}: {methods[m].get('reason', 'no result')} |"
+                     + " |" * (5 + len(dims)))
+            continue
+        mode = r.get("mode", "?") + (f" M={r['samples']}" if r.get("mode") == "reasoning" else "")
+        per = [fmt(100 * v, 1) if v is not None else "–" for v in (r.get("per_dim", {}).get(d) for d in dims)]
+        L.append(f"| {label} | {mode} | {fmt_ci(r, 'accuracy', pct=True)} | {fmt_ci(r, 'accuracy_ties', pct=True)} | "
+                 + " | ".join(per) + f" | {fmt(r.get('kl'))} | {fmt(r.get('w1'))} | {fmt(r.get('ece'))} | "
+                 f"{fmt(r.get('img_per_s'), 2)} |")
+    if ceiling:
+        ci = ceiling.get("accuracy_ci") or [None, None]
+        L.append(f"| annotator ceiling | oracle | {fmt(100 * ceiling['accuracy'], 1)} "
+                 f"[{fmt(100 * ci[0], 1)}, {fmt(100 * ci[1], 1)}] (n={ceiling.get('n_non_tie')}) |" + " |" * (5 + len(dims)))
+    return L
+
+
+def _markdown(rep: dict, ev: dict) -> list[str]:
+    dims = (ev["test"] or {}).get("dims", [])
+    L = ["# Z-Reward on ShapesWorld — `zreward demo` report", "",
+         f"Profile **{rep['profile']}**, seed {rep['seed']}, wall time {rep['wall_s'] / 60:.1f} min"
+         + (f" ({rep['n_reused']} stages reused; all stages' own build times sum to "
+            f"{rep['stages_wall_s'] / 60:.1f} min)" if rep["n_reused"] else "")
+         + (f" (CPU time {rep['machine']['cpu_s'] / 60:.1f} min; 1-min load average at start/end "
+            f"{'/'.join(fmt(v, 1) for v in rep['machine']['load_avg_1min'])} on {rep['machine']['cpus']} CPUs)"
+            if rep["machine"].get("cpu_s") is not None else "") + ", dataset "
+         f"`{rep['dataset_dir']}`; evaluated on {rep['eval']['test']['n_images']} test and "
+         f"{rep['eval']['ood']['n_images']} ood images.", ""]
+    bad = {n: s for n, s in rep["stages"].items() if s["state"] in ("failed", "skipped")}
+    if bad:
+        L += ["## Incomplete: failed / skipped stages", ""] + [f"- **{n}** {s['state']}: {s.get('reason')}"
+                                                              for n, s in bad.items()] + [""]
+    L += ["## Comparison (test split; accuracy in %, non-tie pairs, 95% CI by prompt bootstrap)", ""]
+    L += _table(rep["methods"], "test", (ev["test"] or {}).get("ceiling"), dims)
+    L += ["", "## Out-of-distribution split (held-out colour–shape combinations)", ""]
+    L += _table(rep["methods"], "ood", (ev["ood"] or {}).get("ceiling"), dims)
+    cr = rep["cost_ratio"]
+    L += ["", "Teacher vs student cost: student images/s ÷ teacher images/s = "
+          + ", ".join(f"{m}: {fmt(v, 1)}×" for m, v in cr.items()) + " (same machine, same run).", "",
+          "## The paper's claims on our numbers", "", "| claim | measured | target | holds |", "|---|---|---|---|"]
+    for g in rep["goals"]:
+        L.append(f"| {g['claim']} | {fmt(g['value'], 2)} | {g['target']} | "
+                 f"{'–' if g['holds'] is None else 'yes' if g['holds'] else 'no'} |")
+    p = rep["plots"]
+    L += ["", "## Plots", ""]
+    if "training_curves" in p:
+        L += ["Training curves (loss; held-out accuracy where logged):", "", "![training curves](training_curves.png)", ""]
+    for s in ("test", "ood"):
+        if f"{s}/accuracy_vs_cost" in p:
+            L += [f"Accuracy vs cost ({s}):", "", f"![accuracy vs cost {s}](eval/{s}/accuracy_vs_cost.png)", ""]
+    rel = [k for k in p if k.startswith("test/reliability_")]
+    if rel:
+        L += ["Reliability diagrams (test, Thurstone P(a ≻ b) vs rater vote share):", ""]
+        L += [f"![{k}]({p[k]})" for k in rel] + [""]
+    if "test/examples" in p:
+        L += ["Example test images: annotator histogram (grey bars) and each model's level distribution, per "
+              "dimension:", "", "![examples](eval/test/examples.png)", ""]
+    L += ["Full per-split reports: [test](eval/test/report.md), [ood](eval/ood/report.md).", "",
+          "## Reproduce", "", "Seed " + str(rep["seed"]) + " everywhere. Equivalent commands, in order:", "", "```"]
+    L += [f"{c}" for c in rep["commands"].values() if c] + ["```", "", "## Stages", "",
+                                                           "| stage | state | wall s | CPU s | cache key |",
+                                                           "|---|---|---|---|---|"]
+    for n, s in rep["stages"].items():
+        L.append(f"| {n} | {s['state']} | {fmt(s.get('seconds'), 0)} | {fmt(s.get('cpu_s'), 0)} | {s.get('key', '–')} |")
+    L += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in rep["software"].items()) + "."]
+    return L
+

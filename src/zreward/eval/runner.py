@@ -1,0 +1,298 @@
+"""The evaluation runner behind `zreward eval`: score a canonical split with saved Scorers, compute every metric.
+
+Implemented (the maths lives in `metrics`, `calibration`, `bootstrap`, `cost`; this file only wires data to it):
+- **Model specs** `[NAME=]DIR[:direct | :reasoning[:M]]` (`parse_model_spec`). The name defaults to the directory
+  name (a trainer's `run_dir/final` is named after `run_dir`). Mode: an explicit suffix wins; otherwise a model
+  whose `zreward.json` mode is "reasoning" is evaluated in reasoning mode with `samples` chains when the run asks
+  for reasoning (`--reasoning`), and every other model (direct, RewardDance's yes/no, reasoning models without
+  `--reasoning`) through the default `Scorer.score` call.
+- **Data** (`load_eval_data`): any canonical split. Labels per (image, dim) become target distributions with
+  `zreward.data.labels.label_dist` (hist, else ratings, else MOS+std); MOS = the label's `mos`, else the mean of
+  that distribution. ShapesWorld records carry `meta.oracle`; then the annotator ceiling is computed exactly as
+  the dataset card does (oracle mean-weight overall on non-tie human pairs, oracle ties half right), with a CI.
+- **Metrics** (`zreward.eval.model_metrics`): overall-pair accuracy (with and without ties), per-dimension
+  accuracy (the split's per-dimension pairs, else MOS-derived within-prompt pairs), KL / JS / W1, SRCC / PLCC,
+  Thurstone ECE; each with a 95% bootstrap CI resampling whole prompts and its n.
+- **Cost** (same process, same machine, one model after another): one untimed warm-up call on two images, then
+  the whole split scored once, each call of `batch_size` images under its own `Timer`; `img_per_s` = 1 / the
+  median over calls of seconds per image (robust to other processes briefly loading the machine),
+  `img_per_s_total` = images / total seconds; generated tokens per image (reasoning:
+  the decoded chains re-tokenised — equal to the generated count except special tokens, which are skipped);
+  peak memory over the timed pass (`cost.reset_peak_memory` / `peak_memory_bytes`, which says which counter).
+
+All images of the split are decoded once into memory (fine for evaluation splits of a few thousand images).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zreward.data.labels import dist_mean_std, label_dist
+from zreward.data.records import Split, read_split
+from zreward.eval.calibration import pair_outcome
+from zreward.eval.cost import Timer, peak_memory_bytes, reset_peak_memory
+from zreward.eval.model_metrics import ceiling_metrics, compute_metrics
+
+__all__ = ["ModelSpec", "parse_model_spec", "resolve_mode", "EvalData", "load_eval_data", "ModelScores",
+           "score_model", "evaluate", "json_clean", "compute_metrics", "ceiling_metrics"]
+
+_NAME_RE = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
+_MODE_RE = re.compile(r"^(.*?):(direct|reasoning)(?::(\d+))?$")
+
+
+# ---------------------------------------------------------------------------------------------- model specs
+
+@dataclass
+class ModelSpec:
+    """One `--model` argument. mode None = decided from zreward.json and the run's --reasoning flag."""
+
+    path: Path
+    name: str
+    mode: str | None = None
+    samples: int | None = None
+
+
+def default_name(path: Path) -> str:
+    path = Path(path)
+    return path.parent.name if path.name == "final" and path.parent.name else path.name
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """`[NAME=]DIR[:direct | :reasoning[:M]]` → ModelSpec.
+
+    Examples: `runs/sft/final` (name "sft"), `teacher=runs/gdso/final:reasoning:4`, `runs/grpo/final:direct`.
+    """
+    name = None
+    m = _NAME_RE.match(text)
+    if m and "/" not in m.group(1):
+        name, text = m.group(1), m.group(2)
+    mode = samples = None
+    m = _MODE_RE.match(text)
+    if m:
+        text, mode = m.group(1), m.group(2)
+        samples = int(m.group(3)) if m.group(3) else None
+        if mode == "direct" and samples is not None:
+            raise ValueError(f"--model {text}: ':direct' takes no sample count (use ':reasoning:M')")
+        if samples is not None and samples < 1:
+            raise ValueError(f"--model {text}: samples must be >= 1, got {samples}")
+    if not text:
+        raise ValueError("--model: empty directory")
+    path = Path(text)
+    return ModelSpec(path=path, name=name or default_name(path), mode=mode, samples=samples)
+
+
+def resolve_mode(spec: ModelSpec, config_mode: str, reasoning: bool, samples: int) -> tuple[bool, int]:
+    """(use reasoning mode, samples per (image, dim)) for one model; see the module docstring."""
+    if spec.mode == "direct":
+        return False, 1
+    if spec.mode == "reasoning":
+        return True, spec.samples or samples
+    return (True, samples) if reasoning and config_mode == "reasoning" else (False, 1)
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+@dataclass
+class EvalData:
+    """A split as arrays.
+
+    Attributes:
+        split: the parsed split.  ids / prompts / images: N image ids, prompts and decoded PIL images.
+        prompt_code: (N,) int prompt index (the bootstrap's groups).  dims / levels: the split's.
+        target: (N, D, L) label distributions, NaN rows where unlabelled.  mos: (N, D) NaN where unlabelled.
+        oracle: (N, 4) ShapesWorld oracle scores or None.
+        pa, pb: (P,) pair image indices.  pdim / plabel: (P,) pair dimension and label strings.
+        outcome: (P,) empirical P(a ≻ b) (vote share when votes are stored, else from the label).
+    """
+
+    split: Split
+    ids: list[str]
+    prompts: list[str]
+    images: list
+    prompt_code: np.ndarray
+    dims: list[str]
+    levels: list[float]
+    target: np.ndarray
+    mos: np.ndarray
+    oracle: np.ndarray | None
+    pa: np.ndarray
+    pb: np.ndarray
+    pdim: np.ndarray
+    plabel: np.ndarray
+    outcome: np.ndarray
+
+    def pair_counts(self) -> dict[str, int]:
+        return {str(d): int((self.pdim == d).sum()) for d in sorted(set(self.pdim.tolist()))}
+
+
+def load_eval_data(split_dir: str | Path, *, max_images: int | None = None) -> EvalData:
+    """Read a canonical split, decode its images, turn labels and pairs into arrays.
+
+    Args:
+        split_dir: split directory.  max_images: keep only the first N images (and the pairs among them).
+    """
+    from zreward.data.images import load_image
+
+    split = read_split(split_dir)
+    recs = split.images[:max_images] if max_images else split.images
+    if not recs:
+        raise ValueError(f"{split_dir}: images.jsonl: expected at least one image record")
+    levels, dims = list(split.info.levels), list(split.info.dims)
+    n, d, L = len(recs), len(dims), len(levels)
+    target = np.full((n, d, L), np.nan)
+    mos = np.full((n, d), np.nan)
+    for i, r in enumerate(recs):  # one-off label parsing, a few dicts per record
+        for j, dim in enumerate(dims):
+            lab = r.labels.get(dim)
+            if lab is None:
+                continue
+            try:
+                p = label_dist(lab, levels)
+            except ValueError as e:
+                raise ValueError(f"{split.root}/images.jsonl: record {r.id!r}: labels.{dim}: {e}") from e
+            target[i, j] = p
+            mos[i, j] = lab.mos if lab.mos is not None else float(dist_mean_std(p, levels)[0])
+    oracle = None
+    if all(isinstance(r.meta.get("oracle"), dict) for r in recs):
+        from zreward.data.shapes_world.oracle import DIMS as ODIMS
+
+        if all(all(k in r.meta["oracle"] for k in ODIMS) for r in recs):
+            oracle = np.array([[float(r.meta["oracle"][k]) for k in ODIMS] for r in recs])
+    images = [load_image(split.image_path(r), what=f"{split.root}: image {r.id!r}") for r in recs]
+    _, prompt_code = np.unique([r.prompt for r in recs], return_inverse=True)
+    pos = {r.id: i for i, r in enumerate(recs)}
+    pairs = [p for p in split.pairs if p.a in pos and p.b in pos]
+    votes = np.array([[p.votes.get(k, 0) for k in ("a", "b", "tie")] if p.votes else [0, 0, 0] for p in pairs],
+                     dtype=np.float64).reshape(-1, 3)
+    has_votes = votes.sum(axis=1) > 0
+    outcome = pair_outcome(labels=np.array([p.label for p in pairs], dtype=object)) if pairs else np.zeros(0)
+    if has_votes.any():
+        v = votes[has_votes]
+        outcome[has_votes] = pair_outcome(votes_a=v[:, 0], votes_b=v[:, 1], votes_tie=v[:, 2])
+    return EvalData(split, [r.id for r in recs], [r.prompt for r in recs], images, prompt_code, dims, levels,
+                    target, mos, oracle, np.array([pos[p.a] for p in pairs], np.int64),
+                    np.array([pos[p.b] for p in pairs], np.int64), np.array([p.dim for p in pairs], dtype=object),
+                    np.array([p.label for p in pairs], dtype=object), outcome)
+
+
+# -------------------------------------------------------------------------------------------------- scoring
+
+@dataclass
+class ModelScores:
+    """One model's predictions on the split and its cost.
+
+    Attributes:
+        probs: (N, D_m, L) level distributions.  mean / std: (N, D_m).  overall: (N,).
+        dims: the model's dims (D_m).  weights: (D_m,) its reward weights (of `overall`).
+        reasoning / samples: the mode used.  seconds: timed scoring pass.  tokens_per_image: NaN in direct mode.
+        peak_memory_bytes / memory_kind: see `zreward.eval.cost`.  chains: first chains of a few images.
+        median_img_per_s: 1 / the median over scoring calls of seconds per image.
+    """
+
+    probs: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    overall: np.ndarray
+    dims: list[str]
+    weights: np.ndarray
+    reasoning: bool
+    samples: int
+    seconds: float
+    tokens_per_image: float
+    peak_memory_bytes: int
+    memory_kind: str
+    chains: list[list[str]] = field(default_factory=list)
+    median_img_per_s: float = float("nan")
+
+    @property
+    def img_per_s(self) -> float:
+        """Images / total timed seconds."""
+        return self.probs.shape[0] / self.seconds if self.seconds > 0 else float("nan")
+
+
+def score_model(scorer, data: EvalData, *, reasoning: bool, samples: int, batch_size: int = 32,
+                device: str | None = None) -> ModelScores:
+    """Score every image of `data` on all the model's dims (see the module docstring for the cost protocol)."""
+    dims = scorer.dims
+    kw = dict(dims=dims, reasoning=reasoning, samples=samples)
+    scorer.model.eval()
+    scorer.score(data.prompts[:2], data.images[:2], **kw)  # warm-up: allocator, lazy inits
+    n = len(data.ids)
+    kind = reset_peak_memory(device)
+    outs, sec = [], []
+    for s in range(0, n, batch_size):  # timed per call: the median rate resists other load on the machine
+        with Timer(device) as t:
+            outs.append(scorer.score(data.prompts[s:s + batch_size], data.images[s:s + batch_size], **kw))
+        sec.append(t.seconds / len(outs[-1].overall))
+    peak = peak_memory_bytes(device, kind)
+    chains = [c for o in outs for c in (o.chains or [])]
+    tokens = float("nan")
+    if reasoning:
+        texts = [c for per_image in chains for c in per_image]
+        ids = scorer.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        tokens = sum(len(x) for x in ids) / n
+    cat = {k: np.concatenate([getattr(o, k).double().numpy() for o in outs]) for k in ("probs", "mean", "std", "overall")}
+    per_img = np.array(sec)
+    total = float(per_img @ np.array([len(o.overall) for o in outs]))
+    wmap = dict(zip(scorer.config.dims, scorer.config.reward_weights))
+    return ModelScores(cat["probs"], cat["mean"], cat["std"], cat["overall"], list(dims),
+                       np.array([wmap[d] for d in dims], np.float64), reasoning, samples, total, tokens, peak, kind,
+                       chains[:8], 1.0 / float(np.median(per_img)))
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False, samples: int = 4,
+             batch_size: int = 32, n_boot: int = 1000, seed: int = 0, device: str = "cpu",
+             log=print) -> tuple[dict, dict, dict]:
+    """Load, score and measure each model in turn (freed before the next, so peak memory is its own).
+
+    Returns:
+        (results {name: report dict}, calibrations {name: Calibration | None}, scores {name: ModelScores}).
+    """
+    import torch
+
+    from zreward.serve.scorer import load_scorer
+
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"--model: duplicate model names {dup}; name them with NAME=DIR")
+    results, cals, scores = {}, {}, {}
+    for spec in specs:
+        if not (spec.path / "zreward.json").is_file():
+            raise FileNotFoundError(f"--model {spec.path}: expected a Scorer directory with zreward.json")
+        torch.manual_seed(seed)  # reasoning chains are sampled: same seed → same report
+        scorer = load_scorer(spec.path, device=device)
+        use_r, m = resolve_mode(spec, scorer.config.mode, reasoning, samples)
+        log(f"[eval] {spec.name}: {'reasoning, M=' + str(m) if use_r else 'direct'} on {len(data.ids)} images")
+        sc = score_model(scorer, data, reasoning=use_r, samples=m, batch_size=batch_size, device=device)
+        del scorer
+        gc.collect()
+        rep, cal = compute_metrics(data, sc, n_boot=n_boot, seed=seed)
+        rep["model_dir"] = str(spec.path)
+        results[spec.name], cals[spec.name], scores[spec.name] = rep, cal, sc
+        acc = rep.get("accuracy")
+        log(f"[eval] {spec.name}: accuracy {acc if acc is None else round(acc, 4)}, "
+            f"{rep['img_per_s']:.2f} img/s")
+    return results, cals, scores
+
+
+def json_clean(x):
+    """NaN/inf → None, numpy scalars/arrays → Python (for report.json)."""
+    if isinstance(x, dict):
+        return {str(k): json_clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_clean(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x

@@ -1,0 +1,143 @@
+"""`zreward demo`: stage caching (keys, reuse, rebuild on change, resume of an unfinished stage), clear failure of a
+missing trainer, and the report's keys — without training (a fake stage runner builds the outputs)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import zreward.demo as demo
+from zreward.demo import PROFILES, Ctx, Stage, run_demo, stage_key
+from zreward.eval.demo_report import write_demo_report
+
+_DATA = (("data.train", "world:train"), ("data.val", "world:val"))
+
+
+def _stages(*more: Stage) -> list[Stage]:
+    return [Stage("world", "world"), Stage("init_student", "init", "student"),
+            Stage("a", "train", "sft", (("model.init_from", "init_student"),) + _DATA),
+            Stage("b", "train", "sft", (("model.init_from", "a"),) + _DATA), *more]
+
+
+class FakeRunner:
+    """Records (stage, resume) calls and makes an output dir; `interrupt` raises KeyboardInterrupt at that stage."""
+
+    def __init__(self, interrupt: str | None = None, fail: str | None = None):
+        self.calls: list[tuple[str, bool]] = []
+        self.interrupt, self.fail = interrupt, fail
+
+    def __call__(self, stage, ctx, resume):
+        self.calls.append((stage.name, resume))
+        if stage.name == self.interrupt:
+            raise KeyboardInterrupt
+        if stage.name == self.fail:
+            raise RuntimeError("boom")
+        out = ctx.out / "fake" / stage.name
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+
+@pytest.fixture
+def configs(tmp_path, monkeypatch):
+    cdir = tmp_path / "configs"
+    (cdir / "sft").mkdir(parents=True)
+    (cdir / "sft" / "tiny_cpu.yaml").write_text("run:\n  max_steps: 5\noptim:\n  lr: 0.001\n")
+    monkeypatch.setenv("ZREWARD_CONFIGS", str(cdir))
+    monkeypatch.setitem(PROFILES, "test", {"student_preset": "tiny", "teacher_preset": "tiny",
+                                           "eval_max_images": 8, "eval_samples": 1, "overrides": {}, "estimates": {}})
+    return cdir
+
+
+def _run(out, runner, stages=None, log=None):
+    return run_demo(out, "test", 0, stages or _stages(), runner=runner, log=(log.append if log is not None
+                                                                             else lambda *_: None))
+
+
+def test_reuse_rebuild_and_resume(tmp_path, configs, monkeypatch):
+    out = tmp_path / "demo"
+    r1 = FakeRunner()
+    ctx1 = _run(out, r1)
+    assert r1.calls == [("world", False), ("init_student", False), ("a", False), ("b", False)]
+    assert all(s["state"] == "done" for s in ctx1.status.values())
+
+    r2 = FakeRunner()  # same seed, nothing changed: everything reused, same keys
+    ctx2 = _run(out, r2)
+    assert r2.calls == [] and all(s["state"] == "reused" for s in ctx2.status.values())
+    assert ctx2.keys == ctx1.keys
+
+    # A changed override of stage a: a is rebuilt from scratch, and b because its input changed.
+    monkeypatch.setitem(PROFILES["test"], "overrides", {"a": ["optim.lr=0.5"]})
+    r3, lines = FakeRunner(), []
+    ctx3 = _run(out, r3, log=lines)
+    assert r3.calls == [("a", False), ("b", False)]
+    assert any("] a: running (config changed" in ln for ln in lines)  # the log says why
+    assert any("] b: running (inputs changed" in ln for ln in lines)
+    assert ctx3.keys["a"] != ctx1.keys["a"] and ctx3.keys["b"] != ctx1.keys["b"]
+    assert ctx3.keys["world"] == ctx1.keys["world"]
+
+    # The YAML file changes: both sft stages rebuild; an interrupted stage resumes with the same key next time.
+    (configs / "sft" / "tiny_cpu.yaml").write_text("run:\n  max_steps: 6\n")
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, FakeRunner(interrupt="b"))
+    rec = json.loads((out / "stages" / "b.json").read_text())
+    assert rec["finished"] is False
+    r5 = FakeRunner()
+    _run(out, r5)
+    assert r5.calls == [("b", True)]
+
+
+def test_key_ignores_output_dir_but_not_seed_or_upstream(tmp_path, configs):
+    st = _stages()[2]
+    base = dict(keys={"init_student": "k1", "world": "w"})
+    k = stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=0, **base))
+    assert stage_key(st, Ctx(out=tmp_path / "elsewhere", profile="test", seed=0, **base)) == k
+    assert stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=1, **base)) != k
+    assert stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=0,
+                             keys={"init_student": "k2", "world": "w"})) != k
+
+
+def test_missing_trainer_and_failure_block_only_dependents(tmp_path, configs):
+    stages = _stages(Stage("x", "train", "no_such_method", (("model.init_from", "init_student"),) + _DATA),
+                     Stage("y", "train", "sft", (("model.init_from", "x"),) + _DATA),
+                     Stage("c", "train", "sft", (("model.init_from", "init_student"),) + _DATA))
+    r = FakeRunner(fail="a")
+    ctx = _run(tmp_path / "d", r, stages)
+    st = ctx.status
+    assert st["x"]["state"] == "failed" and "zreward.trainers.no_such_method does not exist yet" in st["x"]["reason"]
+    assert st["y"]["state"] == "skipped" and "x" in st["y"]["reason"]
+    assert st["a"]["state"] == "failed" and "boom" in st["a"]["reason"]
+    assert st["b"]["state"] == "skipped" and st["c"]["state"] == "done"
+    assert [c for c, _ in r.calls] == ["world", "init_student", "a", "c"]  # no fake result for x, y, b
+
+
+def test_missing_config_fails_clearly(tmp_path, configs):
+    stages = [Stage("world", "world"), Stage("init_student", "init", "student"),
+              Stage("g", "train", "gdso", (("model.init_from", "init_student"),) + _DATA)]
+    ctx = _run(tmp_path / "d", FakeRunner(), stages)
+    assert ctx.status["g"]["state"] == "failed" and "gdso/tiny_cpu.yaml not found" in ctx.status["g"]["reason"]
+
+
+def test_default_stage_list_wiring():
+    names = [s.name for s in demo.STAGES]
+    assert len(set(names)) == len(names)
+    for s in demo.STAGES:  # every dependency comes earlier
+        assert all(names.index(d) < names.index(s.name) for d in s.deps + s.optional)
+    by = {s.name: s for s in demo.STAGES}
+    assert dict(by["risd_student"].links)["teacher.path"] == "gdso_teacher"
+    assert dict(by["opd_student"].links)["teacher.path"] == "gdso_teacher"
+    assert dict(by["risd_student"].links)["model.init_from"] == dict(by["opd_student"].links)["model.init_from"]
+    assert "sft.mode=reasoning" in by["sft_cold"].extra
+    assert set(by["eval_test"].optional) == set(demo.METHODS)
+
+
+def test_report_keys_without_results(tmp_path, configs):
+    ctx = _run(tmp_path / "d", FakeRunner(fail="a"))
+    rep = write_demo_report(ctx, 12.5, "zreward demo --profile test")
+    assert set(rep["methods"]) == {"sft", "grpo", "rewarddance", "gdso_teacher", "risd_student", "opd_student"}
+    for m in rep["methods"].values():  # nothing evaluated: metrics are null, never invented
+        assert m["accuracy"] is None and m["img_per_s"] is None and "model_dir" in m and m["status"]
+    for key in ("ceiling", "profile", "seed", "wall_s", "dataset_dir"):
+        assert key in rep
+    assert rep["profile"] == "test" and rep["seed"] == 0 and rep["wall_s"] == 12.5
+    md = (tmp_path / "d" / "report.md").read_text()
+    assert "failed" in md and "boom" in md
