@@ -23,14 +23,15 @@ from zreward.align.pretrain import PretrainConfig, pretrain
 from zreward.align.tune import PROFILES as TUNE_PROFILES
 from zreward.align.tune import TuneConfig, tune
 
-DEFAULT_DATA = "/work/data/sw_default"
+DEFAULT_DATA = "runs/shapes_world"
+DATA_HELP = f"ShapesWorld dataset dir (default {DEFAULT_DATA}; build one with `zreward world build --out DIR`)"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zreward gen", description="reward-guided T2I on ShapesWorld")
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pretrain", help="train the SFT generator on high-quality ShapesWorld images")
-    a.add_argument("--data", default=DEFAULT_DATA)
+    a.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     a.add_argument("--out", required=True)
     a.add_argument("--profile", choices=sorted(PT_PROFILES), default="quick")
     a.add_argument("--steps", type=int)
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--method", choices=["refl", "draft"], default="draft")
     t.add_argument("--k", type=int, default=1, help="DRaFT-K: gradient steps at the end of sampling")
     t.add_argument("--out", required=True)
-    t.add_argument("--data", default=DEFAULT_DATA)
+    t.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     t.add_argument("--profile", choices=sorted(TUNE_PROFILES), default="quick")
     t.add_argument("--steps", type=int)
     t.add_argument("--batch-size", type=int)
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--b", required=True, help="baseline (SFT) generator")
     e.add_argument("--prompts", type=int, default=100)
     e.add_argument("--out", required=True)
-    e.add_argument("--data", default=DEFAULT_DATA)
+    e.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     e.add_argument("--seed", type=int, default=0)
     return p
 

@@ -64,7 +64,7 @@ def side_by_side(a: torch.Tensor, b: torch.Tensor, prompts: list[str], judg: np.
 
 
 def evaluate_gsb(a_dir: str | Path, b_dir: str | Path, n_prompts: int, out: str | Path, seed: int = 0,
-                 data: str | Path = "/work/data/sw_default", raters: int = 7, pool_seed: int = 0,
+                 data: str | Path = "runs/shapes_world", raters: int = 7, pool_seed: int = 0,
                  steps: int | None = None, guidance: float | None = None) -> dict:
     """Compare generator A (candidate) with B (baseline) on held-out prompts; writes `gsb.json` and a grid.
 

@@ -59,7 +59,7 @@ class PretrainConfig:
         gen: generator architecture.  profile: name recorded in pretrain.json.
     """
 
-    data: str = "/work/data/sw_default"
+    data: str = "runs/shapes_world"
     out: str = "runs/gen_sft"
     steps: int = 800
     batch_size: int = 32

@@ -68,7 +68,7 @@ class TuneConfig:
     generator: str = "runs/gen_sft"
     reward: str = ""
     out: str = "runs/gen_tuned"
-    data: str = "/work/data/sw_default"
+    data: str = "runs/shapes_world"
     method: str = "draft"
     k: int = 1
     refl_min_step: int | None = None
