@@ -18,6 +18,11 @@ which skews wall-clock comparisons), mean forward batch size
 this process): on a CPU a forward costs about the same per image at any batch size, so only this shows what
 micro-batching buys on an accelerator, where a small batch leaves the device idle.
 
+Measured 2026-11-26 on a quiet machine (load average 0.6; `--preset tiny --clients 16 --requests 30 --max-batch 8
+--max-wait-ms 10 --rounds 2`): batched p50/p95/p99 76.8/103.8/260.2 ms, 194.2 img/s, 4.5 CPU ms/img; unbatched
+99.9/112.0/143.7 ms, 158.2 img/s, 6.5 CPU ms/img: micro-batching 1.23x throughput, 1.45x less CPU per image;
+0 errors, max |dp| vs local scoring 2e-8, RSS flat (443/449/442 MB).
+
 Measured 2026-11-26 on the shared 2-core CPU box (load average 16-25 from other jobs, so wall-clock figures are noisy;
 server torch threads 1; 16 closed-loop clients x 1 image per request; batched = max-batch 8, max-wait 10 ms):
 
