@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from zreward.serve import yesno
 from zreward.trainers import rewarddance as rd
 from zreward.trainers.run_utils import read_metrics
 
@@ -43,8 +44,8 @@ def test_two_images_per_item_are_gathered_in_text_order(scorer):
     """encode_items with [a, b] per item: both image-token runs, pixels of a then b; single-image items unchanged."""
     torch.manual_seed(0)
     pix = scorer.prepare_images(torch.rand(3, 3, 64, 64))
-    yn = rd.YesNoConfig()
-    text = rd.pair_prompt(scorer, yn, "a red circle")
+    yn = yesno.YesNoConfig()
+    text = yesno.pair_prompt(scorer, yn, "a red circle")
     batch, _ = scorer.encode_items([text, text], [[2, 0], [1, 2]], pix)
     n = pix.n_tokens[0]
     assert (batch.inputs["input_ids"] == scorer.image_token_id).sum(1).tolist() == [2 * n, 2 * n]
@@ -61,7 +62,7 @@ def test_pair_logits_depend_on_which_image_is_first(scorer):
     torch.manual_seed(0)
     pix = scorer.prepare_images(torch.rand(2, 3, 64, 64))
     with torch.no_grad():
-        lg = rd.pair_logits(scorer, rd.YesNoConfig(), ["p", "p", "p"], pix, [0, 1, 0], [1, 0, 1])
+        lg = yesno.pair_logits(scorer, yesno.YesNoConfig(), ["p", "p", "p"], pix, [0, 1, 0], [1, 0, 1])
     assert lg.shape == (3, scorer.model.config.text_config.vocab_size)
     assert torch.allclose(lg[0], lg[2], atol=1e-5)  # same question → same answer, whatever the batch mates
     assert not torch.allclose(lg[0], lg[1], atol=1e-4)
@@ -71,15 +72,15 @@ def test_answer_tokens_are_added_once_and_single(tiny_model):
     from zreward.serve.scorer import load_scorer
 
     sc = load_scorer(tiny_model)
-    yn = rd.YesNoConfig()
+    yn = yesno.YesNoConfig()
     n0 = len(sc.tokenizer)
-    yes, no = rd.answer_token_ids(sc, yn)
+    yes, no = yesno.answer_token_ids(sc, yn)
     assert len(sc.tokenizer) == n0 + 2  # the tiny tokenizer has no single " yes"/" no" token
     pre = sc.tokenizer.encode(yn.answer_prefix, add_special_tokens=False)
     assert sc.tokenizer.encode(yn.answer_prefix + " yes", add_special_tokens=False) == pre + [yes]
-    assert rd.answer_token_ids(sc, yn) == (yes, no) and len(sc.tokenizer) == n0 + 2
+    assert yesno.answer_token_ids(sc, yn) == (yes, no) and len(sc.tokenizer) == n0 + 2
     with pytest.raises(ValueError, match="not single tokens"):
-        rd.answer_token_ids(sc, rd.YesNoConfig(yes=" maybe yes"), add_tokens=False)
+        yesno.answer_token_ids(sc, yesno.YesNoConfig(yes=" maybe yes"), add_tokens=False)
 
 
 def _fake_data(votes):
@@ -114,8 +115,8 @@ def test_pick_reference_median_and_blank():
     data.images = [torch.full((3, 4, 4), v, dtype=torch.uint8) for v in (10, 20, 30)]
     assert torch.allclose(rd.pick_reference(data, "median", [1.0]), torch.full((3, 4, 4), 20 / 255))
     assert torch.allclose(rd.pick_reference(data, "blank", [1.0]), torch.full((3, 4, 4), 128 / 255))
-    png = rd.encode_png(torch.full((3, 4, 4), 20, dtype=torch.uint8))
-    assert torch.allclose(rd.decode_png(png), torch.full((3, 4, 4), 20 / 255))
+    png = yesno.encode_png(torch.full((3, 4, 4), 20, dtype=torch.uint8))
+    assert torch.allclose(yesno.decode_png(png), torch.full((3, 4, 4), 20 / 255))
 
 
 def test_training_learns_and_final_dir_is_a_yesno_scorer(tiny_model, small_world, tmp_path):
@@ -142,11 +143,11 @@ def test_training_learns_and_final_dir_is_a_yesno_scorer(tiny_model, small_world
     assert torch.allclose(out.probs[..., 0], 1 - p[:, None]) and torch.allclose(out.probs[..., -1], p[:, None])
     assert torch.allclose(out.mean, 1 + 4 * p[:, None].expand(3, 4), atol=1e-5)
     # the score is the symmetrised P(better than the stored reference), computed here by hand
-    yn = rd.YesNoConfig(**{k: zr["yesno"][k] for k in ("question", "label_a", "label_b", "answer_prefix", "yes", "no")})
-    ref = rd.decode_png(zr["yesno"]["reference_png"]).unsqueeze(0)
+    yn = yesno.YesNoConfig(**{k: zr["yesno"][k] for k in ("question", "label_a", "label_b", "answer_prefix", "yes", "no")})
+    ref = yesno.decode_png(zr["yesno"]["reference_png"]).unsqueeze(0)
     pix = sc.prepare_images(torch.cat([ims[:1], ref]))
     with torch.no_grad():
-        lg = rd.pair_logits(sc, yn, ["a red circle"] * 2, pix, [0, 1], [1, 0])
+        lg = yesno.pair_logits(sc, yn, ["a red circle"] * 2, pix, [0, 1], [1, 0])
     y = torch.softmax(lg[:, [zr["yesno"]["yes_id"], zr["yesno"]["no_id"]]], -1)[:, 0]
     assert torch.allclose(p[0], 0.5 * (y[0] + 1 - y[1]), atol=1e-5)
     with pytest.raises(ValueError, match="no reasoning mode"):

@@ -313,12 +313,12 @@ class Scorer:
         """Score B images (no gradients). See `ScoreOutput`; `batch_size` bounds images per model call.
 
         A `mode: "yesno"` scorer (RewardDance baseline) scores P(image better than its stored reference) instead;
-        see `zreward.trainers.rewarddance.score_yesno`.
+        see `zreward.serve.yesno.score_yesno`.
         """
         if self.config.mode == "yesno":
             if reasoning:
                 raise ValueError("reasoning=True: a yes/no (RewardDance) scorer has no reasoning mode")
-            from zreward.trainers.rewarddance import score_yesno
+            from zreward.serve.yesno import score_yesno
 
             return score_yesno(self, prompts, images, dims, batch_size)
         dims = self._dims(dims)

@@ -29,8 +29,6 @@ Implemented variant (pairwise RewardDance, the paper's main paradigm):
 """
 from __future__ import annotations
 
-import base64
-import io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +37,7 @@ import numpy as np
 import torch
 
 from zreward.losses import yes_no_ce, yes_probability
-from zreward.models.preprocess import PixelInputs
+from zreward.serve.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob, score_yesno
 from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
                                      trainable_parameters)
@@ -47,19 +45,6 @@ from zreward.trainers.config import dump_config, parse_cli
 from zreward.trainers.data import TrainData, load_train_data
 from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, RunConfig,
                                         batch_indices, make_accelerator, prepare_run_dir, progress_bar, seed_everything)
-
-
-@dataclass
-class YesNoConfig:
-    """The yes/no question; stored in the final dir's zreward.json (`yesno`)."""
-
-    question: str = field(default="Prompt: {prompt}\nIs image A better than image B for this prompt? Answer yes or no.",
-                          metadata={"help": "question text after the two images; {prompt} is filled in"})
-    label_a: str = field(default="Image A:", metadata={"help": "text before the first image"})
-    label_b: str = field(default="Image B:", metadata={"help": "text before the second image"})
-    answer_prefix: str = field(default="Answer:", metadata={"help": "assistant prefix; the next token is the answer"})
-    yes: str = field(default=" yes", metadata={"help": "the 'yes' answer (one token after answer_prefix)"})
-    no: str = field(default=" no", metadata={"help": "the 'no' answer (one token after answer_prefix)"})
 
 
 @dataclass
@@ -88,142 +73,6 @@ class Config:
     data: DataConfig = field(default_factory=lambda: DataConfig(prompts_per_batch=4, val_max_images=200))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=10))
     rewarddance: RewardDanceSection = field(default_factory=RewardDanceSection)
-
-
-# ------------------------------------------------------------------------------------------ yes/no machinery
-
-
-def answer_token_ids(scorer, yn: YesNoConfig, add_tokens: bool = True) -> tuple[int, int]:
-    """Ids of the yes/no answers, checked to be one token each right after `answer_prefix`.
-
-    When they are not and `add_tokens`, they are added to the tokenizer and the embeddings resized (mean init).
-
-    Raises:
-        ValueError: an answer is not one token and cannot be added (LoRA model, or add_tokens=False).
-    """
-    tok = scorer.tokenizer
-
-    def ok(s: str) -> bool:
-        alone = tok.encode(s, add_special_tokens=False)
-        pre = tok.encode(yn.answer_prefix, add_special_tokens=False)
-        return len(alone) == 1 and tok.encode(yn.answer_prefix + s, add_special_tokens=False) == pre + alone
-
-    bad = [s for s in (yn.yes, yn.no) if not ok(s)]
-    if bad and add_tokens and not hasattr(scorer.model, "peft_config"):
-        from tokenizers import AddedToken
-
-        tok.add_tokens([AddedToken(s, normalized=False, special=False) for s in bad])
-        emb = scorer.model.get_input_embeddings().weight
-        if len(tok) > emb.shape[0]:
-            scorer.model.resize_token_embeddings(len(tok), mean_resizing=True)
-        bad = [s for s in (yn.yes, yn.no) if not ok(s)]
-    if bad:
-        raise ValueError(f"rewarddance.yesno: answers {bad} are not single tokens after {yn.answer_prefix!r} "
-                         f"(got {[tok.tokenize(yn.answer_prefix + s) for s in bad]}); choose answers that are, or "
-                         f"train without LoRA so that they can be added as tokens")
-    yes_id, no_id = (tok.encode(s, add_special_tokens=False)[0] for s in (yn.yes, yn.no))
-    if yes_id == no_id:
-        raise ValueError(f"rewarddance.yesno: yes {yn.yes!r} and no {yn.no!r} map to the same token {yes_id}")
-    return yes_id, no_id
-
-
-def pair_prompt(scorer, yn: YesNoConfig, prompt: str) -> str:
-    """Rendered chat text with two image placeholders (A then B), ending at the answer position."""
-    content = [{"type": "text", "text": yn.label_a}, {"type": "image"}, {"type": "text", "text": yn.label_b},
-               {"type": "image"}, {"type": "text", "text": yn.question.format(prompt=prompt)}]
-    messages = [{"role": "user", "content": content}]
-    chat = scorer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return chat + yn.answer_prefix
-
-
-def pair_logits(scorer, yn: YesNoConfig, prompts: list[str], pixels: PixelInputs, ia, ib) -> torch.Tensor:
-    """Full-vocabulary logits (N, V) at the answer position for N questions "is pixels[ia] better than pixels[ib]".
-
-    Args:
-        prompts: N prompts.  pixels: prepared images.  ia, ib: (N,) indices into `pixels` (A and B).
-    """
-    texts = [pair_prompt(scorer, yn, p) for p in prompts]
-    batch, _ = scorer.encode_items(texts, [[int(a), int(b)] for a, b in zip(ia, ib)], pixels)
-    return scorer._logits_at(batch, batch.last_pos)
-
-
-@torch.no_grad()
-def prefer_prob(scorer, yn: YesNoConfig, ids: tuple[int, int], prompts: list[str], pixels: PixelInputs, ia, ib,
-                batch_size: int = 64) -> torch.Tensor:
-    """(N,) symmetrised P(A better than B) = ½·[P(yes | A, B) + 1 − P(yes | B, A)], restricted to {yes, no}."""
-    ia, ib = np.asarray(ia), np.asarray(ib)
-    out = []
-    for s in range(0, len(ia), batch_size):
-        a, b, p = ia[s:s + batch_size], ib[s:s + batch_size], prompts[s:s + batch_size]
-        lg = pair_logits(scorer, yn, p + p, pixels, np.concatenate([a, b]), np.concatenate([b, a]))
-        y = yes_probability(lg.float(), *ids).view(2, -1)
-        out.append(0.5 * (y[0] + 1 - y[1]))
-    return torch.cat(out).cpu() if out else torch.zeros(0)
-
-
-def concat_pixels(a: PixelInputs, b: PixelInputs) -> PixelInputs:
-    grids = None if a.grids is None else a.grids + b.grids
-    return PixelInputs(a.values + b.values, grids, a.n_tokens + b.n_tokens)
-
-
-def encode_png(img: torch.Tensor) -> str:
-    """(3, H, W) uint8 or float in [0, 1] → base64 PNG."""
-    from PIL import Image
-
-    x = img if img.dtype == torch.uint8 else (img.clamp(0, 1) * 255).round().to(torch.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(x.permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def decode_png(b64: str) -> torch.Tensor:
-    """base64 PNG → (3, H, W) float in [0, 1]."""
-    from zreward.data.images import image_to_tensor, load_image
-
-    return image_to_tensor(load_image(base64.b64decode(b64), what="zreward.json yesno.reference_png"))
-
-
-def score_yesno(scorer, prompts: list[str], images, dims: list[str] | None = None, batch_size: int | None = None):
-    """`Scorer.score` for a `mode: "yesno"` scorer: p = P(image better than the stored reference) (symmetrised).
-
-    Returns:
-        ScoreOutput with probs (B, D, L) = (1 − p) on the lowest level, p on the highest; mean = lo + (hi − lo)·p
-        (1 + 4·p on the default levels) for every dim; overall the same; in_level_mass = P(yes) + P(no) under the
-        full softmax (how much the model answers with the two answer tokens).
-    """
-    from zreward.serve.scorer import ScoreOutput
-    from zreward.models import level_readout as lr
-
-    y = scorer.config.yesno
-    if not y:
-        raise ValueError("zreward.json: mode is 'yesno' but the 'yesno' section is missing")
-    yn = YesNoConfig(**{k: y[k] for k in asdict(YesNoConfig())})
-    ids = (int(y["yes_id"]), int(y["no_id"]))
-    dims = scorer._dims(dims)
-    b = len(prompts)
-    if len(images) != b:
-        raise ValueError(f"got {b} prompts but {len(images)} images")
-    ref = scorer.prepare_images(decode_png(y["reference_png"]).unsqueeze(0))
-    p_all, mass_all = [], []
-    bs = batch_size or b or 1
-    with torch.no_grad():
-        for s in range(0, b, bs):
-            ps, ims = prompts[s:s + bs], images[s:s + bs]
-            n = len(ps)
-            pix = concat_pixels(scorer.prepare_images(ims), ref)
-            lg = pair_logits(scorer, yn, ps + ps, pix, list(range(n)) + [n] * n, [n] * n + list(range(n))).float()
-            yes = yes_probability(lg, *ids).view(2, n)
-            p_all.append(0.5 * (yes[0] + 1 - yes[1]))
-            full = lg.log_softmax(-1)
-            mass_all.append((full[:, ids[0]].exp() + full[:, ids[1]].exp()).view(2, n).mean(0))
-    p = torch.cat(p_all).cpu() if p_all else torch.zeros(0)
-    levels = scorer.levels.clone()
-    probs = torch.zeros(b, len(dims), len(levels))
-    probs[..., 0], probs[..., -1] = (1 - p).unsqueeze(1), p.unsqueeze(1)
-    mean = lr.expectation(probs, levels)
-    w = torch.tensor([dict(zip(scorer.config.dims, scorer.config.reward_weights))[d] for d in dims])
-    mass = (torch.cat(mass_all).cpu() if mass_all else torch.zeros(0)).unsqueeze(1).expand(b, len(dims))
-    return ScoreOutput(probs, mean, lr.std_of(probs, levels, mean), lr.overall(mean, w), mass.clone(), dims, levels)
 
 
 # ------------------------------------------------------------------------------------------ data and eval
