@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "rewarddance": "RewardDance baseline: P('yes') generative reward, next-token CE",
     "risd": "RISD: distil the teacher's reasoning-conditioned distribution into a one-token student",
     "opd": "OPD baseline: on-policy distillation, per-token reverse KL",
+    "caption": "captioning pretraining: next-token CE on image captions (initialises the tiny VLMs)",
 }
 
 

@@ -53,10 +53,7 @@ class TrainData:
 
     def image_batch(self, idx) -> torch.Tensor | list[torch.Tensor]:
         """Float images in [0, 1] for the given indices: a (B, 3, H, W) tensor when sizes agree, else a list."""
-        ims = [self.images[i] for i in idx]
-        if all(t.shape == ims[0].shape for t in ims):
-            return torch.stack(ims).float().div_(255.0)
-        return [t.float().div_(255.0) for t in ims]
+        return float_images(self.images, idx)
 
     def dim_index(self, dims: list[str] | None) -> list[int]:
         if dims is None:
@@ -65,6 +62,15 @@ class TrainData:
         if missing:
             raise ValueError(f"dims {missing} are not in this split's dims {self.dims}")
         return [self.dims.index(d) for d in dims]
+
+
+
+def float_images(images: list[torch.Tensor], idx) -> torch.Tensor | list[torch.Tensor]:
+    """uint8 (3, H, W) images at `idx` → floats in [0, 1]: a (B, 3, H, W) tensor when sizes agree, else a list."""
+    ims = [images[i] for i in idx]
+    if all(t.shape == ims[0].shape for t in ims):
+        return torch.stack(ims).float().div_(255.0)
+    return [t.float().div_(255.0) for t in ims]
 
 
 def load_train_data(split_dir: str | Path, *, max_images: int | None = None, skip_bad: bool = False,
