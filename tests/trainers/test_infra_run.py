@@ -162,3 +162,15 @@ def test_train_cli_dispatch(monkeypatch, capsys):
     assert "opd" in cli.available_methods()
     assert cli.main(["opd", "--config", "x.yaml", "run.max_steps=1"]) == 3
     assert seen == [["--config", "x.yaml", "run.max_steps=1"]]
+
+
+def test_accelerator_backward_does_not_rescale_micro_batches():
+    """Trainers normalise each term by its global-batch count; accelerate must not divide by the micro-batch count."""
+    import torch
+
+    from zreward.trainers.run_utils import AcceleratorConfig, make_accelerator
+
+    acc = make_accelerator(AcceleratorConfig(gradient_accumulation_steps=4))
+    w = torch.nn.Parameter(torch.tensor(2.0))
+    acc.backward(3.0 * w)
+    assert w.grad is not None and float(w.grad) == 3.0

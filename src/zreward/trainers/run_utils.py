@@ -348,8 +348,10 @@ def make_accelerator(cfg: AcceleratorConfig | None = None, **kwargs: Any):
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("accelerator.device=cuda but torch.cuda.is_available() is False")
-    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision,
-                       gradient_accumulation_steps=cfg.gradient_accumulation_steps, **kwargs)
+    # `gradient_accumulation_steps` is deliberately not passed: our trainers split a step into micro-batches
+    # themselves and divide every loss term by its count over the whole global batch, so accelerate's own
+    # division of the loss by the number of micro-batches in `backward` would shrink the gradients a second time.
+    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, **kwargs)
 
 
 def batch_indices(num_items: int, global_batch: int, step: int, seed: int, *, rank: int = 0,
