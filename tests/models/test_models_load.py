@@ -111,7 +111,7 @@ def test_lora_gradient_checkpointing_and_merged_save(tiny_dir, tmp_path):
     opt = torch.optim.SGD([p for p in s.model.parameters() if p.requires_grad], lr=0.5)
     target = torch.tensor([0.0] * 8 + [1.0])  # push mass to the top level
     before = s.score(PROMPTS, _x()).mean.mean().item()
-    for _ in range(3):
+    for _ in range(10):
         logits = s.direct_logits(PROMPTS, _x())
         loss = -(torch.log_softmax(logits, -1) * target).sum(-1).mean()
         opt.zero_grad()
@@ -159,3 +159,11 @@ def test_model_init_and_score_cli(tmp_path):
                 "--reasoning", "--samples", "2", "--dims", "alignment", "--no-progress"]) == 0
     row = json.loads(out2.read_text().splitlines()[0])
     assert list(row["scores"]) == ["alignment"] and len(row["chains"]["alignment"]) == 2
+
+
+def test_missing_local_directory_is_named(tmp_path):
+    from zreward.models.load import load_components
+
+    missing = tmp_path / "no_such_scorer"
+    with pytest.raises(FileNotFoundError, match="no_such_scorer: no such model directory"):
+        load_components(str(missing))

@@ -47,6 +47,9 @@ def _file(path_or_name: str, filename: str) -> Path | None:
     if local.is_dir():
         p = local / filename
         return p if p.exists() else None
+    if local.is_absolute() or path_or_name.startswith(("./", "../", "~")) or local.exists():
+        raise FileNotFoundError(f"{path_or_name}: no such model directory (expected a scorer / HF VLM directory, or "
+                                "a hub name like 'Qwen/Qwen3-VL-8B-Instruct')")
     from transformers.utils import cached_file
 
     got = cached_file(path_or_name, filename, _raise_exceptions_for_missing_entries=False)
