@@ -72,12 +72,15 @@ def test_answer_tokens_are_added_once_and_single(tiny_model):
     from zreward.serve.scorer import load_scorer
 
     sc = load_scorer(tiny_model)
-    yn = yesno.YesNoConfig()
     n0 = len(sc.tokenizer)
+    yes0, no0 = yesno.answer_token_ids(sc, yesno.YesNoConfig())
+    assert len(sc.tokenizer) == n0  # the tiny tokenizer already has single " yes" / " no" tokens: nothing added
+    assert sc.tokenizer.convert_ids_to_tokens([yes0, no0]) == ["Ġyes", "Ġno"]
+    yn = yesno.YesNoConfig(yes=" Affirm", no=" Deny")  # not single tokens of the tiny tokenizer
     yes, no = yesno.answer_token_ids(sc, yn)
-    assert len(sc.tokenizer) == n0 + 2  # the tiny tokenizer has no single " yes"/" no" token
+    assert len(sc.tokenizer) == n0 + 2
     pre = sc.tokenizer.encode(yn.answer_prefix, add_special_tokens=False)
-    assert sc.tokenizer.encode(yn.answer_prefix + " yes", add_special_tokens=False) == pre + [yes]
+    assert sc.tokenizer.encode(yn.answer_prefix + yn.yes, add_special_tokens=False) == pre + [yes]
     assert yesno.answer_token_ids(sc, yn) == (yes, no) and len(sc.tokenizer) == n0 + 2
     with pytest.raises(ValueError, match="not single tokens"):
         yesno.answer_token_ids(sc, yesno.YesNoConfig(yes=" maybe yes"), add_tokens=False)

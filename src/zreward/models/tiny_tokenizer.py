@@ -22,6 +22,19 @@ _CORPUS = [
     "The quick brown fox jumps over the lazy dog. A photo of a cat on a sofa, a dog in the park, a city at night.",
     "Score: good bad fair excellent poor image picture object objects shape shapes count left right above below "
     "red green blue yellow purple orange white black gray circle square triangle star hexagon small large medium",
+    # the exact rubric texts of zreward.models.scorer_config.DEFAULT_RUBRICS and the direct prompt
+    "Alignment: does the image show what the prompt asks for (objects, attributes, counts, relations)?",
+    "Realism: does the image look real and clean, free of artifacts?",
+    "Aesthetics: is the image well composed, with harmonious colours, pleasant to look at?",
+    "Plausibility: are shapes, sizes, occlusions and shadows physically possible?",
+    "user assistant system Rate the image from 1.0 to 5.0. Describe the image. Is image A better than image B for this prompt? yes no",
+    # ShapesWorld rationales and captions (zreward.data.shapes_world): short sequences = cheaper training on CPU
+    "want 2 blue square: see 2. want 1 yellow triangle: see 0. left: no. right: yes. on: no. extra: none.",
+    "3 objects: blue square, yellow triangle on blue square, red circle floating. 1 object: green circle.",
+    "noise: 0.00. noise: 0.05. noise: 0.10. noise: 0.15. noise: 0.20. noise: 0.25. noise: 0.30. blur: 0.0. "
+    "blur: 0.5. blur: 1.0. blur: 1.5. blur: 2.0. warp: 0.00. warp: 0.25. warp: 0.50. warp: 0.75. warp: 1.00.",
+    "cut: 0. cut: 1. low contrast: 0. low contrast: 1. crowded: no. crowded: yes. unbalanced: no. unbalanced: yes. "
+    "clash: 0. clash: 1. floating: 0. floating: 1. unstable: 0. unstable: 1. two three one purple triangles circles",
 ]
 
 
