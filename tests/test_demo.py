@@ -1,14 +1,17 @@
 """`zreward demo`: stage caching (keys, reuse, rebuild on change, resume of an unfinished stage), clear failure of a
-missing trainer, and the report's keys — without training (a fake stage runner builds the outputs)."""
+missing trainer, and the report's keys — without training (a fake stage runner builds the outputs); plus the
+generator stages run for real with a tiny generator and a tiny Scorer as the reward."""
 from __future__ import annotations
 
 import json
+import math
+import shlex
 
 import pytest
 
 import zreward.demo as demo
 from zreward.demo import PROFILES, Ctx, Stage, run_demo, stage_key
-from zreward.eval.demo_report import write_demo_report
+from zreward.eval.demo_report import GEN_KEYS, write_demo_report
 
 _DATA = (("data.train", "world:train"), ("data.val", "world:val"))
 
@@ -128,6 +131,16 @@ def test_default_stage_list_wiring():
     assert dict(by["risd_student"].links)["model.init_from"] == dict(by["opd_student"].links)["model.init_from"]
     assert "sft.mode=reasoning" in by["sft_cold"].extra
     assert set(by["eval_test"].optional) == set(demo.METHODS)
+    # generator stages: after the evaluations; tuned with the RISD student as reward, GSB of tuned vs SFT generator
+    assert names[-3:] == ["gen_pretrain", "gen_tune", "gen_eval"] and all(by[n].kind == "gen" for n in names[-3:])
+    assert by["gen_pretrain"].deps == ["world"]
+    assert set(by["gen_tune"].deps) == {"gen_pretrain", "risd_student", "world"}
+    assert dict(by["gen_tune"].links)["reward"] == "risd_student"
+    assert dict(by["gen_tune"].links)["generator"] == "gen_pretrain"
+    assert set(by["gen_eval"].deps) == {"gen_pretrain", "gen_tune", "world"}
+    assert dict(by["gen_eval"].links)["a"] == "gen_tune" and dict(by["gen_eval"].links)["b"] == "gen_pretrain"
+    for name, prof in PROFILES.items():  # no typo in a profile's generator settings
+        assert set(prof.get("gen", {})) <= set(demo.GEN_DEFAULTS), name
 
 
 def test_report_keys_without_results(tmp_path, configs):
@@ -141,3 +154,75 @@ def test_report_keys_without_results(tmp_path, configs):
     assert rep["profile"] == "test" and rep["seed"] == 0 and rep["wall_s"] == 12.5
     md = (tmp_path / "d" / "report.md").read_text()
     assert "failed" in md and "boom" in md
+    # the generator stages did not run: every value null, never invented
+    assert set(rep["generator"]) == set(GEN_KEYS) | {"status"}
+    assert all(rep["generator"][k] is None for k in GEN_KEYS) and rep["generator"]["status"] == "not run"
+    assert "## Reward-guided generation" in md and "Not available: gen_eval not run" in md
+
+
+_GEN = [s for s in demo.STAGES if s.kind == "gen"]
+
+
+def test_failed_risd_student_skips_gen_tune_and_eval(tmp_path, configs):
+    stages = [Stage("world", "world"), Stage("risd_student", "init", "student"), *_GEN]
+    r = FakeRunner(fail="risd_student")
+    ctx = _run(tmp_path / "d", r, stages)
+    assert [c for c, _ in r.calls] == ["world", "risd_student", "gen_pretrain"]
+    assert ctx.status["gen_tune"]["state"] == "skipped" and "risd_student" in ctx.status["gen_tune"]["reason"]
+    assert ctx.status["gen_eval"]["state"] == "skipped" and "gen_tune" in ctx.status["gen_eval"]["reason"]
+    rep = write_demo_report(ctx, 1.0, "zreward demo --profile test")
+    assert all(rep["generator"][k] is None for k in GEN_KEYS if k != "sft_dir")
+    assert rep["generator"]["status"] == "skipped" and rep["generator"]["sft_dir"]
+
+
+def test_gen_profile_settings_change_the_key(tmp_path, configs, monkeypatch):
+    st = _GEN[0]
+    ctx = Ctx(out=tmp_path, profile="test", seed=0, keys={"world": "w"})
+    k = stage_key(st, ctx)  # a profile without "gen" works (defaults)
+    monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_steps": 7})
+    assert stage_key(st, ctx) != k
+    monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_step": 7})
+    with pytest.raises(demo.StageError, match="unknown key"):
+        stage_key(st, ctx)
+
+
+def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, small_world):
+    """The three generator stages for real (tiny generator, a random tiny Scorer as the RISD student's stand-in)."""
+    from zreward.align.cli import main as gen_main
+    from zreward.models.tiny import init_tiny
+
+    scorer = init_tiny("qwen2_vl", tmp_path / "scorer", preset="tiny", seed=0)
+    monkeypatch.setitem(PROFILES["test"], "gen", {"arch": "tiny", "pretrain_steps": 3, "pretrain_batch_size": 4,
+                                                  "tune_steps": 2, "tune_batch_size": 2, "audit_every": 2,
+                                                  "eval_prompts": 4})
+    given = {"world": small_world, "risd_student": scorer}
+
+    def runner(stage, ctx, resume):
+        return given[stage.name] if stage.name in given else demo.run_stage(stage, ctx, resume)
+
+    stages = [Stage("world", "world"), Stage("risd_student", "init", "student"), *_GEN]
+    out = tmp_path / "d"
+    ctx = _run(out, runner, stages)
+    assert all(s["state"] == "done" for s in ctx.status.values()), ctx.status
+    rep = write_demo_report(ctx, 1.0, "zreward demo --profile test")
+    gen = rep["generator"]
+    assert gen["status"] == "done" and gen["n_prompts"] == 4
+    assert math.isfinite(gen["net_gsb"]) and -1 <= gen["net_gsb"] <= 1
+    lo, hi = gen["net_gsb_ci"]
+    assert lo <= gen["net_gsb"] <= hi
+    dims = {"alignment", "realism", "aesthetics", "plausibility"}
+    for k in ("oracle_sft", "oracle_tuned"):
+        assert set(gen[k]) == dims and all(math.isfinite(v) and 1 <= v <= 5 for v in gen[k].values())
+    assert gen["sft_dir"] == str(out / "runs" / "gen_pretrain") and gen["tuned_dir"] == str(out / "runs" / "gen_tune")
+    md = (out / "report.md").read_text()
+    for key in ("gen/audit", "gen/side_by_side"):  # image links relative to the report, to files that exist
+        assert f"]({rep['plots'][key]})" in md and (out / rep["plots"][key]).is_file()
+    # the recorded command is the equivalent CLI call: re-running it reproduces gen_eval's numbers
+    cmd = shlex.split(ctx.commands["gen_eval"])
+    assert cmd[:3] == ["zreward", "gen", "eval"] and ctx.commands["gen_tune"].startswith("zreward gen tune ")
+    assert gen_main(cmd[2:]) == 0
+    again = json.loads((out / "runs" / "gen_eval" / "gsb.json").read_text())
+    assert again["net_gsb"] == gen["net_gsb"] and again["oracle_tuned"] == gen["oracle_tuned"]
+    # a second run reuses all three stages
+    ctx2 = _run(out, runner, stages)
+    assert all(ctx2.status[s.name]["state"] == "reused" for s in _GEN)

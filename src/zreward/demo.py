@@ -2,27 +2,37 @@
 
 Stages (`STAGES`, run in order; each one entry, so plugging a trainer in is one line):
   world          build the default ShapesWorld (2000 train prompts × 4 candidates, 64 px) into DIR/world
-  init_student   random tiny student VLM (`zreward.models.tiny.init_tiny`, profile preset)
-  init_teacher   random tiny teacher VLM (a larger preset)
-  sft            SFT baseline (direct, KL to annotator distributions)            ← init_student
-  rewarddance    RewardDance baseline (P("yes") generative reward)               ← init_student
-  sft_cold       teacher cold start: SFT in reasoning mode on the rationales     ← init_teacher
+  pretrain_world a second ShapesWorld from another seed (DIR/pretrain_world): unlabelled images for pretraining
+  init_base      random tiny VLM (`zreward.models.tiny.init_tiny`, the profile's `base_preset`)
+  pretrain       captioning pretraining of that VLM on pretrain_world's train images (`zreward train caption`;
+                 scene captions only, no labels, prompts or scores): the "pretrained VLM" every method starts from
+  sft            SFT baseline (direct, KL to annotator distributions)            ← pretrain
+  rewarddance    RewardDance baseline (P("yes") generative reward)               ← pretrain
+  sft_cold       teacher cold start: SFT in reasoning mode on the rationales     ← pretrain
   grpo           GRPO baseline (scalar PG reward on the sampled score only)      ← sft_cold
   gdso_teacher   GDSO teacher (PG on distribution expectations + pointwise + pairwise) ← sft_cold
-  risd_student   RISD student: KL(p̄_T ‖ p_S) to the teacher's chain-averaged distribution ← init_student, gdso_teacher
-  opd_student    OPD baseline: on-policy distillation from the same teacher      ← init_student, gdso_teacher
+  risd_student   RISD student: KL(p̄_T ‖ p_S) to the teacher's chain-averaged distribution ← pretrain, gdso_teacher
+  opd_student    OPD baseline: on-policy distillation from the same teacher      ← pretrain, gdso_teacher
   eval_test / eval_ood   `zreward eval` of all six on test and ood (reasoning models in reasoning mode, M chains)
+  gen_pretrain   the tiny T2I generator (`zreward gen pretrain`) on world's high-quality train images: the SFT
+                 generator                                                       ← world
+  gen_tune       DRaFT-1 reward tuning of it (`zreward gen tune`), the RISD student's Scorer as the reward, with
+                 the hacking audit (reward vs oracle on val prompts)             ← gen_pretrain, risd_student
+  gen_eval       `zreward gen eval`: GSB of the tuned vs the SFT generator by the simulated raters on held-out
+                 test prompts, oracle means, side-by-side grid                   ← gen_pretrain, gen_tune
 then DIR/report.md + DIR/report.json (`zreward.eval.demo_report`).
 
 Every trainer stage runs `zreward.trainers.<method>.train(cfg)` in this process with
 `configs/<method>/tiny_cpu.yaml` + the profile's overrides + the links (`model.init_from`, `data.train`,
-`teacher.path`, ...). Baselines start from the same student init (GRPO from the teacher's cold start, like GDSO,
-so GRPO vs GDSO isolates the objective). A stage whose trainer module or config is missing fails with a message
+`teacher.path`, ...). Every method starts from the same pretrained VLM (GRPO from the teacher's cold start, like
+GDSO, so GRPO vs GDSO isolates the objective). Teacher and student have the same size here (the paper: 27B vs 9B):
+on a 2-core CPU the budget goes to training steps, and the student's speed-up comes from skipping the chains. A stage whose trainer module or config is missing fails with a message
 saying so; stages that need it are skipped; no result is invented; the exit code is 1.
 
 Caching: a stage's key is a SHA-256 of three parts: its resolved config (upstream paths replaced by the upstream
 keys, the output dir left out) with the YAML file; the source files of the code it runs (the method's trainer
-module + the shared trainer helpers, losses, models, serve; `zreward.eval` for evaluation); its inputs' keys.
+module + the shared trainer helpers, losses, models, serve; `zreward.eval` for evaluation; `zreward.align`,
+shapes_world, serve, models for the generator stages); its inputs' keys.
 DIR/stages/<name>.json records the key and parts when a stage starts and when it finishes; the log says which
 part changed when a stage is rebuilt. Re-running with the same seed reuses every finished
 stage whose key is unchanged; a stage whose key changed is wiped and rebuilt (so are its dependents, whose keys
@@ -47,29 +57,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-# Profiles: world size, model presets (`zreward.models.tiny`), eval settings (images per split, M chains for
+# Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
 # reasoning models), per-stage overrides (YAML dotlist) on top of the stage's config, and rough stage durations (s)
-# on an idle 2-core CPU for the first ETA. quick = the configs' step counts, 200 test + 200 ood images (50 prompts
-# each) with M = 2 chains, fewer held-out evaluations during training; full = everything, M = 4.
+# on an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs unchanged, the whole test/ood
+# splits, M = 4; quick = the same pipeline with fewer steps, 200 test + 200 ood images (50 prompts each), M = 2.
 PROFILES: dict[str, dict] = {
-    "quick": {"world_prompts": 2000, "student_preset": "tiny", "teacher_preset": "tiny", "eval_max_images": 200,
+    "quick": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": 200,
               "eval_samples": 2,
-              # the trainers' own step counts; fewer held-out evaluations (reasoning ones generate chains)
-              "overrides": {"sft": ["data.eval_every=0"],
-                            "sft_cold": ["data.val_max_images=48"],
-                            "grpo": ["data.val_max_images=48"],
-                            "gdso_teacher": ["data.val_max_images=48"],
-                            "risd_student": ["data.eval_every=0"]},
-              "estimates": {"world": 40, "init_student": 10, "init_teacher": 10, "sft": 90, "rewarddance": 90,
-                            "sft_cold": 90, "grpo": 120, "gdso_teacher": 120, "risd_student": 120,
-                            "opd_student": 90, "eval_test": 60, "eval_ood": 60}},
-    # full: the trainers' tiny_cpu configs unchanged (what their authors tuned), the whole test/ood splits, M = 4.
-    # A larger teacher than student (the paper: 27B vs 9B) is `teacher_preset: "1m"` here (not yet measured).
-    "full": {"world_prompts": 2000, "student_preset": "tiny", "teacher_preset": "tiny", "eval_max_images": None,
+              # generator stages (`GEN_DEFAULTS`): measured 116 + 30 + 5 s (1-min load 2.5 → 5)
+              "gen": {"pretrain_steps": 800, "tune_steps": 40, "eval_prompts": 100,
+                      "estimates": {"gen_pretrain": 120, "gen_tune": 30, "gen_eval": 5}},
+              "overrides": {"pretrain": ["run.max_steps=500", "data.eval_every=0", "data.val_max_images=100"],
+                            "sft": ["run.max_steps=300", "data.eval_every=0", "data.val_max_images=200"],
+                            "rewarddance": ["run.max_steps=150", "data.val_max_images=100"],
+                            "sft_cold": ["run.max_steps=250", "data.eval_every=0", "data.val_max_images=48"],
+                            "grpo": ["run.max_steps=15", "data.val_max_images=48"],
+                            "gdso_teacher": ["run.max_steps=15", "data.val_max_images=48"],
+                            "risd_student": ["run.max_steps=200", "data.eval_every=0", "data.max_images=400",
+                                             "data.val_max_images=200"],
+                            "opd_student": ["run.max_steps=100", "data.val_max_images=200"]},
+              "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 150, "sft": 120,
+                            "rewarddance": 90, "sft_cold": 150, "grpo": 100, "gdso_teacher": 120,
+                            "risd_student": 150, "opd_student": 60, "eval_test": 60, "eval_ood": 60}},
+    "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
              "eval_samples": 4, "overrides": {},
-             "estimates": {"world": 40, "init_student": 10, "init_teacher": 10, "sft": 200, "rewarddance": 300,
-                           "sft_cold": 300, "grpo": 600, "gdso_teacher": 600, "risd_student": 600,
-                           "opd_student": 300, "eval_test": 600, "eval_ood": 600}},
+             # generator stages: measured 278 + 103 + 8 s (1-min load 3.5–4.7)
+             "gen": {"align_profile": "full", "pretrain_steps": 2000, "tune_steps": 200, "eval_prompts": 150,
+                     "estimates": {"gen_pretrain": 280, "gen_tune": 105, "gen_eval": 10}},
+             "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 450, "sft": 600,
+                           "rewarddance": 300, "sft_cold": 450, "grpo": 360, "gdso_teacher": 480,
+                           "risd_student": 600, "opd_student": 200, "eval_test": 500, "eval_ood": 500}},
 }
 FAMILY = "qwen2_vl"
 
@@ -80,7 +97,8 @@ class Stage:
 
     Attributes:
         name: stage name (= the method's key in report.json for trained methods).
-        kind: "world", "init", "train" or "eval".
+        kind: "world", "init", "train", "eval" or "gen" (a `zreward gen` step; method = pretrain | tune | eval,
+            links = its flags).
         method: trainer module name (train) / "student" or "teacher" (init) / split name (eval).
         links: config key → upstream stage whose output (final Scorer dir / world split) it gets.
         extra: fixed overrides of this stage; `{out}` is replaced by the demo directory.
@@ -107,25 +125,31 @@ class Stage:
 
 
 _DATA = (("data.train", "world:train"), ("data.val", "world:val"))
+_BASE = (("model.init_from", "pretrain"),)
 STAGES: list[Stage] = [
     Stage("world", "world"),
-    Stage("init_student", "init", "student"),
-    Stage("init_teacher", "init", "teacher"),
-    Stage("sft", "train", "sft", (("model.init_from", "init_student"),) + _DATA),
-    Stage("rewarddance", "train", "rewarddance", (("model.init_from", "init_student"),) + _DATA),
-    Stage("sft_cold", "train", "sft", (("model.init_from", "init_teacher"),) + _DATA, ("sft.mode=reasoning",),
-          config="cold_start_tiny_cpu"),
+    Stage("pretrain_world", "world", "pretrain"),
+    Stage("init_base", "init", "base"),
+    Stage("pretrain", "train", "caption", (("model.init_from", "init_base"), ("data.train", "pretrain_world:train"),
+                                           ("data.val", "world:val"))),
+    Stage("sft", "train", "sft", _BASE + _DATA),
+    Stage("rewarddance", "train", "rewarddance", _BASE + _DATA),
+    Stage("sft_cold", "train", "sft", _BASE + _DATA, ("sft.mode=reasoning",), config="cold_start_tiny_cpu"),
     Stage("grpo", "train", "grpo", (("model.init_from", "sft_cold"),) + _DATA),
     Stage("gdso_teacher", "train", "gdso", (("model.init_from", "sft_cold"),) + _DATA),
-    Stage("risd_student", "train", "risd", (("model.init_from", "init_student"), ("teacher.path", "gdso_teacher"))
-          + _DATA, ("teacher.cache_dir={out}/cache/risd_teacher_targets",)),
-    Stage("opd_student", "train", "opd", (("model.init_from", "init_student"), ("teacher.path", "gdso_teacher"))
-          + _DATA),
+    Stage("risd_student", "train", "risd", _BASE + (("teacher.path", "gdso_teacher"),) + _DATA,
+          ("teacher.cache_dir={out}/cache/risd_teacher_targets",)),
+    Stage("opd_student", "train", "opd", _BASE + (("teacher.path", "gdso_teacher"),) + _DATA),
 ]
 METHODS = ["sft", "grpo", "rewarddance", "gdso_teacher", "risd_student", "opd_student"]
 EVAL_SPLITS = ["test", "ood"]
 STAGES += [Stage(f"eval_{s}", "eval", s, tuple((f"model.{m}", m) for m in METHODS) + (("data", f"world:{s}"),))
            for s in EVAL_SPLITS]
+# Reward-guided T2I (issue 6), after the evaluations; the links are `zreward gen` flags (`_gen_job`).
+STAGES += [Stage("gen_pretrain", "gen", "pretrain", (("data", "world"),)),
+           Stage("gen_tune", "gen", "tune", (("generator", "gen_pretrain"), ("reward", "risd_student"),
+                                            ("data", "world"))),
+           Stage("gen_eval", "gen", "eval", (("a", "gen_tune"), ("b", "gen_pretrain"), ("data", "world")))]
 
 
 class StageError(RuntimeError):
@@ -215,12 +239,85 @@ _TRAIN_SHARED = ("zreward.trainers.common", "zreward.trainers.data", "zreward.tr
 _EVAL_MODULES = ("runner", "model_metrics", "metrics", "calibration", "bootstrap", "cost", "report")
 
 
+# The pretraining world's seed is offset so that its scenes are disjoint from the main world's (both exclude the
+# held-out ood combos, which are fixed, so pretraining never shows an ood (color, shape) pair).
+PRETRAIN_SEED_OFFSET = 1000
+
+
+def _world_seed(stage: Stage, ctx: Ctx) -> int:
+    return ctx.seed + (PRETRAIN_SEED_OFFSET if stage.method == "pretrain" else 0)
+
+
+def _world_prompts(stage: Stage, ctx: Ctx) -> int:
+    key = "pretrain_prompts" if stage.method == "pretrain" else "world_prompts"
+    return int(ctx.prof.get(key, 2000))
+
+
+# Generator stages: the profile's "gen" dict over these defaults; None = the value of `zreward gen`'s own profile
+# `align_profile` (`zreward.align.pretrain.PROFILES` / `tune.PROFILES`). DRaFT-1 is `zreward gen tune`'s default and
+# what its profiles were measured with. `estimates` (s per gen stage) only feed the first ETA.
+GEN_DEFAULTS: dict = {"align_profile": "quick", "arch": "default", "pretrain_steps": None, "pretrain_batch_size": None,
+                      "method": "draft", "k": 1, "tune_steps": None, "tune_batch_size": None, "audit_every": None,
+                      "eval_prompts": 100, "estimates": {}}
+_GEN_CODE = ("zreward.align", "zreward.data.shapes_world", "zreward.serve", "zreward.models")
+
+
+def _gen_job(stage: Stage, ctx: Ctx, symbolic: bool) -> tuple[dict, list[str], Callable[[], object]]:
+    """(resolved settings, the equivalent `zreward gen` argv, the in-process call) of a gen stage; symbolic=True puts
+    upstream keys in the paths (for the cache key)."""
+    import copy
+    from dataclasses import asdict
+
+    s = {**GEN_DEFAULTS, **ctx.prof.get("gen", {})}
+    if set(s) - set(GEN_DEFAULTS):
+        raise StageError(f"stage {stage.name}: profile {ctx.profile!r} gen: unknown key(s) "
+                         f"{sorted(set(s) - set(GEN_DEFAULTS))}; expected some of {sorted(GEN_DEFAULTS)}")
+    ln = {k: ctx.resolve(src, symbolic) for k, src in stage.links}
+    out = "<out>" if symbolic else str(ctx.out / "runs" / stage.name)
+    prof, seed = s["align_profile"], ["--seed", str(ctx.seed)]
+
+    def opt(flag: str, key: str) -> list[str]:
+        return [] if s[key] is None else [flag, str(s[key])]
+
+    if stage.method == "pretrain":
+        from zreward.align.pretrain import ARCHS, PretrainConfig, pretrain
+
+        if s["arch"] not in ARCHS:
+            raise StageError(f"stage {stage.name}: gen.arch: expected one of {sorted(ARCHS)}, got {s['arch']!r}")
+        over = {k: s[g] for k, g in (("steps", "pretrain_steps"), ("batch_size", "pretrain_batch_size"))
+                if s[g] is not None}
+        pcfg = PretrainConfig.for_profile(prof, data=ln["data"], out=out, seed=ctx.seed,
+                                          gen=copy.deepcopy(ARCHS[s["arch"]]), **over)
+        argv = ["pretrain", "--data", ln["data"], "--out", out, "--profile", prof, *opt("--steps", "pretrain_steps"),
+                *opt("--batch-size", "pretrain_batch_size"), "--arch", s["arch"], *seed]
+        return asdict(pcfg), argv, lambda: pretrain(pcfg)
+    if stage.method == "tune":
+        from zreward.align.tune import TuneConfig, tune
+
+        over = {k: s[g] for k, g in (("steps", "tune_steps"), ("batch_size", "tune_batch_size"),
+                                     ("audit_every", "audit_every")) if s[g] is not None}
+        tcfg = TuneConfig.for_profile(prof, generator=ln["generator"], reward=ln["reward"], out=out, data=ln["data"],
+                                      method=s["method"], k=s["k"], seed=ctx.seed, **over)
+        argv = ["tune", "--generator", ln["generator"], "--reward", ln["reward"], "--method", s["method"],
+                "--k", str(s["k"]), "--out", out, "--data", ln["data"], "--profile", prof,
+                *opt("--steps", "tune_steps"), *opt("--batch-size", "tune_batch_size"),
+                *opt("--audit-every", "audit_every"), *seed]
+        return asdict(tcfg), argv, lambda: tune(tcfg)
+    from zreward.align.gen_eval import evaluate_gsb
+
+    kw = {"a_dir": ln["a"], "b_dir": ln["b"], "n_prompts": int(s["eval_prompts"]), "out": out, "seed": ctx.seed,
+          "data": ln["data"]}
+    argv = ["eval", "--a", ln["a"], "--b", ln["b"], "--prompts", str(kw["n_prompts"]), "--out", out,
+            "--data", ln["data"], *seed]
+    return kw, argv, lambda: evaluate_gsb(**kw)
+
+
 def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
     """Digests of what a stage depends on: "config" (resolved settings), "code" (sources it runs), "inputs"
     (upstream keys). Raises StageError when the stage cannot be built."""
     up = digest({d: ctx.keys[d] for d in stage.deps + stage.optional if d in ctx.keys})
     if stage.kind == "world":
-        return {"config": digest({"seed": ctx.seed, "prompts": ctx.prof.get("world_prompts", 2000)}),
+        return {"config": digest({"seed": _world_seed(stage, ctx), "prompts": _world_prompts(stage, ctx)}),
                 "code": source_digest("zreward.data.shapes_world", "zreward.data.records"), "inputs": up}
     if stage.kind == "init":
         return {"config": digest([FAMILY, ctx.prof[f"{stage.method}_preset"], ctx.seed, stage.method]),
@@ -231,6 +328,9 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
         _, cfg, yaml_path, _ = _train_config(stage, ctx, symbolic=True)
         return {"config": digest({"cfg": config_to_dict(cfg), "yaml": yaml_path.read_text()}),
                 "code": source_digest(f"zreward.trainers.{stage.method}", *_TRAIN_SHARED), "inputs": up}
+    if stage.kind == "gen":
+        settings, _, _ = _gen_job(stage, ctx, symbolic=True)
+        return {"config": digest(settings), "code": source_digest(*_GEN_CODE), "inputs": up}
     return {"config": digest([stage.method, ctx.prof["eval_max_images"], ctx.prof["eval_samples"], ctx.seed]),
             "code": source_digest(*(f"zreward.eval.{m}" for m in _EVAL_MODULES), "zreward.serve", "zreward.models"),
             "inputs": up}
@@ -243,14 +343,15 @@ def stage_key(stage: Stage, ctx: Ctx) -> str:
 
 def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
     """Build one stage's output; returns it."""
-    out = ctx.out / ("world" if stage.kind == "world" else "eval" if stage.kind == "eval" else "runs") / (
-        "" if stage.kind == "world" else stage.method if stage.kind == "eval" else stage.name)
     if stage.kind == "world":
         from zreward.data.shapes_world.build import build_world
 
-        prompts = ctx.prof.get("world_prompts", 2000)
-        ctx.commands[stage.name] = f"zreward world build --out {out} --prompts {prompts} --seed {ctx.seed} --overwrite"
-        return Path(build_world(out, prompts=prompts, seed=ctx.seed, overwrite=True))
+        out = ctx.out / stage.name
+        prompts, seed = _world_prompts(stage, ctx), _world_seed(stage, ctx)
+        ctx.commands[stage.name] = f"zreward world build --out {out} --prompts {prompts} --seed {seed} --overwrite"
+        return Path(build_world(out, prompts=prompts, seed=seed, overwrite=True))
+    out = ctx.out / ("eval" if stage.kind == "eval" else "runs") / (stage.method if stage.kind == "eval"
+                                                                      else stage.name)
     if stage.kind == "init":
         from zreward.models.tiny import init_tiny
 
@@ -266,6 +367,13 @@ def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
         if not resume and out.exists():
             shutil.rmtree(out)  # a changed key: never resume from another config's checkpoints
         return Path(mod.train(cfg))
+    if stage.kind == "gen":
+        _, argv, call = _gen_job(stage, ctx, symbolic=False)
+        ctx.commands[stage.name] = shlex.join(["zreward", "gen", *argv])
+        if out.exists():
+            shutil.rmtree(out)  # no checkpoints to resume from: a rerun starts clean (no stale audit or grid files)
+        call()
+        return out
     from zreward.eval.report import write_eval_report
     from zreward.eval.runner import ceiling_metrics, evaluate, load_eval_data, parse_model_spec
 
@@ -304,8 +412,8 @@ def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = No
     rec_dir = out / "stages"
     rec_dir.mkdir(parents=True, exist_ok=True)
     records = {s.name: json.loads(p.read_text()) for s in stages if (p := rec_dir / f"{s.name}.json").is_file()}
-    est = {s.name: float(records.get(s.name, {}).get("seconds") or PROFILES[profile]["estimates"].get(s.name, 60))
-           for s in stages}
+    first = {**PROFILES[profile]["estimates"], **PROFILES[profile].get("gen", {}).get("estimates", {})}
+    est = {s.name: float(records.get(s.name, {}).get("seconds") or first.get(s.name, 60)) for s in stages}
     t0 = time.time()
     for i, stage in enumerate(stages):
         eta = sum(est[s.name] for s in stages[i:] if ctx.status.get(s.name, {}).get("state") != "reused")

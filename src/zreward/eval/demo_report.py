@@ -6,21 +6,30 @@ n_pairs, ... with _ci/_n), `model_dir` (the saved Scorer dir), `ood` (the same f
 `status`; a method whose stage failed keeps its key with null metrics and the reason. Plus `ceiling` (test,
 on the evaluated pairs), `ceiling_ci`, `ceiling_ood`, `profile`, `seed`, `wall_s`, `dataset_dir`, `cost_ratio`
 (student images/s ÷ teacher images/s), `goals` (the paper's claims checked on our numbers), `stages` (state,
-seconds, cache key), `commands` (the exact equivalent command of every stage), `software`, `plots`.
+seconds, cache key), `commands` (the exact equivalent command of every stage), `software`, `plots`, and
+`generator` (the reward-guided T2I stages): {net_gsb, net_gsb_ci, n_prompts, oracle_sft: {dim: mean},
+oracle_tuned: {dim: mean}, sft_dir, tuned_dir, status} from gen_eval's `gsb.json`, null values unless gen_eval
+finished in this run or was reused (status = gen_eval's state).
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from zreward.eval.report import fmt, fmt_ci, plot_training_curves, read_metrics_jsonl, software_versions
 from zreward.eval.runner import json_clean
 
-__all__ = ["ROWS", "goals", "write_demo_report"]
+__all__ = ["GEN_KEYS", "ROWS", "generator_summary", "goals", "write_demo_report"]
 
 # (method key, label) in table order; the teacher's cold start is shown in the training curves only.
 ROWS = [("sft", "SFT"), ("grpo", "GRPO"), ("rewarddance", "RewardDance"), ("gdso_teacher", "GDSO teacher"),
         ("risd_student", "RISD student"), ("opd_student", "OPD student")]
+
+
+# report.json's `generator` keys (plus `status`); the GSB ones are read from gen_eval's gsb.json.
+GEN_KEYS = ("net_gsb", "net_gsb_ci", "n_prompts", "oracle_sft", "oracle_tuned", "sft_dir", "tuned_dir")
+_FINISHED = ("done", "reused")
 
 
 def _load(path: Path) -> dict | None:
@@ -60,6 +69,41 @@ def goals(methods: dict, ceiling: float | None) -> list[dict]:
     return out
 
 
+def _finished_output(ctx, stage: str) -> Path | None:
+    """The output dir of a stage that finished in this run or was reused (never a stale one from an older run)."""
+    ok = ctx.status.get(stage, {}).get("state") in _FINISHED and stage in ctx.outputs
+    return Path(ctx.outputs[stage]) if ok else None
+
+
+def generator_summary(ctx) -> tuple[dict, dict]:
+    """report.json's `generator` and the details report.md shows (GSB counts, goal, tuning method, audit rows).
+
+    Values are null unless gen_eval finished or was reused; sft_dir / tuned_dir are set when their stage finished.
+    """
+    st = ctx.status.get("gen_eval", {"state": "not run"})
+    sft, tuned, ev = (_finished_output(ctx, s) for s in ("gen_pretrain", "gen_tune", "gen_eval"))
+    g = _load(ev / "gsb.json") if ev else None
+    gen = {k: (g or {}).get(k) for k in GEN_KEYS[:5]}
+    gen.update(sft_dir=str(sft) if sft else None, tuned_dir=str(tuned) if tuned else None, status=st["state"])
+    tj = _load(tuned / "tune.json") if tuned else None
+    detail = {"reason": st.get("reason") or (None if g or not ev else f"{ev / 'gsb.json'} not found"),
+              "gsb": g, "tune": None if tj is None else {"method": tj["config"]["method"], "k": tj["config"]["k"],
+                                                         "steps": tj["config"]["steps"], "audit": tj["audit"],
+                                                         "hacking_warnings": tj["hacking_warnings"]}}
+    return gen, detail
+
+
+def _gen_plots(ctx, out: Path) -> dict:
+    """The audit plot (gen_tune) and the side-by-side grid (gen_eval), as paths relative to the report."""
+    plots = {}
+    for key, stage, name in (("gen/audit", "gen_tune", "audit.png"), ("gen/side_by_side", "gen_eval",
+                                                                       "side_by_side.png")):
+        d = _finished_output(ctx, stage)
+        if d is not None and (d / name).is_file():
+            plots[key] = Path(os.path.relpath(d / name, out)).as_posix()
+    return plots
+
+
 def write_demo_report(ctx, wall_s: float, command: str, machine: dict | None = None) -> dict:
     """Assemble and write DIR/report.json and DIR/report.md; returns report.json's content."""
     out: Path = ctx.out
@@ -93,6 +137,8 @@ def write_demo_report(ctx, wall_s: float, command: str, machine: dict | None = N
     for s in ("test", "ood"):
         for p in sorted((out / "eval" / s).glob("*.png")):
             plots[f"{s}/{p.stem}"] = f"eval/{s}/{p.name}"
+    plots.update(_gen_plots(ctx, out))
+    generator, gen_detail = generator_summary(ctx)
     card = _load(out / "world" / "card.json") or {}
     report = json_clean({
         "methods": methods, "ceiling": ceiling, "ceiling_ci": (ceil["test"] or {}).get("accuracy_ci"),
@@ -104,10 +150,11 @@ def write_demo_report(ctx, wall_s: float, command: str, machine: dict | None = N
         "dataset_dir": str(out / "world"),
         "cost_ratio": cost_ratio, "goals": goals(methods, ceiling),
         "eval": {s: {"n_images": (ev[s] or {}).get("n_images"), "pairs": (ev[s] or {}).get("pairs")} for s in ev},
+        "generator": generator,
         "stages": ctx.status, "commands": {"demo": command, **ctx.commands}, "software": software_versions(),
         "plots": plots})
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "report.md").write_text("\n".join(_markdown(report, ev)) + "\n")
+    (out / "report.md").write_text("\n".join(_markdown(report, ev, gen_detail)) + "\n")
     return report
 
 
@@ -133,7 +180,46 @@ def _table(methods: dict, split: str, ceiling: dict | None, dims: list[str]) -> 
     return L
 
 
-def _markdown(rep: dict, ev: dict) -> list[str]:
+def _generation(rep: dict, detail: dict) -> list[str]:
+    """The "Reward-guided generation" section: GSB table, oracle means per dim, audit plot, side-by-side grid."""
+    gen, p, t, g = rep["generator"], rep["plots"], detail["tune"], detail["gsb"]
+    how = "reward tuning"
+    if t:
+        how = ("ReFL" if t["method"] == "refl" else f"DRaFT-{t['k']}") + f" ({t['steps']} steps)"
+    L = ["## Reward-guided generation", "",
+         (f"The tiny T2I generator pretrained on the world's high-quality train images (SFT generator), tuned by "
+          f"{how} with the RISD student's Scorer as the differentiable reward, then judged against the SFT generator "
+          "by the simulated raters (GSB, majority of votes) on held-out test prompts; oracle = ShapesWorld oracle of "
+          "the perceived scene (1–5)."), ""]
+    if gen["net_gsb"] is None:
+        return L + [f"Not available: gen_eval {gen['status']}" + (f" ({detail['reason']})" if detail["reason"]
+                                                                   else "") + ".", ""]
+    ci = gen["net_gsb_ci"] or [None, None]
+    L += ["| net GSB (tuned vs SFT) ±95% CI | prompts | good / same / bad | paper |", "|---|---|---|---|",
+          (f"| {fmt(gen['net_gsb'], 3)} [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}] | {gen['n_prompts']} | "
+           f"{g.get('good', '–')} / {g.get('same', '–')} / {g.get('bad', '–')} | +0.413 |"), "",
+          "| oracle mean | SFT generator | tuned generator | Δ |", "|---|---|---|---|"]
+    for d, sv in (gen["oracle_sft"] or {}).items():
+        tv = (gen["oracle_tuned"] or {}).get(d)
+        L.append(f"| {d} | {fmt(sv, 2)} | {fmt(tv, 2)} | {fmt(None if tv is None else tv - sv, 2)} |")
+    L += ["", f"Goal (net GSB ≥ +0.413 and no oracle dimension worse): {'met' if g.get('goal_met') else 'not met'}.",
+          ""]
+    if "gen/audit" in p:
+        L += ["Hacking audit during tuning (held-out val prompts, fixed seeds: reward vs oracle overall):", "",
+              f"![audit]({p['gen/audit']})", ""]
+        if t and t["audit"]:
+            a0, a1 = t["audit"][0], t["audit"][-1]
+            L += [f"Reward {fmt(a0['reward'], 3)} → {fmt(a1['reward'], 3)}, oracle overall "
+                  f"{fmt(a0['oracle_overall'], 2)} → {fmt(a1['oracle_overall'], 2)} (step {a0['step']} → "
+                  f"{a1['step']}); hacking warnings: "
+                  + ("; ".join(t["hacking_warnings"]) if t["hacking_warnings"] else "none") + ".", ""]
+    if "gen/side_by_side" in p:
+        L += ["Side by side (B = SFT, A = tuned, with the raters' verdict):", "",
+              f"![side by side]({p['gen/side_by_side']})", ""]
+    return L
+
+
+def _markdown(rep: dict, ev: dict, gen_detail: dict | None = None) -> list[str]:
     dims = (ev["test"] or {}).get("dims", [])
     L = ["# Z-Reward on ShapesWorld — `zreward demo` report", "",
          f"Profile **{rep['profile']}**, seed {rep['seed']}, wall time {rep['wall_s'] / 60:.1f} min"
@@ -173,8 +259,9 @@ def _markdown(rep: dict, ev: dict) -> list[str]:
     if "test/examples" in p:
         L += ["Example test images: annotator histogram (grey bars) and each model's level distribution, per "
               "dimension:", "", "![examples](eval/test/examples.png)", ""]
-    L += ["Full per-split reports: [test](eval/test/report.md), [ood](eval/ood/report.md).", "",
-          "## Reproduce", "", "Seed " + str(rep["seed"]) + " everywhere. Equivalent commands, in order:", "", "```"]
+    L += ["Full per-split reports: [test](eval/test/report.md), [ood](eval/ood/report.md).", ""]
+    L += _generation(rep, gen_detail or {"reason": None, "gsb": None, "tune": None})
+    L += ["## Reproduce", "", "Seed " + str(rep["seed"]) + " everywhere. Equivalent commands, in order:", "", "```"]
     L += [f"{c}" for c in rep["commands"].values() if c] + ["```", "", "## Stages", "",
                                                            "| stage | state | wall s | CPU s | cache key |",
                                                            "|---|---|---|---|---|"]
