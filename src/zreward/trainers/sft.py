@@ -130,7 +130,9 @@ def label_pair_prob(pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
     n = pa.shape[-1]
     above = torch.tril(torch.ones(n, n, dtype=pa.dtype, device=pa.device), diagonal=-1)  # level_a > level_b
     weight = above + 0.5 * torch.eye(n, dtype=pa.dtype, device=pa.device)
-    return (joint * weight).sum((-1, -2))
+    # label distributions sum to 1 only up to float round-off (e.g. 7-rater histograms / 7 in float32): keep the
+    # result a probability, as the pairwise losses require
+    return (joint * weight).sum((-1, -2)).clamp(0.0, 1.0)
 
 
 def pair_counts(group: np.ndarray, mask: np.ndarray) -> int:
