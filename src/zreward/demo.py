@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.time() - t0
     machine = {"cpu_s": time.process_time() - c0, "cpus": os.cpu_count(),
                "load_avg_1min": [load0, os.getloadavg()[0]]}  # other processes slow the wall time down
-    report = write_demo_report(ctx, wall, "zreward demo " + shlex.join(argv), machine)
+    command = shlex.join(["zreward", "demo", "--profile", args.profile, "--out", args.out, "--seed", str(args.seed)])
+    report = write_demo_report(ctx, wall, command, machine)  # the resolved command, defaults included
     failed = {n: s for n, s in ctx.status.items() if s["state"] in ("failed", "skipped")}
     print(f"[demo] wrote {out / 'report.md'} ({_fmt_s(wall)} wall)")
     if failed:
