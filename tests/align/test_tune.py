@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zreward.align.generator import load_generator
-from zreward.align.tune import TuneConfig, apply_lora, merge_lora, reward_step, tune
+from zreward.align.tune import TuneConfig, apply_lora, hacking_warning, merge_lora, reward_step, tune
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,22 @@ def test_short_tune_raises_heldout_reward(tiny_gen_dir, tiny_scorer_dir, small_w
     meta = json.loads((out / "tune.json").read_text())
     assert len(meta["log"]) == 6 and "hacking_warnings" in meta
     load_generator(out)  # the tuned directory loads as a generator
+
+
+def test_hacking_warning_step_to_step_and_against_the_start():
+    def row(step, reward, oracle):
+        return {"step": step, "reward": reward, "oracle_overall": oracle}
+
+    start = row(0, 4.60, 3.17)
+    # the full demo's drift: never more than tol between two audits, 0.09 below the start overall
+    drift = [start, row(50, 4.61, 3.14), row(100, 4.62, 3.11)]
+    msg = hacking_warning(drift, row(150, 4.628, 3.08), tol=0.05)
+    assert msg is not None and "first audit (step 0)" in msg and "3.170 -> 3.080" in msg
+    assert hacking_warning(drift[:2], row(100, 4.62, 3.13), tol=0.05) is None   # 0.04 below the start: within tol
+    # a sudden drop since the previous audit names the previous one
+    msg = hacking_warning([start, row(50, 4.61, 3.30)], row(100, 4.62, 3.20), tol=0.05)
+    assert msg is not None and "previous audit (step 50)" in msg
+    # oracle fell but the reward fell too: not hacking; reward rose with the oracle: fine
+    assert hacking_warning([start], row(50, 4.50, 2.90), tol=0.05) is None
+    assert hacking_warning([start], row(50, 4.70, 3.30), tol=0.05) is None
+    assert hacking_warning([], start, tol=0.05) is None

@@ -18,7 +18,8 @@ What is implemented:
 - **Hacking audit**: every `audit_every` steps, held-out prompts (val split) with fixed seeds are sampled and scored
   by both the reward and the ShapesWorld oracle (via `perceive.py`); `audit.jsonl` + `audit.png` log them side by
   side, and a warning is printed (and recorded in tune.json) whenever the reward rose while the oracle's
-  mean-weight overall fell since the previous audit.
+  mean-weight overall fell — since the previous audit, or since the first audit (step 0), so that a gradual fall
+  spread over many audits warns too (`hacking_warning`).
 Deterministic given `seed`.
 """
 from __future__ import annotations
@@ -182,6 +183,21 @@ def audit(gen: T2IGenerator, scorer, prompts: list[str], cfg: TuneConfig) -> dic
             "oracle_overall": float((o @ np.asarray(MEAN_WEIGHTS)).mean())}
 
 
+def hacking_warning(previous: list[dict], row: dict, tol: float) -> str | None:
+    """The warning for audit `row` given the earlier audits, or None.
+
+    It warns when the reward rose while the oracle's overall fell by more than `tol`, compared with the previous
+    audit or with the first one (a slow drift that never drops `tol` between two audits still warns).
+    """
+    for ref, what in ((previous[-1:], "the previous audit"), (previous[:1], "the first audit")):
+        if ref and row["reward"] > ref[0]["reward"] and row["oracle_overall"] < ref[0]["oracle_overall"] - tol:
+            r = ref[0]
+            return (f"step {row['step']}: since {what} (step {r['step']}) the reward rose {r['reward']:.3f} -> "
+                    f"{row['reward']:.3f} while the oracle fell {r['oracle_overall']:.3f} -> "
+                    f"{row['oracle_overall']:.3f} (possible reward hacking)")
+    return None
+
+
 def plot_audit(rows: list[dict], path: Path) -> Path:
     """Reward and oracle overall vs step, two y axes."""
     import matplotlib
@@ -235,10 +251,8 @@ def tune(cfg: TuneConfig) -> Path:
         gen.eval()
         row = {"step": step, **audit(gen, scorer, audit_prompts, cfg)}
         gen.train()
-        prev = rows[-1] if rows else None
-        if prev and row["reward"] > prev["reward"] and row["oracle_overall"] < prev["oracle_overall"] - cfg.audit_tol:
-            msg = (f"step {step}: reward rose {rows[-1]['reward']:.3f} -> {row['reward']:.3f} while the oracle "
-                   f"fell {rows[-1]['oracle_overall']:.3f} -> {row['oracle_overall']:.3f} (possible reward hacking)")
+        msg = hacking_warning(rows, row, cfg.audit_tol)
+        if msg:
             warnings.append(msg)
             print(f"[gen tune] WARNING {msg}", flush=True)
         rows.append(row)
