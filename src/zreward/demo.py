@@ -61,9 +61,13 @@ from typing import Callable
 # reasoning models), per-stage overrides (YAML dotlist) on top of the stage's config, and rough stage durations (s)
 # on an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs unchanged, the whole test/ood
 # splits, M = 4; quick = the same pipeline with fewer steps, 200 test + 200 ood images (50 prompts each), M = 2.
+# Chain temperature of the reasoning models at evaluation. Measured on 400 val images (600 pairs) with the
+# cold-start teacher: greedy 0.655, M = 4 at T = 1.0 0.571, T = 0.5 0.613, T = 0.3 0.646 — the tiny teachers'
+# T = 1 chains are too noisy to average.
+EVAL_TEMPERATURE = 0.3
 PROFILES: dict[str, dict] = {
     "quick": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": 200,
-              "eval_samples": 2,
+              "eval_samples": 2, "eval_temperature": EVAL_TEMPERATURE,
               # generator stages (`GEN_DEFAULTS`): measured 116 + 30 + 5 s (1-min load 2.5 → 5)
               "gen": {"pretrain_steps": 800, "tune_steps": 40, "eval_prompts": 100,
                       "estimates": {"gen_pretrain": 120, "gen_tune": 30, "gen_eval": 5}},
@@ -80,7 +84,7 @@ PROFILES: dict[str, dict] = {
                             "rewarddance": 90, "sft_cold": 150, "grpo": 100, "gdso_teacher": 120,
                             "risd_student": 150, "opd_student": 60, "eval_test": 60, "eval_ood": 60}},
     "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
-             "eval_samples": 4, "overrides": {},
+             "eval_samples": 4, "eval_temperature": EVAL_TEMPERATURE, "overrides": {},
              # generator stages: measured 278 + 103 + 8 s (1-min load 3.5–4.7)
              "gen": {"align_profile": "full", "pretrain_steps": 2000, "tune_steps": 200, "eval_prompts": 150,
                      "estimates": {"gen_pretrain": 280, "gen_tune": 105, "gen_eval": 10}},
@@ -331,7 +335,8 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
     if stage.kind == "gen":
         settings, _, _ = _gen_job(stage, ctx, symbolic=True)
         return {"config": digest(settings), "code": source_digest(*_GEN_CODE), "inputs": up}
-    return {"config": digest([stage.method, ctx.prof["eval_max_images"], ctx.prof["eval_samples"], ctx.seed]),
+    return {"config": digest([stage.method, ctx.prof["eval_max_images"], ctx.prof["eval_samples"],
+                              ctx.prof["eval_temperature"], ctx.seed]),
             "code": source_digest(*(f"zreward.eval.{m}" for m in _EVAL_MODULES), "zreward.serve", "zreward.models"),
             "inputs": up}
 
@@ -382,13 +387,15 @@ def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
     if not specs:
         raise StageError(f"stage {stage.name}: no trained model to evaluate")
     data = load_eval_data(ctx.outputs["world"] / stage.method, max_images=ctx.prof["eval_max_images"])
+    t = ctx.prof["eval_temperature"]
     args = ["--data", str(ctx.outputs["world"] / stage.method), "--out", str(out), "--reasoning", "--samples", str(m),
-            "--seed", str(ctx.seed)] + (["--max-images", str(ctx.prof["eval_max_images"])]
+            "--temperature", str(t), "--seed", str(ctx.seed)] + (["--max-images", str(ctx.prof["eval_max_images"])]
                                         if ctx.prof["eval_max_images"] else [])
     cmd = shlex.join(["zreward", "eval"] + [a for s in specs for a in ("--model", f"{s.name}={s.path}")] + args)
     ctx.commands[stage.name] = cmd
-    results, cals, scores = evaluate(specs, data, reasoning=True, samples=m, seed=ctx.seed, log=_log)
-    write_eval_report(out, data, results, cals, scores, {"command": cmd, "settings": {"samples": m, "seed": ctx.seed}},
+    results, cals, scores = evaluate(specs, data, reasoning=True, samples=m, seed=ctx.seed, temperature=t, log=_log)
+    write_eval_report(out, data, results, cals, scores, {"command": cmd, "settings": {"samples": m, "temperature": t,
+                                                                                      "seed": ctx.seed}},
                       ceiling=ceiling_metrics(data, seed=ctx.seed))
     return out
 

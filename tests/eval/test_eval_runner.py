@@ -194,3 +194,30 @@ def test_cli_rejects_non_scorer_dir(tmp_path, small_world, capsys):
     rc = main(["--model", str(tmp_path), "--data", str(small_world / "test"), "--out", str(tmp_path / "o"),
                "--max-images", "4"])
     assert rc == 2 and "zreward.json" in capsys.readouterr().err
+
+
+def test_temperature_overrides_reasoning_models_only(monkeypatch, small_world, tiny_scorer, tiny_reasoner, tmp_path,
+                                                     capsys):
+    import zreward.eval.runner as runner
+
+    seen = []
+    real = runner.score_model
+
+    def spy(scorer, data, **kw):
+        seen.append((kw["reasoning"], kw["samples"], scorer.config.temperature))
+        return real(scorer, data, **kw)
+
+    monkeypatch.setattr(runner, "score_model", spy)
+    data = load_eval_data(small_world / "test", max_images=4)
+    specs = [parse_model_spec(f"d={tiny_scorer}"), parse_model_spec(f"t={tiny_reasoner}")]
+    runner.evaluate(specs, data, reasoning=True, samples=2, n_boot=20, temperature=0.3, log=lambda *a: None)
+    direct_t = json.loads((tiny_scorer / "zreward.json").read_text())["temperature"]
+    assert seen == [(False, 1, direct_t), (True, 2, 0.3)]
+    seen.clear()
+    runner.evaluate(specs[1:], data, reasoning=True, samples=2, n_boot=20, log=lambda *a: None)
+    assert seen == [(True, 2, json.loads((tiny_reasoner / "zreward.json").read_text())["temperature"])]
+    for bad in ("0", "-1", "nan"):
+        rc = main(["--model", str(tiny_reasoner), "--reasoning", "--temperature", bad, "--data",
+                   str(small_world / "test"), "--out", str(tmp_path / f"o{bad}"), "--max-images", "4"])
+        assert rc == 2 and "--temperature must be a finite number > 0" in capsys.readouterr().err
+        assert not (tmp_path / f"o{bad}").exists()

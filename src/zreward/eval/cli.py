@@ -1,7 +1,7 @@
 """`zreward eval`: evaluate saved Scorers on a canonical split → OUT/report.json, OUT/report.md, PNG plots.
 
     zreward eval --model [NAME=]DIR[:direct|:reasoning[:M]] [--model ...] --data SPLIT_DIR --out OUT
-                 [--reasoning] [--samples M] [--batch-size B] [--n-boot R] [--seed S] [--max-images N]
+                 [--reasoning] [--samples M] [--temperature T] [--batch-size B] [--n-boot R] [--seed S] [--max-images N]
                  [--device cpu|cuda]
 
 Model names default to the directory name (`runs/sft/final` → "sft"). A model whose zreward.json mode is
@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--reasoning", action="store_true",
                     help="score reasoning-mode models (zreward.json mode) in reasoning mode")
     ap.add_argument("--samples", type=int, default=4, help="chains per (image, dim) in reasoning mode (default 4)")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="chain sampling temperature in reasoning mode (default: each model's zreward.json)")
     ap.add_argument("--batch-size", type=int, default=32, help="images per scoring call (default 32)")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of sampled chains (default 0)")
@@ -50,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         data = load_eval_data(args.data, max_images=args.max_images)
         results, cals, scores = evaluate(specs, data, reasoning=args.reasoning, samples=args.samples,
                                          batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed,
-                                         device=args.device)
+                                         device=args.device, temperature=args.temperature)
     except (ValueError, FileNotFoundError) as e:
         print(f"zreward eval: {e}", file=sys.stderr)
         return 2
     meta = {"command": "zreward eval " + shlex.join(argv),
-            "settings": {"reasoning": args.reasoning, "samples": args.samples, "batch_size": args.batch_size,
+            "settings": {"reasoning": args.reasoning, "samples": args.samples, "temperature": args.temperature,
+                         "batch_size": args.batch_size,
                          "n_boot": args.n_boot, "seed": args.seed, "max_images": args.max_images,
                          "device": args.device}}
     write_eval_report(args.out, data, results, cals, scores, meta, ceiling=ceiling_metrics(data, n_boot=args.n_boot,

@@ -249,8 +249,11 @@ def score_model(scorer, data: EvalData, *, reasoning: bool, samples: int, batch_
 
 def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False, samples: int = 4,
              batch_size: int = 32, n_boot: int = 1000, seed: int = 0, device: str = "cpu",
-             log=print) -> tuple[dict, dict, dict]:
+             temperature: float | None = None, log=print) -> tuple[dict, dict, dict]:
     """Load, score and measure each model in turn (freed before the next, so peak memory is its own).
+
+    `temperature` overrides the chain sampling temperature of every model scored in reasoning mode with M > 1
+    (None: each model's zreward.json value; M = 1 is greedy whatever the temperature).
 
     Returns:
         (results {name: report dict}, calibrations {name: Calibration | None}, scores {name: ModelScores}).
@@ -263,6 +266,8 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"--model: duplicate model names {dup}; name them with NAME=DIR")
+    if temperature is not None and not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"--temperature must be a finite number > 0, got {temperature}")
     results, cals, scores = {}, {}, {}
     for spec in specs:
         if not (spec.path / "zreward.json").is_file():
@@ -270,7 +275,10 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
         torch.manual_seed(seed)  # reasoning chains are sampled: same seed → same report
         scorer = load_scorer(spec.path, device=device)
         use_r, m = resolve_mode(spec, scorer.config.mode, reasoning, samples)
-        log(f"[eval] {spec.name}: {'reasoning, M=' + str(m) if use_r else 'direct'} on {len(data.ids)} images")
+        if use_r and temperature is not None:
+            scorer.config.temperature = temperature
+        how = f"reasoning, M={m}, T={scorer.config.temperature}" if use_r else "direct"
+        log(f"[eval] {spec.name}: {how} on {len(data.ids)} images")
         sc = score_model(scorer, data, reasoning=use_r, samples=m, batch_size=batch_size, device=device)
         del scorer
         gc.collect()
