@@ -89,7 +89,7 @@ PROFILES: dict[str, dict] = {
              "gen": {"align_profile": "full", "pretrain_steps": 2000, "tune_steps": 200, "eval_prompts": 150,
                      "estimates": {"gen_pretrain": 280, "gen_tune": 105, "gen_eval": 10}},
              "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 1600, "sft": 600,
-                           "rewarddance": 300, "sft_cold": 600, "grpo": 360, "gdso_teacher": 480,
+                           "rewarddance": 420, "sft_cold": 600, "grpo": 360, "gdso_teacher": 480,
                            "risd_student": 600, "opd_student": 200, "eval_test": 500, "eval_ood": 500}},
 }
 FAMILY = "qwen2_vl"

@@ -198,7 +198,7 @@ def test_cli_rejects_non_scorer_dir(tmp_path, small_world, capsys):
 
 def test_temperature_overrides_reasoning_models_only(monkeypatch, small_world, tiny_scorer, tiny_reasoner, tmp_path,
                                                      capsys):
-    import zreward.eval.runner as runner
+    from zreward.eval import runner
 
     seen = []
     real = runner.score_model
