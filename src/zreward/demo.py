@@ -57,14 +57,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-# Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
-# reasoning models), per-stage overrides (YAML dotlist) on top of the stage's config, and rough stage durations (s)
-# on an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs unchanged, the whole test/ood
-# splits, M = 4; quick = the same pipeline with fewer steps, 200 test + 200 ood images (50 prompts each), M = 2.
 # Chain temperature of the reasoning models at evaluation. Measured on 400 val images (600 pairs) with the
 # cold-start teacher: greedy 0.655, M = 4 at T = 1.0 0.571, T = 0.5 0.613, T = 0.3 0.646 — the tiny teachers'
 # T = 1 chains are too noisy to average.
 EVAL_TEMPERATURE = 0.3
+
+# Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
+# reasoning models at eval_temperature), per-stage overrides (YAML dotlist) on top of the stage's config, and rough
+# stage durations (s) on an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs unchanged, the
+# whole test/ood splits, M = 4; quick = the same pipeline with fewer steps, 200 test + 200 ood images (50 prompts
+# each), M = 2.
 PROFILES: dict[str, dict] = {
     "quick": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": 200,
               "eval_samples": 2, "eval_temperature": EVAL_TEMPERATURE,

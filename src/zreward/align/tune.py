@@ -192,8 +192,8 @@ def hacking_warning(previous: list[dict], row: dict, tol: float) -> str | None:
     for ref, what in ((previous[-1:], "the previous audit"), (previous[:1], "the first audit")):
         if ref and row["reward"] > ref[0]["reward"] and row["oracle_overall"] < ref[0]["oracle_overall"] - tol:
             r = ref[0]
-            return (f"step {row['step']}: since {what} (step {r['step']}) the reward rose {r['reward']:.3f} -> "
-                    f"{row['reward']:.3f} while the oracle fell {r['oracle_overall']:.3f} -> "
+            return (f"step {row['step']}: since {what} (step {r['step']}) the reward rose {r['reward']:.4f} -> "
+                    f"{row['reward']:.4f} while the oracle fell {r['oracle_overall']:.3f} -> "
                     f"{row['oracle_overall']:.3f} (possible reward hacking)")
     return None
 

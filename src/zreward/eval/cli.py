@@ -1,8 +1,8 @@
 """`zreward eval`: evaluate saved Scorers on a canonical split → OUT/report.json, OUT/report.md, PNG plots.
 
     zreward eval --model [NAME=]DIR[:direct|:reasoning[:M]] [--model ...] --data SPLIT_DIR --out OUT
-                 [--reasoning] [--samples M] [--temperature T] [--batch-size B] [--n-boot R] [--seed S] [--max-images N]
-                 [--device cpu|cuda]
+                 [--reasoning] [--samples M] [--temperature T] [--batch-size B] [--n-boot R] [--seed S]
+                 [--max-images N] [--device cpu|cuda]
 
 Model names default to the directory name (`runs/sft/final` → "sft"). A model whose zreward.json mode is
 "reasoning" is scored in reasoning mode with M chains per (image, dim) when `--reasoning` is given; a per-model
@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     meta = {"command": "zreward eval " + shlex.join(argv),
             "settings": {"reasoning": args.reasoning, "samples": args.samples, "temperature": args.temperature,
-                         "batch_size": args.batch_size,
-                         "n_boot": args.n_boot, "seed": args.seed, "max_images": args.max_images,
-                         "device": args.device}}
+                         "batch_size": args.batch_size, "n_boot": args.n_boot, "seed": args.seed,
+                         "max_images": args.max_images, "device": args.device}}
     write_eval_report(args.out, data, results, cals, scores, meta, ceiling=ceiling_metrics(data, n_boot=args.n_boot,
                                                                                               seed=args.seed))
     print(f"[eval] wrote {Path(args.out) / 'report.md'} and report.json")
