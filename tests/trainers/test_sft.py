@@ -154,3 +154,24 @@ def test_split_by_group_keeps_groups_and_normalisers_single_process():
 def test_config_rejects_bad_mode():
     with pytest.raises(ValueError, match="sft.mode"):
         sft.SFTConfig(mode="cot")
+
+
+def test_lora_resume_gives_identical_losses_and_rejects_other_adapters(tiny_model, small_world, tmp_path):
+    """`resume_or_seed` restores only the adapters of a LoRA run (every trainer goes through it)."""
+    kw = dict(model__lora=True, model__lora_r=4, model__lora_alpha=8, run__save_every=1)
+    straight = _cfg(tiny_model, small_world, tmp_path / "straight", run__max_steps=2, **kw)
+    straight.data.val = None
+    sft.train(straight)
+    half = _cfg(tiny_model, small_world, tmp_path / "half", run__max_steps=1, **kw)
+    half.data.val = None
+    sft.train(half)
+    half.run.max_steps = 2
+    sft.train(half)  # resume="auto" picks up step_000001
+    a, b = read_metrics(tmp_path / "straight" / "metrics.jsonl"), read_metrics(tmp_path / "half" / "metrics.jsonl")
+    assert [e["step"] for e in b] == [1, 2]
+    assert [e["loss"] for e in a] == pytest.approx([e["loss"] for e in b], rel=1e-5, abs=1e-7)
+    # a checkpoint with adapters is not silently loaded into a model trained without them
+    full = _cfg(tiny_model, small_world, tmp_path / "half", run__max_steps=3, run__save_every=1)
+    full.data.val = None
+    with pytest.raises(RuntimeError, match="cannot resume from .*half/checkpoints/step_000002"):
+        sft.train(full)

@@ -42,7 +42,6 @@ from zreward.data.records import IMAGES_FILE, ImageRecord, RecordError, read_spl
 from zreward.trainers.checkpoint import (
     atomic_write_text,
     gather_rng_states,
-    load_checkpoint,
     save_checkpoint,
 )
 from zreward.trainers.common import (
@@ -57,7 +56,6 @@ from zreward.trainers.data import float_images
 from zreward.trainers.run_utils import (
     AcceleratorConfig,
     MetricsLogger,
-    NonFiniteGuard,
     RunConfig,
     batch_indices,
     make_accelerator,
@@ -68,7 +66,7 @@ from zreward.trainers.run_utils import (
 from zreward.trainers.sft import (
     global_normalisers,
     model_state,
-    restore_model_state,
+    resume_or_seed,
     save_final,
     unwrapped,
 )
@@ -315,14 +313,7 @@ def train(cfg: Config) -> Path:
     model = scorer.model
     params = trainable_parameters(model)
     opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps)
-    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
-        restore_model_state(model, state.model_state, cfg.model.lora, ckpt)
-        guard.load_state_dict(state.extra["guard"])
-        start = state.step
-    else:
-        seed_everything(cfg.run.seed, rank)
+    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, rank)
     scorer.model, opt = acc.prepare(model, opt)  # not the scheduler (accelerate would step it per process)
     if acc.is_main_process:
         dump_config(cfg, run.config)

@@ -41,13 +41,14 @@ import torch
 
 from zreward.losses import clipped_pg_loss
 from zreward.trainers import rollout as R
-from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
                                      trainable_parameters, val_pairwise_accuracy)
 from zreward.trainers.config import dump_config, parse_cli
 from zreward.trainers.data import group_batch, load_train_data
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, RunConfig, make_accelerator,
+from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, RunConfig, make_accelerator,
                                         prepare_run_dir, progress_bar, seed_everything)
+from zreward.trainers.sft import model_state, resume_or_seed
 
 
 @dataclass
@@ -147,16 +148,7 @@ def train(cfg: Config) -> Path:
     lora = hasattr(model, "peft_config")
     opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps * g.ppo_epochs)
     ref_model = R.make_reference(model) if g.kl_coef else None  # the initial weights, before any resume
-    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=acc.process_index)
-        missing, unexpected = model.load_state_dict(state.model_state, strict=not lora)
-        if unexpected:
-            raise RuntimeError(f"{ckpt}: checkpoint has parameters the model lacks: {unexpected[:5]}")
-        guard.load_state_dict(state.extra["guard"])
-        start = state.step
-    else:
-        seed_everything(cfg.run.seed, acc.process_index)
+    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, acc.process_index)
     if acc.is_main_process:
         dump_config(cfg, run.config)
     log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
@@ -216,8 +208,7 @@ def train(cfg: Config) -> Path:
         if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
             rng = gather_rng_states()
             if acc.is_main_process:
-                sd = ({n: p.detach() for n, p in model.named_parameters() if p.requires_grad} if lora
-                      else model.state_dict())
+                sd = model_state(model, lora)
                 save_checkpoint(run.checkpoints, step + 1, sd, optimizer=opt, scheduler=sched, rng_states=rng,
                                 extra={"guard": guard.state_dict()}, keep_last=cfg.run.keep_last)
             acc.wait_for_everyone()

@@ -38,13 +38,14 @@ import torch
 
 from zreward.losses import yes_no_ce, yes_probability
 from zreward.serve.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob, score_yesno
-from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
                                      trainable_parameters)
 from zreward.trainers.config import dump_config, parse_cli
 from zreward.trainers.data import TrainData, load_train_data
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, RunConfig,
+from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, RunConfig,
                                         batch_indices, make_accelerator, prepare_run_dir, progress_bar, seed_everything)
+from zreward.trainers.sft import model_state, resume_or_seed
 
 
 @dataclass
@@ -181,14 +182,7 @@ def train(cfg: Config) -> Path:
     model = scorer.model
     opt, sched = build_optimizer(trainable_parameters(model), cfg.optim, cfg.run.max_steps)
     lora = hasattr(model, "peft_config")
-    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=acc.process_index)
-        model.load_state_dict(state.model_state, strict=not lora)
-        guard.load_state_dict(state.extra["guard"])
-        start = state.step
-    else:
-        seed_everything(cfg.run.seed, acc.process_index)
+    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, acc.process_index)
     model, opt = acc.prepare(model, opt)
     scorer.model = model
     if acc.is_main_process:
@@ -225,8 +219,7 @@ def train(cfg: Config) -> Path:
         if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
             rng = gather_rng_states()
             if acc.is_main_process:
-                m = acc.unwrap_model(model)
-                sd = {k: v for k, v in m.state_dict().items() if "lora_" in k} if lora else m.state_dict()
+                sd = model_state(acc.unwrap_model(model), lora)
                 save_checkpoint(run.checkpoints, step + 1, sd, optimizer=opt, scheduler=sched, rng_states=rng,
                                 extra={"guard": guard.state_dict()}, keep_last=cfg.run.keep_last)
             acc.wait_for_everyone()

@@ -42,15 +42,15 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from zreward.losses import kl_div_levels, risd_kl, score_gap_huber
-from zreward.trainers.checkpoint import atomic_write_bytes, gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.trainers.checkpoint import atomic_write_bytes, gather_rng_states, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
                                      trainable_parameters, val_pairwise_accuracy)
 from zreward.trainers.config import dump_config, parse_cli
 from zreward.trainers.data import TrainData, group_batch, load_train_data, within_group_pairs
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, RunConfig, derive_seed,
+from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, RunConfig, derive_seed,
                                         make_accelerator, prepare_run_dir, progress_bar, seed_everything)
-from zreward.trainers.sft import (global_normalisers, model_state, restore_model_state, save_final, split_by_group,
-                                  unwrapped)
+from zreward.trainers.sft import (global_normalisers, model_state, resume_or_seed, save_final,
+                                  split_by_group, unwrapped)
 
 
 @dataclass
@@ -296,14 +296,7 @@ def train(cfg: Config) -> Path:
     model = scorer.model
     params = trainable_parameters(model)
     opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps)
-    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
-        restore_model_state(model, state.model_state, cfg.model.lora, ckpt)
-        guard.load_state_dict(state.extra["guard"])
-        start = state.step
-    else:
-        seed_everything(cfg.run.seed, rank)
+    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, rank)
     scorer.model, opt = acc.prepare(model, opt)
     if acc.is_main_process:
         dump_config(cfg, run.config)

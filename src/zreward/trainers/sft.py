@@ -241,6 +241,24 @@ def restore_model_state(model, weights: dict[str, torch.Tensor], lora: bool, whe
     model.load_state_dict(weights, strict=False)
 
 
+def resume_or_seed(ckpt: Path | None, model, opt, sched, cfg, rank: int) -> tuple[NonFiniteGuard, int]:
+    """Start of every trainer's loop, before `acc.prepare` (plain module and optimizer): a resume restores the model
+    (`restore_model_state`; LoRA: the adapters only), optimizer, scheduler, this rank's RNG and the NaN guard from
+    checkpoint `ckpt`; a fresh run seeds this rank's randomness. Returns (guard, first step)."""
+    guard = NonFiniteGuard(cfg.run.max_nonfinite_skips)
+    if ckpt is None:
+        seed_everything(cfg.run.seed, rank)
+        return guard, 0
+    try:
+        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
+        restore_model_state(model, state.model_state, hasattr(model, "peft_config"), ckpt)
+    except (RuntimeError, ValueError) as e:
+        raise RuntimeError(f"cannot resume from {ckpt} (written with other model / LoRA / optimizer settings? "
+                           f"use run.overwrite=true or another run.output_dir): {e}") from e
+    guard.load_state_dict(state.extra["guard"])
+    return guard, state.step
+
+
 def save_final(scorer, acc, out: Path, mode: str, max_new_tokens: int | None = None) -> Path:
     """Write the trained Scorer atomically to `out` with `mode` (and chain length bound) in zreward.json."""
     with unwrapped(scorer, acc):
@@ -314,14 +332,7 @@ def train(cfg: Config) -> Path:
     model = scorer.model
     params = trainable_parameters(model)
     opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps)
-    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
-        restore_model_state(model, state.model_state, cfg.model.lora, ckpt)
-        guard.load_state_dict(state.extra["guard"])
-        start = state.step
-    else:
-        seed_everything(cfg.run.seed, rank)
+    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, rank)
     scorer.model, opt = acc.prepare(model, opt)  # not the scheduler (accelerate would step it per process)
     if acc.is_main_process:
         dump_config(cfg, run.config)
