@@ -26,7 +26,8 @@ Every trainer stage runs `zreward.trainers.<method>.train(cfg)` in this process 
 `configs/<method>/tiny_cpu.yaml` + the profile's overrides + the links (`model.init_from`, `data.train`,
 `teacher.path`, ...). Every method starts from the same pretrained VLM (GRPO from the teacher's cold start, like
 GDSO, so GRPO vs GDSO isolates the objective). Teacher and student have the same size here (the paper: 27B vs 9B):
-on a 2-core CPU the budget goes to training steps, and the student's speed-up comes from skipping the chains. A stage whose trainer module or config is missing fails with a message
+on a 2-core CPU the budget goes to training steps, and the student's speed-up comes from skipping the chains.
+A stage whose trainer module or config is missing fails with a message
 saying so; stages that need it are skipped; no result is invented; the exit code is 1.
 
 Caching: a stage's key is a SHA-256 of three parts: its resolved config (upstream paths replaced by the upstream
