@@ -19,7 +19,7 @@ from torch import nn
 
 from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
 from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, batch_indices,
-                                        make_accelerator, prepare_run_dir, seed_everything)
+                                        end_distributed, make_accelerator, prepare_run_dir, seed_everything)
 
 GLOBAL_BATCH, N_ITEMS, SEED = 8, 64, 0
 
@@ -79,6 +79,7 @@ def main() -> None:
         losses = [json.loads(line)["loss"] for line in open(run.metrics)]
         with open(args.out, "w") as f:
             json.dump({"world": world, "losses": losses, "skipped": guard.total, "params": params}, f)
+    end_distributed()
 
 
 if __name__ == "__main__":

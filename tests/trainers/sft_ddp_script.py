@@ -10,7 +10,7 @@ import sys
 import torch
 
 from zreward.trainers import sft
-from zreward.trainers.run_utils import read_metrics
+from zreward.trainers.run_utils import end_distributed, read_metrics
 
 
 def main() -> None:
@@ -28,6 +28,7 @@ def main() -> None:
         with open(out, "w") as f:
             json.dump({"world": int(torch.distributed.get_world_size()) if torch.distributed.is_initialized() else 1,
                        "loss": [e["loss"] for e in logs], "kl": [e["kl"] for e in logs]}, f)
+    end_distributed()
 
 
 if __name__ == "__main__":

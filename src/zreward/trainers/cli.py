@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zreward train: unknown method {method!r} (available: {known})", file=sys.stderr)
         return 2
     module = importlib.import_module(f"zreward.trainers.{method}")
-    return int(module.main(rest) or 0)
+    rc = int(module.main(rest) or 0)
+    from zreward.trainers.run_utils import end_distributed
+
+    end_distributed()  # under torchrun: a clean gloo/NCCL teardown on every rank
+    return rc
 
 
 if __name__ == "__main__":

@@ -354,6 +354,15 @@ def make_accelerator(cfg: AcceleratorConfig | None = None, **kwargs: Any):
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, **kwargs)
 
 
+def end_distributed() -> None:
+    """Tear down the process group (if any) after a barrier, before the interpreter exits. Left to interpreter
+    shutdown, gloo's threads are destroyed in arbitrary order and a rank can abort ("terminate called without an
+    active exception", seen once in CI's 2-process test), failing a run that had finished."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def batch_indices(num_items: int, global_batch: int, step: int, seed: int, *, rank: int = 0,
                   world_size: int = 1) -> list[int]:
     """Indices of the examples that `rank` uses at global `step`: epochs are seeded permutations of
