@@ -82,7 +82,7 @@ def _prompt_item(cfg: WorldConfig, pool: RaterPool, split: str, pi: int) -> dict
     for j, (c, f) in enumerate(zip(cands, facts)):
         scene = dict(c.scene, seed=int(rng.integers(2**31)))
         images.append({"id": f"p{pi:06d}_c{j}", "scene": scene, "png": render_png(scene, scene["seed"]),
-                       "kinds": c.kinds, "rationales": rationales(f), "oracle": dict(f.scores),
+                       "kinds": c.kinds, "rationales": rationales(f, c.scene), "oracle": dict(f.scores),
                        "labels": {d: (hist[j, k].tolist(), round(float(mos[j, k]), 4), round(float(std[j, k]), 4),
                                       ratings[j, :, k].tolist()) for k, d in enumerate(DIMS)}})
     ia, ib = np.triu_indices(cfg.candidates, 1)  # all unordered candidate pairs, (P,)
