@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from zreward.data.images import load_image
     from zreward.models.tiny import init_tiny
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     tmp = tempfile.mkdtemp(prefix="bench_serve_")
     model = str(init_tiny(args.family, os.path.join(tmp, "scorer"), preset=args.preset))

@@ -30,6 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zreward.models.scorer import load_scorer
+from zreward.models.scorer_config import dim_weights
+
 
 class ScorerRewardFn:
     """`reward_fn(prompts, images) -> (scores (B,), stds (B,))` backed by a zreward Scorer.
@@ -45,13 +48,10 @@ class ScorerRewardFn:
     def __init__(self, scorer, dims: list[str] | None = None, weights: list[float] | None = None,
                  uncertainty_lambda: float = 0.0, image_size: int | None = 64, batch_size: int = 16):
         if isinstance(scorer, (str, Path)):
-            from zreward.serve.scorer import load_scorer
-
             scorer = load_scorer(scorer)
         self.scorer = scorer
         self.dims = scorer._dims(dims)
-        wmap = dict(zip(scorer.config.dims, scorer.config.reward_weights))
-        w = [wmap.get(d, 1.0) for d in self.dims] if weights is None else list(weights)
+        w = scorer.config.weights_for(self.dims) if weights is None else list(weights)
         if len(w) != len(self.dims):
             raise ValueError(f"weights: expected {len(self.dims)} values (one per dim {self.dims}), got {len(w)}")
         self.weights = torch.tensor(w, dtype=torch.float32)

@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    # deferred (torch + transformers): `zreward eval --help` and bad arguments answer without loading them
     from zreward.eval.report import write_eval_report
     from zreward.eval.runner import ceiling_metrics, evaluate, load_eval_data, parse_model_spec
 

@@ -13,7 +13,7 @@ from zreward.models.families import FAMILIES
 
 
 def _init(args) -> int:
-    from zreward.models.tiny import PRESETS, init_tiny
+    from zreward.models.tiny import PRESETS, init_tiny  # deferred (torch + transformers): `--help` stays instant
 
     if args.preset not in PRESETS:
         print(f"zreward model init: --preset: expected one of {sorted(PRESETS)}, got {args.preset!r}", file=sys.stderr)
@@ -24,7 +24,7 @@ def _init(args) -> int:
 
 
 def _info(args) -> int:
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer  # deferred (torch + transformers): `--help` stays instant
 
     s = load_scorer(args.path, add_level_tokens=False)
     n = sum(p.numel() for p in s.model.parameters())

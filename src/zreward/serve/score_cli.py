@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    # deferred: torch + transformers load only once args are valid (`zreward score --help` stays instant)
     from zreward.data.records import read_split
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     split = read_split(args.data)
     recs = split.images[: args.limit] if args.limit else split.images

@@ -218,7 +218,7 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
 
 def _run_teacher(cfg: Config, data: TrainData, dims: list[str], idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Score `idx` with the teacher in reasoning mode, M samples each; returns ((n, D, L) probs, (n, D) mass)."""
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     t = cfg.teacher
     teacher = load_scorer(t.path, device=str(device), dtype=t.dtype)
