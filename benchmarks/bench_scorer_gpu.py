@@ -8,7 +8,7 @@ locally trained tiny tokenizer (its ids are a subset of the real vocabulary), an
 images (28×28 patches of 16 px → 196 image tokens per image after the 2×2 merge). Reported: img/s and the prefill
 roofline img/s = peak_flops / (2 · N_params_LM · tokens_per_image_scored) (LM without embeddings/lm_head), where tokens_per_image_scored is the
 sequence length summed over the scored dims, plus the vision tower's 2 · N_vision · patches per sequence.
-Reference (../shared/NOTES.md, HF eager, H200): Qwen3-VL-8B, batch 64, 448 px → 86 img/s ≈ 57% of 152 img/s.
+Reference (measured earlier with HF eager on an H200): Qwen3-VL-8B, batch 64, 448 px → 86 img/s ≈ 57% of 152 img/s.
 """
 from __future__ import annotations
 

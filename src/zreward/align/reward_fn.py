@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from zreward.models.scorer import load_scorer
-from zreward.models.scorer_config import dim_weights
+from zreward.models.level_readout import overall, reward_from_readout
 
 
 class ScorerRewardFn:
@@ -79,7 +79,6 @@ class ScorerRewardFn:
         if len(imgs) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(imgs)} images")
         out = self.scorer.score(list(prompts), imgs, dims=self.dims, batch_size=self.batch_size)
-        w = self.weights / self.weights.sum()
-        scores = ((out.mean - self.lam * out.std) * w).sum(-1)
-        stds = (out.std * w).sum(-1)
+        scores = reward_from_readout(out.mean, out.std, self.weights, self.lam)
+        stds = overall(out.std, self.weights)
         return scores.float(), stds.float()

@@ -341,8 +341,8 @@ class Scorer:
                 cb = self.generate_chains(ps, pixels, dims, samples=samples)
                 cf = self.chain_forward(cb, pixels)
                 p = torch.softmax(cf.level_logits.float(), -1).view(len(ps), len(dims), samples, -1)
-                probs.append(p.mean(2).cpu())
-                mass.append(cf.in_level_mass.float().view(len(ps), len(dims), samples).mean(2).cpu())
+                probs.append(lr.mean_over_chains(p.transpose(1, 2)).cpu())
+                mass.append(lr.mean_over_chains(cf.in_level_mass.float().view(len(ps), len(dims), samples).mT).cpu())
                 per = len(dims) * samples
                 chains += [cb.texts[i * per: (i + 1) * per] for i in range(len(ps))]
         P = torch.cat(probs) if probs else torch.zeros(0, len(dims), len(self.levels))

@@ -41,8 +41,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from zreward.atomic import atomic_write_bytes
 from zreward.losses import kl_div_levels, risd_kl, score_gap_huber
-from zreward.trainers.checkpoint import atomic_write_bytes, gather_rng_states, save_checkpoint
+from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
                                      trainable_parameters, val_pairwise_accuracy)
 from zreward.trainers.config import dump_config, parse_cli

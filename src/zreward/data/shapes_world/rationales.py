@@ -1,6 +1,6 @@
 """ShapesWorld rationales: the perceptual facts behind each oracle score, in a fixed small vocabulary.
 
-Implements "Rationales" of the shared spec `shapes-world.md`. One short text per dimension, ending just before the
+Implements "Rationales" of the spec `docs/shapes-world.md`. One short text per dimension, ending just before the
 score (the score itself is never stated):
 - alignment:    "want 2 blue square: see 2. want 1 yellow triangle: see 0. left: no. extra: 1 green circle."
                 (relation words: left / right / on; "extra: none." when there are no extras; extras are listed
