@@ -15,7 +15,7 @@ from zreward.models.shipped import copy_base
 
 
 def _init(args) -> int:
-    from zreward.models.tiny import PRESETS, init_tiny
+    from zreward.models.tiny import PRESETS, init_tiny  # deferred (torch + transformers): `--help` stays instant
 
     if args.source is not None:
         if args.source != "base":
@@ -40,7 +40,7 @@ def _init(args) -> int:
 
 
 def _info(args) -> int:
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer  # deferred (torch + transformers): `--help` stays instant
 
     s = load_scorer(args.path, add_level_tokens=False)
     n = sum(p.numel() for p in s.model.parameters())

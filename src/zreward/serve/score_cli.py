@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
+
+from zreward.atomic import atomic_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,18 +33,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    # deferred: torch + transformers load only once args are valid (`zreward score --help` stays instant)
     from zreward.data.records import read_split
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     split = read_split(args.data)
     recs = split.images[: args.limit] if args.limit else split.images
     scorer = load_scorer(args.model, device=args.device, dtype=args.dtype)
     dims = args.dims.split(",") if args.dims else scorer.dims
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     bs = max(1, args.batch_size)
-    with open(tmp, "w") as f, tqdm(total=len(recs), desc="score", unit="img", disable=args.no_progress) as bar:
+    with atomic_file(out) as f, tqdm(total=len(recs), desc="score", unit="img", disable=args.no_progress) as bar:
         for s in range(0, len(recs), bs):
             chunk = recs[s: s + bs]
             res = scorer.score([r.prompt for r in chunk], [split.image_path(r) for r in chunk], dims=dims,
@@ -59,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
                     row["chains"] = {d: res.chains[i][k * m:(k + 1) * m] for k, d in enumerate(dims)}
                 f.write(json.dumps(row) + "\n")
             bar.update(len(chunk))
-    os.replace(tmp, out)
     print(f"scored {len(recs)} images on {dims} -> {out}")
     return 0
 
