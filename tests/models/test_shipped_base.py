@@ -11,7 +11,7 @@ from zreward.data.shapes_world.build import build_world
 from zreward.eval.perception import caption_split, perception_metrics
 from zreward.models.cli import main as model_main
 from zreward.models.shipped import BASE_DIR, base_card
-from zreward.serve.scorer import load_scorer
+from zreward.models.scorer import load_scorer
 
 MAX_BYTES = 25 * 2**20
 
