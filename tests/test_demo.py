@@ -10,7 +10,9 @@ import shlex
 import pytest
 
 import zreward.demo as demo
-from zreward.demo import PROFILES, Ctx, Stage, run_demo, stage_key
+import zreward.demo_stages as demo_stages
+from zreward.demo import run_demo
+from zreward.demo_stages import PROFILES, Ctx, Stage, digest, stage_parts
 from zreward.eval.demo_report import GEN_KEYS, write_demo_report
 
 _DATA = (("data.train", "world:train"), ("data.val", "world:val"))
@@ -92,11 +94,11 @@ def test_reuse_rebuild_and_resume(tmp_path, configs, monkeypatch):
 def test_key_ignores_output_dir_but_not_seed_or_upstream(tmp_path, configs):
     st = _stages()[2]
     base = dict(keys={"init_student": "k1", "world": "w"})
-    k = stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=0, **base))
-    assert stage_key(st, Ctx(out=tmp_path / "elsewhere", profile="test", seed=0, **base)) == k
-    assert stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=1, **base)) != k
-    assert stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=0,
-                             keys={"init_student": "k2", "world": "w"})) != k
+    k = digest(stage_parts(st, Ctx(out=tmp_path / "x", profile="test", seed=0, **base)))
+    assert digest(stage_parts(st, Ctx(out=tmp_path / "elsewhere", profile="test", seed=0, **base))) == k
+    assert digest(stage_parts(st, Ctx(out=tmp_path / "x", profile="test", seed=1, **base))) != k
+    assert digest(stage_parts(st, Ctx(out=tmp_path / "x", profile="test", seed=0,
+                             keys={"init_student": "k2", "world": "w"}))) != k
 
 
 def test_missing_trainer_and_failure_block_only_dependents(tmp_path, configs):
@@ -140,7 +142,7 @@ def test_default_stage_list_wiring():
     assert set(by["gen_eval"].deps) == {"gen_pretrain", "gen_tune", "world"}
     assert dict(by["gen_eval"].links)["a"] == "gen_tune" and dict(by["gen_eval"].links)["b"] == "gen_pretrain"
     for name, prof in PROFILES.items():  # no typo in a profile's generator settings
-        assert set(prof.get("gen", {})) <= set(demo.GEN_DEFAULTS), name
+        assert set(prof.get("gen", {})) <= set(demo_stages.GEN_DEFAULTS), name
 
 
 def test_report_keys_without_results(tmp_path, configs):
@@ -178,12 +180,12 @@ def test_failed_risd_student_skips_gen_tune_and_eval(tmp_path, configs):
 def test_gen_profile_settings_change_the_key(tmp_path, configs, monkeypatch):
     st = _GEN[0]
     ctx = Ctx(out=tmp_path, profile="test", seed=0, keys={"world": "w"})
-    k = stage_key(st, ctx)  # a profile without "gen" works (defaults)
+    k = digest(stage_parts(st, ctx))  # a profile without "gen" works (defaults)
     monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_steps": 7})
-    assert stage_key(st, ctx) != k
+    assert digest(stage_parts(st, ctx)) != k
     monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_step": 7})
-    with pytest.raises(demo.StageError, match="unknown key"):
-        stage_key(st, ctx)
+    with pytest.raises(demo_stages.StageError, match="unknown key"):
+        digest(stage_parts(st, ctx))
 
 
 def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, small_world):
@@ -198,7 +200,7 @@ def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, smal
     given = {"world": small_world, "risd_student": scorer}
 
     def runner(stage, ctx, resume):
-        return given[stage.name] if stage.name in given else demo.run_stage(stage, ctx, resume)
+        return given[stage.name] if stage.name in given else demo_stages.run_stage(stage, ctx, resume)
 
     stages = [Stage("world", "world"), Stage("risd_student", "init", "student"), *_GEN]
     out = tmp_path / "d"
