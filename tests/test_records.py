@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from zreward.data.records import DIMS, LEVELS, DatasetInfo, DimLabel, ImageRecord, PairRecord, RecordError, read_split, skip_summary
+from zreward.data.records import (DIMS, LEVELS, DatasetInfo, DimLabel, ImageRecord, PairRecord, RecordError,
+                                  read_split, skip_summary)
 from zreward.data.split_writer import SplitWriter, write_split
 
 

@@ -288,7 +288,8 @@ def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
         from zreward.models.tiny import init_tiny  # deferred: torch + transformers
 
         preset = ctx.prof[f"{stage.method}_preset"]
-        ctx.commands[stage.name] = f"zreward model init --family {FAMILY} --preset {preset} --seed {ctx.seed} --out {out}"
+        ctx.commands[stage.name] = (f"zreward model init --family {FAMILY} --preset {preset} --seed {ctx.seed} "
+                                    f"--out {out}")
         if out.exists():
             shutil.rmtree(out)
         return Path(init_tiny(FAMILY, out, preset=preset, seed=ctx.seed))
