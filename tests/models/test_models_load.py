@@ -135,7 +135,8 @@ def test_bf16_dtype(tiny_dir):
 
 def test_model_init_and_score_cli(tmp_path):
     from zreward.cli import main as cli
-    from zreward.data.records import DatasetInfo, ImageRecord, write_split
+    from zreward.data.records import DatasetInfo, ImageRecord
+    from zreward.data.split_writer import write_split
 
     assert cli(["model", "init", "--family", FAM, "--preset", "tiny", "--out", str(tmp_path / "m"), "--seed", "1"]) == 0
     rng = np.random.default_rng(0)

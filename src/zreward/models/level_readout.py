@@ -129,7 +129,8 @@ def overall(mean: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (mean * w).sum(-1) / w.sum()
 
 
-def reward_from_readout(mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor, uncertainty_lambda: float = 0.0) -> torch.Tensor:
+def reward_from_readout(mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor,
+                        uncertainty_lambda: float = 0.0) -> torch.Tensor:
     """Scalar reward per image: Σ_d w_d·(mean_d − λ·std_d) / Σ_d w_d.
 
     Args:

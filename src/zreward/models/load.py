@@ -95,8 +95,8 @@ def check_level_tokens(tokenizer, cfg: ScorerConfig) -> tuple[list[int], list[st
         ids.append(alone[0] if alone else -1)
         if not ok:
             pieces = tokenizer.convert_ids_to_tokens(alone)
-            problems.append(f"level {s!r} tokenizes as {pieces} (ids {alone}) alone, "
-                            f"{tokenizer.convert_ids_to_tokens(tokenizer.encode(prefixes[0] + s, add_special_tokens=False))} "
+            after = tokenizer.convert_ids_to_tokens(tokenizer.encode(prefixes[0] + s, add_special_tokens=False))
+            problems.append(f"level {s!r} tokenizes as {pieces} (ids {alone}) alone, {after} "
                             f"after the prefix {prefixes[0]!r}")
     return ids, problems
 

@@ -98,7 +98,8 @@ class Scorer:
 
     def __init__(self, model, tokenizer, pixel_spec: PixelSpec, config: ScorerConfig, family: FamilySpec,
                  device: str | torch.device = "cpu", preprocessor_json: dict | None = None):
-        self.model, self.tokenizer, self.pixel_spec, self.config, self.family = model, tokenizer, pixel_spec, config, family
+        self.model, self.tokenizer, self.pixel_spec = model, tokenizer, pixel_spec
+        self.config, self.family = config, family
         self.device = torch.device(device)
         self.preprocessor_json = preprocessor_json or {}
         hf_cfg = model.config
@@ -171,7 +172,8 @@ class Scorer:
         return prepare_pixels(tensors, self.pixel_spec, self.tokens_per_image)
 
     def encode_items(self, texts: list[str], image_index: list, pixels: PixelInputs,
-                     suffix_ids: list[list[int]] | None = None, padding_side: str = "right") -> tuple[EncodedBatch, list[list[int]]]:
+                     suffix_ids: list[list[int]] | None = None,
+                     padding_side: str = "right") -> tuple[EncodedBatch, list[list[int]]]:
         """Tokenise N rendered texts (placeholders expanded per image), append optional suffix tokens, and batch.
 
         Args:
@@ -353,9 +355,9 @@ class Scorer:
                      chains: list[list[str]] | None = None) -> ScoreOutput:
         """ScoreOutput from (B, D, L) level distributions: mean, std and the weighted overall are computed here."""
         mean = lr.expectation(probs, self.levels)
-        return ScoreOutput(probs, mean, lr.std_of(probs, self.levels, mean),
-                           lr.overall(mean, torch.tensor(self.config.weights_for(dims))), in_level_mass, dims, self.levels.clone(),
-                           chains)
+        overall = lr.overall(mean, torch.tensor(self.config.weights_for(dims)))
+        return ScoreOutput(probs, mean, lr.std_of(probs, self.levels, mean), overall, in_level_mass, dims,
+                           self.levels.clone(), chains)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:
