@@ -47,7 +47,7 @@ class ScorerRewardFn:
         if isinstance(scorer, (str, Path)):
             from zreward.serve.scorer import load_scorer
 
-            scorer = load_scorer(scorer)
+            scorer = load_scorer(scorer, add_level_tokens=False)
         self.scorer = scorer
         self.dims = scorer._dims(dims)
         wmap = dict(zip(scorer.config.dims, scorer.config.reward_weights))

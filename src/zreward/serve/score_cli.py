@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     split = read_split(args.data)
     recs = split.images[: args.limit] if args.limit else split.images
-    scorer = load_scorer(args.model, device=args.device, dtype=args.dtype)
+    scorer = load_scorer(args.model, device=args.device, dtype=args.dtype, add_level_tokens=False)
     dims = args.dims.split(",") if args.dims else scorer.dims
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
