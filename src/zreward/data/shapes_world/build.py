@@ -22,7 +22,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ from zreward.data.shapes_world.rationales import rationales
 from zreward.data.shapes_world.render import render_png
 from zreward.data.shapes_world.sampler import sample_candidates
 from zreward.data.shapes_world.scene import COLORS, SHAPES
+from zreward.data.temp_dirs import make_temp_dir
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "ood")
 HELD_OUT: tuple[tuple[str, str], ...] = (("red", "triangle"), ("green", "circle"), ("blue", "square"),
@@ -221,7 +221,7 @@ def build_world(out_dir: str | os.PathLike, *, prompts: int = 2000, candidates: 
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     info = DatasetInfo(name="shapes_world", source="zreward ShapesWorld (procedural, simulated raters)",
                        extra={"settings": asdict(cfg), "held_out_combos": [list(c) for c in HELD_OUT]})
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = make_temp_dir(out)  # also sweeps the temp dir of a killed earlier build
     kinds: Counter = Counter()
     executor = None
     try:
