@@ -10,13 +10,23 @@ good images, a symlink escape, a symlink loop and odd files, then runs three par
    headers and methods). Each must get a 4xx; a 200 is a silent wrong result, ≥ 500 a server error.
 2. **poisoned batches**: per poison kind and trial, 6 good requests and 1 poisoned one sent together (they share
    a micro-batch); every good answer must be a 200 equal to local `Scorer.score` (|Δ| ≤ 1e-5), the poisoned one
-   a 4xx.
+   a 4xx. Then two attacker threads loop over the poisons while a `RewardClient` (no retries) makes 4·trials + 4
+   calls: none may fail or differ from local scoring.
 3. **connections**: `--idle` idle connections plus a slow-loris from a second loopback address (127.0.0.2) while a
    client on 127.0.0.1 calls /health and /score; then the idle connections must be closed by the header timeout.
 Prints: responses ≥ 500, good requests failed by another client's bad request, silent wrong results, and the
 connection figures. Exit status 1 when any of the three counts is not 0.
 
-`run_all(url, scorer, root, ...)` returns the same figures as a dict (used by tests/adversarial).
+`run_all(url, scorer, ...)` returns the same figures as a dict (used by tests/adversarial).
+
+Measured 2026-12-01 on the shared 2-core CPU box (random tiny qwen2_vl scorer, `--trials 12 --idle 530
+--header-timeout 2`, 18 s): 154 hostile single requests → 154 4xx, 0 ≥ 500, 0 answered 200; 288 good requests sent
+together with a poisoned one (4 poison kinds × 12 trials × 6) → 0 failed, 0 differing from local scoring, every
+poisoned one 422; 52 `RewardClient` calls (no retries) while 2 attacker threads sent 1,408 poisoned requests → 0
+failed, 0 wrong; 530 idle connections + a slow-loris from 127.0.0.2 → /health and /score from 127.0.0.1 both 200,
+/score from 127.0.0.2 503 (over its 64-connection cap), its /health 200; 530/530 idle connections and the slow-loris
+closed by the 2 s header timeout. Before issue 16: 72/72 good requests beside a poisoned one got 500, 11/125 single
+hostile requests got 500, 530 idle connections made /health answer 503.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -247,6 +258,43 @@ def run_poisoned(url: str, scorer, poison_bodies: dict[str, bytes], trials: int,
     return out
 
 
+def run_attacked_client(url: str, scorer, poison_bodies: dict[str, bytes], calls: int = 40) -> dict:
+    """Two attacker threads loop over the poisons while a `RewardClient` makes `calls` calls → its failures."""
+    from zreward.client import RewardClient, RewardServerError
+    from zreward.data.images import load_image
+
+    goods = [png(300 + k) for k in range(calls)]
+    stop, sent = threading.Event(), [0, 0]
+
+    def attack(k):
+        bodies = list(poison_bodies.values())
+        for i in range(10_000):  # bounded; stops when the victim is done
+            if stop.is_set():
+                return
+            st = request(url, Case("poison", bodies[(i + k) % len(bodies)]))[0]
+            sent[0] += 1
+            sent[1] += st >= 500 or st == 0
+
+    ts = [threading.Thread(target=attack, args=(k,)) for k in range(2)]
+    for t in ts:
+        t.start()
+    client, failed, wrong = RewardClient(url, retries=0), 0, 0
+    try:
+        for g in goods:
+            try:
+                got = client.score([GOOD_PROMPT], [g])
+            except RewardServerError:
+                failed += 1
+                continue
+            ref = scorer.score([GOOD_PROMPT], [load_image(g)])
+            wrong += bool(np.abs(got["probs"][0] - ref.probs[0].numpy()).max() > 1e-5)
+    finally:
+        stop.set()
+        for t in ts:
+            t.join()
+    return {"calls": calls, "failed": failed, "wrong": wrong, "poisons_sent": sent[0], "poison_ge500": sent[1]}
+
+
 def run_connections(url: str, n_idle: int, header_timeout: float, attacker: str = "127.0.0.2") -> dict:
     """Idle connections + a slow-loris from `attacker` while 127.0.0.1 checks /health and /score."""
     u = urlsplit(url)
@@ -300,11 +348,13 @@ def run_all(url: str, scorer, trials: int = 3, n_idle: int = 530, header_timeout
     reserved = reserved_tokens(scorer.tokenizer, scorer.family)
     singles = run_singles(url, hostile_cases(reserved))
     poisoned = run_poisoned(url, scorer, poisons(scorer.family), trials)
+    attacked = run_attacked_client(url, scorer, poisons(scorer.family), calls=4 * trials + 4)
     conns = run_connections(url, n_idle, header_timeout)
-    return {"singles": singles, "poisoned": poisoned, "connections": conns,
-            "responses_ge500": len(singles["ge500"]) + poisoned["ge500"],
-            "good_failed_by_other": poisoned["victims"] + (conns["score"] != 200) + (conns["health"] != 200),
-            "silent_wrong": len(singles["ok_200"]) + poisoned["wrong"]}
+    return {"singles": singles, "poisoned": poisoned, "attacked": attacked, "connections": conns,
+            "responses_ge500": len(singles["ge500"]) + poisoned["ge500"] + attacked["poison_ge500"],
+            "good_failed_by_other": poisoned["victims"] + attacked["failed"] + (conns["score"] != 200)
+            + (conns["health"] != 200),
+            "silent_wrong": len(singles["ok_200"]) + poisoned["wrong"] + attacked["wrong"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,13 +386,16 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.monotonic() - t0
         finally:
             h.stop()
-    s, p, c = fig["singles"], fig["poisoned"], fig["connections"]
+    s, p, a, c = fig["singles"], fig["poisoned"], fig["attacked"], fig["connections"]
     print(f"singles: {s['n']} hostile requests: {len(s['ge500'])} ≥ 500, {len(s['ok_200'])} answered 200 "
           f"(must be refused), {s['n'] - len(s['ge500']) - len(s['ok_200'])} 4xx")
     for name, st, text in s["ge500"] + s["ok_200"]:
         print(f"  {name}: {st} {text}")
     print(f"poisoned batches: {p['good_sent']} good requests beside a poisoned one: {p['victims']} failed, "
-          f"{p['wrong']} wrong; poisoned statuses {p['poison_status']}")
+          f"{p['wrong']} wrong; poisoned statuses "
+          f"{ {k: dict(Counter(v)) for k, v in p['poison_status'].items()} }")
+    print(f"attacked client: {a['calls']} RewardClient calls (no retries) while 2 threads sent {a['poisons_sent']} "
+          f"poisoned requests: {a['failed']} failed, {a['wrong']} wrong; poisons answered ≥ 500: {a['poison_ge500']}")
     print(f"connections: {c['idle']} idle + a slow-loris from 127.0.0.2: /health {c['health']}, /score "
           f"{c['score']} (127.0.0.1); over-cap /score {c['attacker_score']}, /health {c['attacker_health']} "
           f"(127.0.0.2); {c['idle_closed']}/{c['idle']} idle closed by the header timeout; slow-loris closed after "

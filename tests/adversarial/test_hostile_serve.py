@@ -14,6 +14,8 @@ def test_hostile_suite_no_5xx_no_victims_no_silent_wrong(hostile, adv_scorer, se
     assert s["ge500"] == [] and s["ok_200"] == [] and s["other"] == []
     assert p["good_sent"] == 24 and p["victims"] == 0 and p["wrong"] == 0
     assert all(st == [422] for st in p["poison_status"].values()), p["poison_status"]
+    a = fig["attacked"]
+    assert a["calls"] == 8 and a["failed"] == a["wrong"] == a["poison_ge500"] == 0 and a["poisons_sent"] > 0
     # 40 idle connections from 127.0.0.2 (cap 16): that address is refused, 127.0.0.1 and /health are not
     assert (c["health"], c["score"], c["attacker_health"], c["attacker_score"]) == (200, 200, 200, 503)
     assert c["idle_closed"] == 40 and c["slowloris_closed_after_s"] is not None
