@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from zreward.serve.app import ServeConfig
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
     from zreward.serve.serve_cli import start_server_thread
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,7 @@ import pytest
 
 import zreward.demo as demo
 from zreward.demo import PROFILES, Ctx, Stage, run_demo, stage_key
+from zreward.eval import demo_report
 from zreward.eval.demo_report import GEN_KEYS, write_demo_report
 
 _DATA = (("data.train", "world:train"), ("data.val", "world:val"))
@@ -120,11 +121,17 @@ def test_missing_config_fails_clearly(tmp_path, configs):
     assert ctx.status["g"]["state"] == "failed" and "gdso/tiny_cpu.yaml not found" in ctx.status["g"]["reason"]
 
 
-def test_default_stage_list_wiring():
-    names = [s.name for s in demo.STAGES]
+@pytest.mark.parametrize("from_scratch", [False, True])
+def test_default_stage_list_wiring(from_scratch):
+    stages = demo.demo_stages(from_scratch)
+    names = [s.name for s in stages]
     assert len(set(names)) == len(names)
-    for s in demo.STAGES:  # every dependency comes earlier
+    for s in stages:  # every dependency comes earlier
         assert all(names.index(d) < names.index(s.name) for d in s.deps + s.optional)
+    by = {s.name: s for s in stages}
+    # the base every method starts from: the shipped one by default, captioning pretraining with --from-scratch
+    assert (by["pretrain"].kind, by["pretrain"].method) == (("train", "caption") if from_scratch else ("init", "shipped"))
+    assert ("pretrain_world" in by) == ("init_base" in by) == from_scratch
     by = {s.name: s for s in demo.STAGES}
     assert dict(by["risd_student"].links)["teacher.path"] == "gdso_teacher"
     assert dict(by["opd_student"].links)["teacher.path"] == "gdso_teacher"
@@ -158,6 +165,24 @@ def test_report_keys_without_results(tmp_path, configs):
     assert set(rep["generator"]) == set(GEN_KEYS) | {"status"}
     assert all(rep["generator"][k] is None for k in GEN_KEYS) and rep["generator"]["status"] == "not run"
     assert "## Reward-guided generation" in md and "Not available: gen_eval not run" in md
+
+
+def test_report_budgets_side_by_side(tmp_path, configs):
+    ctx = Ctx(out=tmp_path, profile="test", seed=0)
+    for name, cfg in {"sft": "run: {max_steps: 300}\ndata: {images_per_batch: 32}\noptim: {lr: 0.0003}\n",
+                      "risd_student": ("run: {max_steps: 200}\ndata: {prompts_per_batch: 4, max_images: 400, "
+                                       "extra_unlabelled: /x}\nrisd: {human_weight: 0.0}\noptim: {lr: 0.001}\n")}.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.yaml").write_text(cfg)
+        ctx.status[name] = {"state": "done", "seconds": 120.0, "cpu_s": 60.0}
+    ctx.status["world"] = {"state": "done", "seconds": 5.0}  # no run dir: not a trained stage
+    rows = {b["stage"]: b for b in demo_report.budgets(ctx)}
+    assert set(rows) == {"sft", "risd_student"}
+    assert (rows["sft"]["steps"], rows["sft"]["batch"], rows["sft"]["train_images"], rows["sft"]["labels"],
+            rows["sft"]["lr"]) == (300, "32 images", "all", True, 0.0003)
+    r = rows["risd_student"]
+    assert (r["batch"], r["train_images"], r["extra_unlabelled"], r["labels"]) == ("4 prompts", 400, True, False)
+    assert (r["wall_s"], r["cpu_s"]) == (120.0, 60.0)
 
 
 _GEN = [s for s in demo.STAGES if s.kind == "gen"]
@@ -226,3 +251,14 @@ def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, smal
     # a second run reuses all three stages
     ctx2 = _run(out, runner, stages)
     assert all(ctx2.status[s.name]["state"] == "reused" for s in _GEN)
+
+
+def test_shipped_base_stage_copies_the_packaged_model(tmp_path):
+    from zreward.models.shipped import BASE_DIR
+
+    ctx = Ctx(out=tmp_path, profile="quick", seed=0)
+    stage = demo.SHIPPED_BASE[0]
+    out = demo.run_stage(stage, ctx, resume=False)
+    assert (out / "model.safetensors").read_bytes() == (BASE_DIR / "model.safetensors").read_bytes()
+    assert ctx.commands["pretrain"] == f"zreward model init --from base --out {out}"
+    assert demo.stage_parts(stage, ctx)["config"] == demo.digest(demo.base_card())  # a new base rebuilds its users

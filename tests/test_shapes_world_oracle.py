@@ -47,8 +47,8 @@ def test_alignment_spec_example_and_rationale():
     f = oracle_facts(sc, "two blue squares to the left of a yellow triangle")
     assert (f.satisfied, f.total, f.relation_ok) == (2, 5, False)
     assert f.scores["alignment"] == 2.0
-    assert rationales(f)["alignment"] == ("want 2 blue square: see 2. want 1 yellow triangle: see 0. left: no. "
-                                          "extra: 1 green circle.")
+    assert rationales(f, sc)["alignment"] == ("3 objects: blue square, blue square, green circle. want 2 blue square: "
+                                              "see 2. want 1 yellow triangle: see 0. left: no. extra: 1 green circle.")
 
 
 def test_alignment_count_wrong():
@@ -242,9 +242,22 @@ def test_plausibility_halves_round_up_and_clip():
 
 
 def test_rationales_other_dims():
-    f = oracle_facts(scene(obj(x=4.99, warp=0.3), obj(x=59), noise=0.1, blur=0.5), "a red square")
-    r = rationales(f)
+    sc = scene(obj(x=4.99, warp=0.3), obj(x=59), noise=0.1, blur=0.5)
+    f = oracle_facts(sc, "a red square")
+    r = rationales(f, sc)
     assert r["realism"] == "noise: 0.10. blur: 0.5. warp: 0.30."
     assert r["aesthetics"] == "cut: 1. low contrast: 0. crowded: no. unbalanced: no."
-    assert r["plausibility"] == "floating: 0. clash: 0. unstable: 0."
-    assert r["alignment"] == "want 1 red square: see 2. extra: none."
+    assert r["plausibility"] == "2 objects: red square, red square. floating: 0. clash: 0. unstable: 0."
+    assert r["alignment"] == "2 objects: red square, red square. want 1 red square: see 2. extra: none."
+
+
+def test_rationale_describes_then_lists_extras_left_to_right():
+    # extras are listed in caption order (left to right), whatever their order in the scene; the floating green
+    # circle is described as such in both the alignment and the plausibility rationale
+    sc = scene(obj("triangle", "yellow", x=50), obj(color="blue", x=10), obj("circle", "green", x=30, y=20))
+    f = oracle_facts(sc, "a blue square")
+    r = rationales(f, sc)
+    assert r["alignment"] == ("3 objects: blue square, green circle floating, yellow triangle. want 1 blue square: "
+                              "see 1. extra: 1 green circle, 1 yellow triangle.")
+    assert r["plausibility"] == ("3 objects: blue square, green circle floating, yellow triangle. floating: 1. "
+                                 "clash: 0. unstable: 0.")

@@ -2,7 +2,7 @@
 against `oracle_scores` on sampler candidates and on fuzzed scenes whose coordinates lie on a coarse grid, so that
 the exact thresholds (touching boxes, 1 px resting, 1/3 overlap, 2 px interpenetration) are hit often.
 
-Written from the spec text only (shapes-world.md, "Oracle: the four rubric dimensions (normative)").
+Written from the spec text only (docs/shapes-world.md, "Oracle: the four rubric dimensions (normative)").
 """
 from __future__ import annotations
 

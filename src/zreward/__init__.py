@@ -17,6 +17,6 @@ def load_scorer(path_or_name, device: str = "cpu", dtype=None, add_level_tokens:
     `options` (lora, gradient_checkpointing, family, config_overrides) are documented in
     `zreward.models.load.load_components`.
     """
-    from zreward.serve.scorer import load_scorer as _load
+    from zreward.models.scorer import load_scorer as _load  # deferred: `import zreward` does not load torch
 
     return _load(path_or_name, device=device, dtype=dtype, add_level_tokens=add_level_tokens, **options)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from zreward import __version__
+
 # verb -> (module with main(argv) -> int | None, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "world": ("zreward.data.shapes_world.cli", "ShapesWorld: build a dataset, render scenes, run the oracle"),
@@ -41,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from zreward import __version__
-
         print(__version__)
         return 0
     verb, rest = argv[0], argv[1:]

@@ -2,10 +2,13 @@
 
 Stages (`STAGES`, run in order; each one entry, so plugging a trainer in is one line):
   world          build the default ShapesWorld (2000 train prompts × 4 candidates, 64 px) into DIR/world
-  pretrain_world a second ShapesWorld from another seed (DIR/pretrain_world): unlabelled images for pretraining
-  init_base      random tiny VLM (`zreward.models.tiny.init_tiny`, the profile's `base_preset`)
-  pretrain       captioning pretraining of that VLM on pretrain_world's train images (`zreward train caption`;
-                 scene captions only, no labels, prompts or scores): the "pretrained VLM" every method starts from
+  pretrain       the "pretrained VLM" every method starts from: by default a copy of the base VLM shipped in the
+                 package (`zreward model init --from base`; zreward/models/base/MODEL_CARD.md says how it was
+                 trained); with `--from-scratch` it is rebuilt by three stages instead:
+    pretrain_world a second ShapesWorld from another seed (DIR/pretrain_world): unlabelled images for pretraining
+    init_base      random tiny VLM (`zreward.models.tiny.init_tiny`, the profile's `base_preset`)
+    pretrain       captioning pretraining of that VLM on pretrain_world's train images (`zreward train caption`;
+                   scene captions only, no labels, prompts or scores)
   sft            SFT baseline (direct, KL to annotator distributions)            ← pretrain
   rewarddance    RewardDance baseline (P("yes") generative reward)               ← pretrain
   sft_cold       teacher cold start: SFT in reasoning mode on the rationales     ← pretrain
@@ -57,6 +60,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from zreward.models.shipped import base_card, copy_base
 
 # Chain temperature of the reasoning models at evaluation. Measured on 400 val images (600 pairs) with the
 # cold-start teacher: greedy 0.655, M = 4 at T = 1.0 0.571, T = 0.5 0.613, T = 0.3 0.646 — the tiny teachers'
@@ -133,12 +138,15 @@ class Stage:
 
 _DATA = (("data.train", "world:train"), ("data.val", "world:val"))
 _BASE = (("model.init_from", "pretrain"),)
+# The base VLM: the shipped one (default) or rebuilt from scratch by the same recipe at the profile's size.
+SHIPPED_BASE = [Stage("pretrain", "init", "shipped")]
+SCRATCH_BASE = [Stage("pretrain_world", "world", "pretrain"),
+                Stage("init_base", "init", "base"),
+                Stage("pretrain", "train", "caption", (("model.init_from", "init_base"),
+                                                       ("data.train", "pretrain_world:train"), ("data.val", "world:val")))]
 STAGES: list[Stage] = [
     Stage("world", "world"),
-    Stage("pretrain_world", "world", "pretrain"),
-    Stage("init_base", "init", "base"),
-    Stage("pretrain", "train", "caption", (("model.init_from", "init_base"), ("data.train", "pretrain_world:train"),
-                                           ("data.val", "world:val"))),
+    *SHIPPED_BASE,
     Stage("sft", "train", "sft", _BASE + _DATA),
     Stage("rewarddance", "train", "rewarddance", _BASE + _DATA),
     Stage("sft_cold", "train", "sft", _BASE + _DATA, ("sft.mode=reasoning",), config="cold_start_tiny_cpu"),
@@ -157,6 +165,14 @@ STAGES += [Stage("gen_pretrain", "gen", "pretrain", (("data", "world"),)),
            Stage("gen_tune", "gen", "tune", (("generator", "gen_pretrain"), ("reward", "risd_student"),
                                             ("data", "world"))),
            Stage("gen_eval", "gen", "eval", (("a", "gen_tune"), ("b", "gen_pretrain"), ("data", "world")))]
+
+
+def demo_stages(from_scratch: bool = False) -> list[Stage]:
+    """`STAGES`, with the base VLM rebuilt by captioning pretraining instead of copied when `from_scratch`."""
+    if not from_scratch:
+        return list(STAGES)
+    i = STAGES.index(SHIPPED_BASE[0])
+    return STAGES[:i] + SCRATCH_BASE + STAGES[i + 1:]
 
 
 class StageError(RuntimeError):
@@ -326,6 +342,8 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
     if stage.kind == "world":
         return {"config": digest({"seed": _world_seed(stage, ctx), "prompts": _world_prompts(stage, ctx)}),
                 "code": source_digest("zreward.data.shapes_world", "zreward.data.records"), "inputs": up}
+    if stage.kind == "init" and stage.method == "shipped":
+        return {"config": digest(base_card()), "code": source_digest("zreward.models"), "inputs": up}
     if stage.kind == "init":
         return {"config": digest([FAMILY, ctx.prof[f"{stage.method}_preset"], ctx.seed, stage.method]),
                 "code": source_digest("zreward.models"), "inputs": up}
@@ -360,6 +378,11 @@ def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
         return Path(build_world(out, prompts=prompts, seed=seed, overwrite=True))
     out = ctx.out / ("eval" if stage.kind == "eval" else "runs") / (stage.method if stage.kind == "eval"
                                                                       else stage.name)
+    if stage.kind == "init" and stage.method == "shipped":
+        ctx.commands[stage.name] = f"zreward model init --from base --out {out}"
+        if out.exists():
+            shutil.rmtree(out)
+        return copy_base(out)
     if stage.kind == "init":
         from zreward.models.tiny import init_tiny
 
@@ -482,16 +505,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="demo size (default: quick)")
     ap.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     ap.add_argument("--seed", type=int, default=0, help="seed for the world and every stage (default: 0)")
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="rebuild the base VLM by captioning pretraining instead of copying the shipped one")
     args = ap.parse_args(argv)
     from zreward.eval.demo_report import write_demo_report
 
     out = Path(args.out).resolve()
     t0, c0, load0 = time.time(), time.process_time(), os.getloadavg()[0]
-    ctx = run_demo(out, args.profile, args.seed)
+    ctx = run_demo(out, args.profile, args.seed, stages=demo_stages(args.from_scratch))
     wall = time.time() - t0
     machine = {"cpu_s": time.process_time() - c0, "cpus": os.cpu_count(),
                "load_avg_1min": [load0, os.getloadavg()[0]]}  # other processes slow the wall time down
-    command = shlex.join(["zreward", "demo", "--profile", args.profile, "--out", args.out, "--seed", str(args.seed)])
+    command = shlex.join(["zreward", "demo", "--profile", args.profile, "--out", args.out, "--seed", str(args.seed)]
+                         + (["--from-scratch"] if args.from_scratch else []))
     report = write_demo_report(ctx, wall, command, machine)  # the resolved command, defaults included
     failed = {n: s for n, s in ctx.status.items() if s["state"] in ("failed", "skipped")}
     print(f"[demo] wrote {out / 'report.md'} ({_fmt_s(wall)} wall)")

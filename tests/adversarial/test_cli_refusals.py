@@ -15,7 +15,7 @@ from PIL import Image
 
 from zreward.cli import main as cli
 from zreward.data.records import DatasetInfo, ImageRecord, RecordError, read_split, write_split
-from zreward.data.temp_dirs import make_temp_dir, sweep_stale_temps
+from zreward.atomic import make_tmp_dir, sweep_stale_tmp
 
 
 def _png(w=32, h=32, seed=0) -> bytes:
@@ -113,10 +113,10 @@ def test_killed_writer_temp_dir_is_swept_on_the_next_run(tmp_path):
     live.mkdir()
     other = tmp_path / f".other.tmp-{dead.pid}-abc"  # another target's temp: not ours to sweep
     other.mkdir()
-    fresh = make_temp_dir(target)
+    fresh = make_tmp_dir(target)
     assert not stale.exists() and not old.exists() and live.exists() and other.exists()
     assert fresh.name.startswith(f".world.tmp-{os.getpid()}-") and fresh.is_dir()
-    assert sweep_stale_temps(target) == []  # our own temp dir is alive
+    assert sweep_stale_tmp(target) == []  # our own temp dir is alive
 
 
 def test_world_build_sweeps_a_killed_build(tmp_path):

@@ -43,7 +43,7 @@ def test_scoring_refuses_multi_token_levels_training_adds_them(adv_scorer_dir, t
     (d / "zreward.json").write_text(json.dumps(cfg))
     with pytest.raises(LevelTokenError, match=r"never for scoring: level '2\.25' tokenizes as \['2', '\.', '25'\]"):
         zreward.load_scorer(d)  # the public loader is for scoring
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     with pytest.warns(UserWarning, match="adding 3 level tokens"):
         s = load_scorer(d, add_level_tokens=True)  # what trainers do

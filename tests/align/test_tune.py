@@ -13,7 +13,7 @@ from zreward.align.tune import TuneConfig, apply_lora, hacking_warning, merge_lo
 
 @pytest.fixture(scope="module")
 def scorer(tiny_scorer_dir):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     s = load_scorer(tiny_scorer_dir)
     for p in s.model.parameters():

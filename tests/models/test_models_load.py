@@ -13,7 +13,7 @@ from PIL import Image
 import zreward
 from zreward.models import DEFAULT_FAMILY
 from zreward.models.load import LevelTokenError, LoraOptions
-from zreward.serve.scorer import load_scorer  # zreward.load_scorer does not forward loading options (yet)
+from zreward.models.scorer import load_scorer  # zreward.load_scorer does not forward loading options (yet)
 
 FAM = DEFAULT_FAMILY
 PROMPTS = ["a red circle", "three green triangles above a purple hexagon"]

@@ -13,7 +13,7 @@ def serve_scorer_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scorer(serve_scorer_dir):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     return load_scorer(serve_scorer_dir)
 

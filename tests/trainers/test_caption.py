@@ -42,7 +42,7 @@ def _mean_ce(scorer, data: cap.CaptionData, n: int) -> float:
 def test_caption_forward_is_the_next_token_ce_over_caption_and_eos(tiny_model):
     """CE = −Σ_j log p(c_j | prompt, c_<j) − log p(EOS | prompt, c), summed over images of different caption lengths
     (right padding must not change it); the accuracy counts argmax hits over the same positions."""
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     sc = load_scorer(tiny_model)
     tok = sc.tokenizer
@@ -69,7 +69,7 @@ def test_caption_forward_is_the_next_token_ce_over_caption_and_eos(tiny_model):
 
 
 def test_short_run_learns_to_caption_and_saves_an_init_scorer(tiny_model, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     cfg = _cfg(tiny_model, small_world, tmp_path / "run", run__max_steps=40, data__eval_every=20,
                caption__val_generate=2)

@@ -33,7 +33,7 @@ def _cfg(tiny_dir, world, out, steps=6, **g):
 
 
 def test_gdso_short_run_learns_and_saves(tiny_dir, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     final = gdso.train(_cfg(tiny_dir, small_world, tmp_path / "run", steps=8))
     m = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -73,7 +73,7 @@ def test_gdso_resume_gives_identical_losses(tiny_dir, small_world, tmp_path):
 
 def _one_micro(tiny_dir, small_world, mask_value: bool, **g):
     from zreward.trainers.data import load_train_data
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     cfg = _cfg(tiny_dir, small_world, "unused", **g).gdso
     cfg.max_new_tokens = 4
@@ -114,7 +114,7 @@ def test_terms_match_the_loss_functions(tiny_dir, small_world):
 
 def test_pg_term_only_touches_chain_tokens(tiny_dir, small_world, monkeypatch):
     """PG term alone: d loss / d logp[i, t] = −A_i / |chain_i| on real chain tokens, 0 on pads and level logits."""
-    from zreward.serve.scorer import ChainForward
+    from zreward.models.scorer import ChainForward
 
     captured = {}
     real = R.score_chains

@@ -34,7 +34,7 @@ def _cfg(tiny_dir, world, out, steps=6, **g):
 
 
 def test_grpo_short_run_improves_reward_and_saves(tiny_dir, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     final = grpo.train(_cfg(tiny_dir, small_world, tmp_path / "run", steps=10))
     m = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -62,7 +62,7 @@ def test_grpo_resume_gives_identical_losses(tiny_dir, small_world, tmp_path):
 
 def test_pg_covers_chain_and_score_token(tiny_dir, small_world, monkeypatch):
     """d loss / d logp = −A_i / (|chain_i| + 1) on chain tokens; d loss / d level logits = that × (onehot − p)."""
-    from zreward.serve.scorer import ChainForward, load_scorer
+    from zreward.models.scorer import ChainForward, load_scorer
     from zreward.trainers.data import load_train_data
 
     captured = {}

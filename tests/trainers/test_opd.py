@@ -65,7 +65,7 @@ def test_sampled_surrogate_value_and_unbiased_gradient():
 
 
 def test_distillation_run_moves_the_student_to_the_teacher(models, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
     from zreward.trainers.data import load_train_data
 
     final = opd.train(_cfg(models, small_world, tmp_path / "run", run__max_steps=12))
@@ -100,7 +100,7 @@ def test_sampled_estimator_also_learns(models, small_world, tmp_path):
 
 def test_teacher_must_match_levels_and_dims(models, tmp_path):
     from zreward.models.tiny import init_tiny
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     student = load_scorer(models[0])
     other = load_scorer(init_tiny("qwen2_vl", tmp_path / "t", preset="tiny", levels=[1.0, 2.0, 3.0, 4.0, 5.0]))
@@ -132,7 +132,7 @@ def test_resume_gives_identical_losses(models, small_world, tmp_path):
 
 def test_empty_chain_teacher_query_reads_the_score_after_reasoning_close(models):
     """empty_chain = logits at the end of reasoning_prompt + reasoning_close, i.e. a chain of zero tokens."""
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     t = load_scorer(models[1])
     torch.manual_seed(0)

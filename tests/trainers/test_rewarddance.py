@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from zreward.serve import yesno
+from zreward.models import yesno
 from zreward.trainers import rewarddance as rd
 from zreward.trainers.run_utils import read_metrics
 
@@ -21,7 +21,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorer(tiny_model):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     return load_scorer(tiny_model)
 
@@ -69,7 +69,7 @@ def test_pair_logits_depend_on_which_image_is_first(scorer):
 
 
 def test_answer_tokens_are_added_once_and_single(tiny_model):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     sc = load_scorer(tiny_model)
     n0 = len(sc.tokenizer)
@@ -123,7 +123,7 @@ def test_pick_reference_median_and_blank():
 
 
 def test_training_learns_and_final_dir_is_a_yesno_scorer(tiny_model, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     cfg = _cfg(tiny_model, small_world, tmp_path / "run", run__max_steps=12)
     final = rd.train(cfg)

@@ -49,7 +49,7 @@ def _cfg(models, world, out, **over) -> risd.Config:
 
 
 def test_risd_run_caches_teacher_once_and_student_learns(models, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
     from zreward.trainers.data import load_train_data
 
     cfg = _cfg(models, small_world, tmp_path / "run", risd__human_weight=0.5)

@@ -114,7 +114,7 @@ def test_labels_per_chain_order():
 
 
 def test_rollout_order_and_subset(tiny_scorer_dir):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     sc = load_scorer(tiny_scorer_dir)
     torch.manual_seed(0)

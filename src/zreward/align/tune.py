@@ -38,6 +38,7 @@ from zreward.align.generator import T2IGenerator, load_generator
 from zreward.align.perceive import perceived_scores
 from zreward.align.pretrain import split_dir
 from zreward.data.shapes_world.oracle import DIMS, MEAN_WEIGHTS
+from zreward.models.scorer import load_scorer
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
@@ -222,8 +223,6 @@ def plot_audit(rows: list[dict], path: Path) -> Path:
 
 def tune(cfg: TuneConfig) -> Path:
     """Reward-tune the generator; returns the tuned generator directory (LoRA merged)."""
-    from zreward.serve.scorer import load_scorer
-
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)

@@ -1,7 +1,7 @@
 """Canonical preference records: the one on-disk format every loader writes and every command reads.
 
-A split directory holds `images.jsonl`, `pairs.jsonl`, `images/` and `dataset.json` (see the shared spec
-`records.md`). Every line is validated on read; a bad line fails with `file:line: field: expected ...`, or, with
+A split directory holds `images.jsonl`, `pairs.jsonl`, `images/` and `dataset.json` (see
+`docs/records.md`). Every line is validated on read; a bad line fails with `file:line: field: expected ...`, or, with
 `skip_bad=True`, is skipped and reported (count and reason) in `Split.skipped` — never silently.
 
 Writing is atomic: `SplitWriter` builds the split in a temporary sibling directory and renames it into place only
@@ -13,12 +13,11 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from zreward.data.temp_dirs import make_temp_dir
+from zreward.atomic import make_tmp_dir, prepare_target, replace_dir
 
 LEVELS: tuple[float, ...] = tuple(1.0 + 0.5 * i for i in range(9))
 DIMS: tuple[str, ...] = ("alignment", "realism", "aesthetics", "plausibility")
@@ -342,38 +341,6 @@ def skip_summary(skipped: list[str]) -> str:
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temp file in the same directory, then os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def prepare_target(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing non-empty directory unless `overwrite`."""
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path}: expected a directory path, found a file")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path}: directory exists and is not empty (pass overwrite to replace it)")
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a fully written temp directory into place, replacing `target` (already checked by prepare_target)."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
 class SplitWriter:
     """Write a split directory atomically.
 
@@ -387,9 +354,8 @@ class SplitWriter:
     def __init__(self, split_dir: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = False):
         self.target = Path(split_dir)
         prepare_target(self.target, overwrite)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
         self.info = info
-        self.tmp = make_temp_dir(self.target)  # also sweeps the temp dir of a killed earlier writer
+        self.tmp = make_tmp_dir(self.target)
         (self.tmp / IMAGES_DIR).mkdir()
         self._images = open(self.tmp / IMAGES_FILE, "w", encoding="utf-8")
         self._pairs = open(self.tmp / PAIRS_FILE, "w", encoding="utf-8")

@@ -3,6 +3,7 @@
     zreward eval --model [NAME=]DIR[:direct|:reasoning[:M]] [--model ...] --data SPLIT_DIR --out OUT
                  [--reasoning] [--samples M] [--temperature T] [--batch-size B] [--n-boot R] [--seed S]
                  [--max-images N] [--device cpu|cuda]
+    zreward eval perception --model DIR --data SPLIT [--max-images N] [--out FILE]   (captioning VLMs)
 
 Model names default to the directory name (`runs/sft/final` → "sft"). A model whose zreward.json mode is
 "reasoning" is scored in reasoning mode with M chains per (image, dim) when `--reasoning` is given; a per-model
@@ -40,7 +41,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["perception"]:
+        from zreward.eval.perception import main as perception_main
+
+        return perception_main(argv[1:])
     args = _parser().parse_args(argv)
+    # deferred (torch + transformers): `zreward eval --help` and bad arguments answer without loading them
     from zreward.eval.report import write_eval_report
     from zreward.eval.runner import ceiling_metrics, evaluate, load_eval_data, parse_model_spec
 

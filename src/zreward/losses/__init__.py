@@ -4,12 +4,13 @@
   regression.
 - pairwise: Thurstone fidelity, Bradley–Terry (with margin), score-gap Huber.
 - policy: GRPO group-relative advantages, clipped policy-gradient loss with k3 KL.
-- distill: TRL-compatible generalized JSD (GKD / OPD), RISD KL(p̄_T ‖ p_S), chain averaging.
+- distill: TRL-compatible generalized JSD (GKD / OPD), RISD KL(p̄_T ‖ p_S) (the chain average p̄_T is
+  `zreward.models.level_readout.mean_over_chains`).
 - rewarddance: cross-entropy on P("yes").
 """
 from __future__ import annotations
 
-from zreward.losses.distill import generalized_jsd, mean_over_chains, risd_kl
+from zreward.losses.distill import generalized_jsd, risd_kl
 from zreward.losses.distribution import (
     cross_entropy_levels,
     emd_levels,
@@ -18,7 +19,13 @@ from zreward.losses.distribution import (
     kl_div_levels,
     masked_reduce,
 )
-from zreward.losses.pairwise import bradley_terry, score_gap_huber, thurstone_fidelity
+from zreward.losses.pairwise import (
+    bradley_terry,
+    pair_target_thurstone,
+    pair_target_win_prob,
+    score_gap_huber,
+    thurstone_fidelity,
+)
 from zreward.losses.policy import clipped_pg_loss, group_relative_advantages, k3_kl
 from zreward.losses.rewarddance import yes_no_ce, yes_probability
 
@@ -32,12 +39,13 @@ __all__ = [
     "thurstone_fidelity",
     "bradley_terry",
     "score_gap_huber",
+    "pair_target_win_prob",
+    "pair_target_thurstone",
     "group_relative_advantages",
     "clipped_pg_loss",
     "k3_kl",
     "generalized_jsd",
     "risd_kl",
-    "mean_over_chains",
     "yes_no_ce",
     "yes_probability",
 ]

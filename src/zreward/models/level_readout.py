@@ -99,6 +99,30 @@ def readout(full_logits: torch.Tensor, level_token_ids: torch.Tensor | list[int]
     return out
 
 
+def mean_over_chains(probs: torch.Tensor, chain_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Average level distributions over M sampled reasoning chains: p̄ = (1/M') Σ_m p^(m) (the one chain average).
+
+    Args:
+        probs: (B, M, ..., L) per-chain level distributions (e.g. (B, M, L) or (B, M, D, L)).
+        chain_mask: (B, M) bool, False for chains to skip (failed parse, truncated). None = all valid.
+
+    Returns:
+        (B, ..., L). A sample with no valid chain gets an all-zero row: mask it out in `zreward.losses.risd_kl`
+        (mask = chain_mask.any(1)).
+    """
+    if probs.dim() < 3:
+        raise ValueError(f"mean_over_chains: probs has shape {tuple(probs.shape)}, expected (B, M, ..., L)")
+    if chain_mask is None:
+        return probs.mean(dim=1)
+    if tuple(chain_mask.shape) != tuple(probs.shape[:2]):
+        raise ValueError(f"mean_over_chains: chain_mask has shape {tuple(chain_mask.shape)}, expected "
+                         f"{tuple(probs.shape[:2])} (B, M)")
+    w = chain_mask.to(probs.dtype).view(*chain_mask.shape, *([1] * (probs.dim() - 2)))
+    # where, so that NaN in a skipped chain cannot leak into the average.
+    summed = torch.where(w > 0, probs, torch.zeros_like(probs)).sum(dim=1)
+    return summed / w.sum(dim=1).clamp(min=1)
+
+
 def overall(mean: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted average over dimensions. mean: (B, D), weights: (D,) (normalised here to sum 1) → (B,)."""
     w = weights.to(mean)

@@ -25,6 +25,16 @@ DEFAULT_RUBRICS = {
 DEFAULT_WEIGHTS = [0.4, 0.2, 0.2, 0.2]
 
 
+def dim_weights(dims: list[str], weight_dims: list[str], weights: list[float]) -> list[float]:
+    """The weight of each of `dims`, looked up in per-dim `weights` listed for `weight_dims` (same order).
+
+    A dim without a listed weight (a rubric outside the scorer's `dims`) weighs 1. The one lookup used by the
+    Scorer, the reward function, the evaluation runner and the HTTP client.
+    """
+    wmap = dict(zip(weight_dims, weights))
+    return [float(wmap.get(d, 1.0)) for d in dims]
+
+
 @dataclass
 class Templates:
     """Prompt pieces. `user` is formatted with prompt, dim, rubric, lo, hi; the others are appended verbatim.
@@ -120,6 +130,10 @@ class ScorerConfig:
             need = ["yes_id", "no_id", "reference_png"]
             if not isinstance(self.yesno, dict) or any(k not in self.yesno for k in need):
                 raise ValueError(f"{where}: yesno: mode 'yesno' needs a yesno section with {need}")
+
+    def weights_for(self, dims: list[str]) -> list[float]:
+        """`reward_weights` of `dims` (see `dim_weights`)."""
+        return dim_weights(dims, self.dims, self.reward_weights)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -121,7 +121,7 @@ class MicroBatcher:
     """Collect concurrent jobs into batches for one scorer; see the module docstring.
 
     Args:
-        scorer: a `zreward.serve.scorer.Scorer` (or anything with the same `score` signature).
+        scorer: a `zreward.models.scorer.Scorer` (or anything with the same `score` signature).
         max_batch: images per forward batch (also the scorer's `batch_size` for a single oversized job).
         max_wait_ms: how long the first job of a batch waits for company.
         max_queue: images allowed in the queue before `submit` raises `QueueFull`.

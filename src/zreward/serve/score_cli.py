@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
+
+from zreward.atomic import atomic_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,35 +39,29 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    # deferred: torch + transformers load only once args are valid (`zreward score --help` stays instant)
     from zreward.data.images import load_image
     from zreward.data.records import IMAGES_FILE, read_split
     from zreward.models.input_checks import check_scoring_inputs
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     split = read_split(args.data)
     recs = split.images[: args.limit] if args.limit else split.images
     scorer = load_scorer(args.model, device=args.device, dtype=args.dtype, add_level_tokens=False)
     dims = scorer.resolve_dims(args.dims.split(",") if args.dims else None)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     bs = args.batch_size
     where = split.root / IMAGES_FILE
-    try:
-        with open(tmp, "w") as f, tqdm(total=len(recs), desc="score", unit="img", disable=args.no_progress) as bar:
-            for s in range(0, len(recs), bs):
-                chunk = recs[s: s + bs]
-                names = [f"{where} (id {r.id!r})" for r in chunk]
-                images = [load_image(split.image_path(r), what=n) for r, n in zip(chunk, names)]
-                check_scoring_inputs(scorer, [r.prompt for r in chunk], images, [f"{n}: prompt" for n in names])
-                res = scorer.score([r.prompt for r in chunk], images, dims=dims, reasoning=args.reasoning,
-                                   samples=args.samples)
-                _write_rows(f, chunk, res, dims, args.samples)
-                bar.update(len(chunk))
-        os.replace(tmp, out)
-    except BaseException:  # failed or interrupted: leave nothing behind
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as f, tqdm(total=len(recs), desc="score", unit="img", disable=args.no_progress) as bar:
+        for s in range(0, len(recs), bs):
+            chunk = recs[s: s + bs]
+            names = [f"{where} (id {r.id!r})" for r in chunk]
+            images = [load_image(split.image_path(r), what=n) for r, n in zip(chunk, names)]
+            check_scoring_inputs(scorer, [r.prompt for r in chunk], images, [f"{n}: prompt" for n in names])
+            res = scorer.score([r.prompt for r in chunk], images, dims=dims, reasoning=args.reasoning,
+                               samples=args.samples)
+            _write_rows(f, chunk, res, dims, args.samples)
+            bar.update(len(chunk))
     print(f"scored {len(recs)} images on {dims} -> {out}")
     return 0
 

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zreward serve: WARNING: listening on {args.host} without --token-file: anyone who can reach it "
               f"can use it", file=sys.stderr)
 
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer  # deferred: torch + transformers load only once args are valid
 
     scorer = load_scorer(args.model, device=args.device, dtype=args.dtype, add_level_tokens=False)
     cfg = ServeConfig(model=str(args.model), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,

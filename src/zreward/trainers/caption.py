@@ -37,10 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zreward.atomic import atomic_write_text
 from zreward.data.images import image_to_tensor, load_image
 from zreward.data.records import IMAGES_FILE, ImageRecord, RecordError, read_split
 from zreward.trainers.checkpoint import (
-    atomic_write_text,
     gather_rng_states,
     save_checkpoint,
 )

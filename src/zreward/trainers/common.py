@@ -63,7 +63,7 @@ def build_scorer(cfg: ModelConfig, device: str | torch.device = "cpu"):
     if not cfg.init_from:
         raise ValueError("model.init_from is required: a scorer directory, an HF VLM directory or a hub name")
     from zreward.models.load import LoraOptions
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora else None
     scorer = load_scorer(cfg.init_from, device=str(device), dtype=cfg.dtype, lora=lora,

@@ -122,7 +122,7 @@ def teacher_level_logits(teacher, prompts: list[str], images, dims: list[str], q
     """
     if query == "direct":
         return teacher.direct_logits(prompts, images, dims)
-    from zreward.serve.scorer import ChainBatch
+    from zreward.models.scorer import ChainBatch
 
     pixels = teacher.prepare_images(images)
     items = [(b, d) for b in range(len(prompts)) for d in range(len(dims))]
@@ -146,7 +146,7 @@ def check_teacher(student, teacher, dims: list[str]) -> None:
 
 def train(cfg: Config) -> Path:
     """Distil `cfg.teacher.path` into the student `cfg.model.init_from` on-policy; returns the final Scorer dir."""
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     o = cfg.opd
     if cfg.accelerator.gradient_accumulation_steps != 1:

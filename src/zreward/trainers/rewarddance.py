@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from zreward.losses import yes_no_ce, yes_probability
-from zreward.serve.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob, score_yesno
+from zreward.models.scorer import score_yesno
+from zreward.models.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob
 from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
                                      trainable_parameters)

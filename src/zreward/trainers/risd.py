@@ -41,8 +41,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from zreward.atomic import atomic_write_bytes
 from zreward.losses import kl_div_levels, risd_kl, score_gap_huber
-from zreward.trainers.checkpoint import atomic_write_bytes, gather_rng_states, save_checkpoint
+from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
                                      trainable_parameters, val_pairwise_accuracy)
 from zreward.trainers.config import dump_config, parse_cli
@@ -218,7 +219,7 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
 
 def _run_teacher(cfg: Config, data: TrainData, dims: list[str], idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Score `idx` with the teacher in reasoning mode, M samples each; returns ((n, D, L) probs, (n, D) mass)."""
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     t = cfg.teacher
     teacher = load_scorer(t.path, device=str(device), dtype=t.dtype)

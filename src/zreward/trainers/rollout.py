@@ -35,7 +35,7 @@ import torch
 from zreward.losses import group_relative_advantages
 from zreward.models.level_readout import expectation, std_of
 from zreward.models.preprocess import PixelInputs
-from zreward.serve.scorer import ChainBatch, ChainForward
+from zreward.models.scorer import ChainBatch, ChainForward
 
 __all__ = ["Rollout", "rollout", "subset", "micro_batches", "score_chains", "distribution_rewards",
            "sampled_level_rewards", "masked_advantages", "with_score_token", "reference_logprobs", "group_moments",

@@ -60,7 +60,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from zreward.trainers.checkpoint import atomic_write_text, latest_checkpoint
+from zreward.atomic import atomic_write_text
+from zreward.trainers.checkpoint import latest_checkpoint
 
 
 @dataclass

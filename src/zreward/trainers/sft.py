@@ -43,7 +43,8 @@ import torch.nn.functional as F
 
 from zreward.losses import expected_score_loss, kl_div_levels, score_gap_huber, thurstone_fidelity
 from zreward.models import level_readout as lr
-from zreward.trainers.checkpoint import atomic_dir, gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.atomic import atomic_dir
+from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
                                      trainable_parameters, val_pairwise_accuracy)
 from zreward.trainers.config import dump_config, parse_cli

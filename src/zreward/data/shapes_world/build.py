@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zreward.data.records import IMAGES_DIR, DatasetInfo, DimLabel, ImageRecord, PairRecord, SplitWriter, \
-    prepare_target, replace_dir
+from zreward.atomic import make_tmp_dir, prepare_target, replace_dir
+from zreward.data.records import IMAGES_DIR, DatasetInfo, DimLabel, ImageRecord, PairRecord, SplitWriter
 from zreward.data.shapes_world.annotators import RaterPool, ceiling, histograms, pair_labels
 from zreward.data.shapes_world.oracle import DIMS, MEAN_WEIGHTS, oracle_facts
 from zreward.data.shapes_world.prompts import sample_spec, spec_to_text
@@ -38,7 +38,6 @@ from zreward.data.shapes_world.rationales import rationales
 from zreward.data.shapes_world.render import render_png
 from zreward.data.shapes_world.sampler import sample_candidates
 from zreward.data.shapes_world.scene import COLORS, SHAPES
-from zreward.data.temp_dirs import make_temp_dir
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "ood")
 HELD_OUT: tuple[tuple[str, str], ...] = (("red", "triangle"), ("green", "circle"), ("blue", "square"),
@@ -82,7 +81,7 @@ def _prompt_item(cfg: WorldConfig, pool: RaterPool, split: str, pi: int) -> dict
     for j, (c, f) in enumerate(zip(cands, facts)):
         scene = dict(c.scene, seed=int(rng.integers(2**31)))
         images.append({"id": f"p{pi:06d}_c{j}", "scene": scene, "png": render_png(scene, scene["seed"]),
-                       "kinds": c.kinds, "rationales": rationales(f), "oracle": dict(f.scores),
+                       "kinds": c.kinds, "rationales": rationales(f, c.scene), "oracle": dict(f.scores),
                        "labels": {d: (hist[j, k].tolist(), round(float(mos[j, k]), 4), round(float(std[j, k]), 4),
                                       ratings[j, :, k].tolist()) for k, d in enumerate(DIMS)}})
     ia, ib = np.triu_indices(cfg.candidates, 1)  # all unordered candidate pairs, (P,)
@@ -137,7 +136,7 @@ def _write_plot(path: Path, mos_by_split: dict[str, np.ndarray]) -> None:
 def _card_md(card: dict) -> str:
     lines = ["# ShapesWorld dataset card", "",
              "Procedural text-to-image preference world with exact oracle scores and simulated raters "
-             "(spec: shapes-world.md).", "",
+             "(spec: docs/shapes-world.md in the zreward repository).", "",
              f"Settings: `{json.dumps(card['settings'])}`  ", f"Build time: {card['build_seconds']:.1f} s wall, "
              f"{card['build_cpu_seconds']:.1f} s CPU (all processes), {card['workers']} worker process(es).", "",
              "| split | prompts | images | pairs (overall) | human ties | annotator ceiling | oracle ties among "
@@ -215,13 +214,12 @@ def build_world(out_dir: str | os.PathLike, *, prompts: int = 2000, candidates: 
         raise ValueError(f"canvas: expected 32..256 px, got {canvas}")
     out = Path(out_dir)
     prepare_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     pool = RaterPool.create(raters, seed)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     info = DatasetInfo(name="shapes_world", source="zreward ShapesWorld (procedural, simulated raters)",
                        extra={"settings": asdict(cfg), "held_out_combos": [list(c) for c in HELD_OUT]})
-    tmp = make_temp_dir(out)  # also sweeps the temp dir of a killed earlier build
+    tmp = make_tmp_dir(out)
     kinds: Counter = Counter()
     executor = None
     try:

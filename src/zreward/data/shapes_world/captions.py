@@ -25,11 +25,16 @@ from zreward.data.shapes_world.scene import Scene, parse_scene
 _ANY_PROMPT = {"groups": [{"count": 1, "color": "red", "shape": "circle"}], "relation": None}
 
 
-def caption(scene: dict | Scene) -> str:
-    """The caption of a scene (see the module docstring). Raises `SceneError` for an invalid scene dict."""
+def caption_order(sc: Scene) -> list:
+    """The scene's objects in caption order: left to right by x centre, then top to bottom, then scene order."""
+    return [sc.objects[i] for i in sorted(range(len(sc.objects)), key=lambda i: (sc.objects[i].x, sc.objects[i].y, i))]
+
+
+def object_list(scene: dict | Scene) -> str:
+    """The caption's first sentence: "3 objects: blue square, yellow triangle on blue square, red circle floating."
+    ("0 objects." for an empty scene). Raises `SceneError` for an invalid scene dict."""
     sc = parse_scene(scene)
-    order = sorted(range(len(sc.objects)), key=lambda i: (sc.objects[i].x, sc.objects[i].y, i))
-    objs = [sc.objects[i] for i in order]
+    objs = caption_order(sc)
     parts = []
     for o in objs:
         desc = f"{o.color} {o.shape}"
@@ -40,9 +45,14 @@ def caption(scene: dict | Scene) -> str:
             desc += " floating"
         parts.append(desc)
     n = len(objs)
-    head = f"{n} object{'' if n == 1 else 's'}" + (": " + ", ".join(parts) if parts else "") + "."
+    return f"{n} object{'' if n == 1 else 's'}" + (": " + ", ".join(parts) if parts else "") + "."
+
+
+def caption(scene: dict | Scene) -> str:
+    """The caption of a scene (see the module docstring). Raises `SceneError` for an invalid scene dict."""
+    sc = parse_scene(scene)
     f = oracle_facts(sc, _ANY_PROMPT)
     yn = {0: "no", 1: "yes"}
-    return (f"{head} noise: {f.noise:.2f}. blur: {f.blur:.1f}. warp: {f.max_warp:.2f}. cut: {f.cut}. "
+    return (f"{object_list(sc)} noise: {f.noise:.2f}. blur: {f.blur:.1f}. warp: {f.max_warp:.2f}. cut: {f.cut}. "
             f"low contrast: {f.low_contrast}. crowded: {yn[f.crowd]}. unbalanced: {yn[f.unbalanced]}. "
             f"clash: {f.clash}.")

@@ -12,6 +12,9 @@ A Scorer wraps a HF VLM (any supported family) + tokenizer + differentiable prep
 Building blocks for trainers (all documented below): `direct_logits` / `direct_readout` (with grad),
 `reasoning_prompt`, `generate_chains`, `chain_forward` (per-token log-probs of given chain tokens + level logits
 after each chain, one forward), `prepare_images`, `encode_items`.
+
+A `mode: "yesno"` scorer (the RewardDance baseline, `zreward.models.yesno`) answers "is this image better than the
+stored reference?" and `score` reports P(yes) as a two-point distribution on the lowest and highest level.
 """
 from __future__ import annotations
 
@@ -21,12 +24,14 @@ from pathlib import Path
 
 import torch
 
+from zreward.data.images import load_image
 from zreward.models import level_readout as lr
 from zreward.models.batch import EncodedBatch, build_batch, expand_image_placeholders, item_images
 from zreward.models.families import FamilySpec
 from zreward.models.load import load_components, merged_state_dict, preprocessor_file, tokens_per_image
 from zreward.models.preprocess import PixelInputs, PixelSpec, pil_to_tensor, prepare_pixels
 from zreward.models.scorer_config import ScorerConfig
+from zreward.models.yesno import prob_vs_reference
 
 
 @dataclass
@@ -159,8 +164,6 @@ class Scorer:
                 tensors.append(im.to(self.device, torch.float32))
                 continue
             if isinstance(im, (str, Path, bytes)):
-                from zreward.data.images import load_image
-
                 im = load_image(im, what=f"image {i}")
             tensors.append(pil_to_tensor(im).to(self.device))
         if tensors and all(t.shape == tensors[0].shape for t in tensors):
@@ -232,8 +235,7 @@ class Scorer:
         """
         dims = self._dims(dims)
         if weights is None:
-            wmap = dict(zip(self.config.dims, self.config.reward_weights))
-            weights = [wmap.get(d, 1.0) for d in dims]
+            weights = self.config.weights_for(dims)
         w = torch.as_tensor(weights, dtype=torch.float32)
         lam = self.config.uncertainty_lambda if uncertainty_lambda is None else uncertainty_lambda
         ro = self.direct_readout(prompts, images, dims)
@@ -313,13 +315,11 @@ class Scorer:
         """Score B images (no gradients). See `ScoreOutput`; `batch_size` bounds images per model call.
 
         A `mode: "yesno"` scorer (RewardDance baseline) scores P(image better than its stored reference) instead;
-        see `zreward.serve.yesno.score_yesno`.
+        see `score_yesno`.
         """
         if self.config.mode == "yesno":
             if reasoning:
                 raise ValueError("reasoning=True: a yes/no (RewardDance) scorer has no reasoning mode")
-            from zreward.serve.yesno import score_yesno
-
             return score_yesno(self, prompts, images, dims, batch_size)
         dims = self._dims(dims)
         if isinstance(images, torch.Tensor) and images.ndim == 3:
@@ -341,17 +341,21 @@ class Scorer:
                 cb = self.generate_chains(ps, pixels, dims, samples=samples)
                 cf = self.chain_forward(cb, pixels)
                 p = torch.softmax(cf.level_logits.float(), -1).view(len(ps), len(dims), samples, -1)
-                probs.append(p.mean(2).cpu())
-                mass.append(cf.in_level_mass.float().view(len(ps), len(dims), samples).mean(2).cpu())
+                probs.append(lr.mean_over_chains(p.transpose(1, 2)).cpu())
+                mass.append(lr.mean_over_chains(cf.in_level_mass.float().view(len(ps), len(dims), samples).mT).cpu())
                 per = len(dims) * samples
                 chains += [cb.texts[i * per: (i + 1) * per] for i in range(len(ps))]
         P = torch.cat(probs) if probs else torch.zeros(0, len(dims), len(self.levels))
-        mean = lr.expectation(P, self.levels)
-        std = lr.std_of(P, self.levels, mean)
-        wmap = dict(zip(self.config.dims, self.config.reward_weights))
-        w = torch.tensor([wmap[d] for d in dims], dtype=torch.float32)
-        return ScoreOutput(P, mean, std, lr.overall(mean, w), torch.cat(mass) if mass else torch.zeros(0, len(dims)),
-                           dims, self.levels.clone(), chains if reasoning else None)
+        mass = torch.cat(mass) if mass else torch.zeros(0, len(dims))
+        return self.score_output(P, mass, dims, chains if reasoning else None)
+
+    def score_output(self, probs: torch.Tensor, in_level_mass: torch.Tensor, dims: list[str],
+                     chains: list[list[str]] | None = None) -> ScoreOutput:
+        """ScoreOutput from (B, D, L) level distributions: mean, std and the weighted overall are computed here."""
+        mean = lr.expectation(probs, self.levels)
+        return ScoreOutput(probs, mean, lr.std_of(probs, self.levels, mean),
+                           lr.overall(mean, torch.tensor(self.config.weights_for(dims))), in_level_mass, dims, self.levels.clone(),
+                           chains)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -364,6 +368,23 @@ class Scorer:
         (out / "preprocessor_config.json").write_text(json.dumps(self.preprocessor_json, indent=2) + "\n")
         self.config.save(out)
         return out
+
+
+def score_yesno(scorer: Scorer, prompts: list[str], images, dims: list[str] | None = None,
+                batch_size: int | None = None) -> ScoreOutput:
+    """`Scorer.score` of a yes/no scorer; also usable on a scorer trained as one before its mode is saved.
+
+    Returns:
+        ScoreOutput with probs (B, D, L) = (1 − p) on the lowest level, p on the highest (p = P(image better than
+        the stored reference), `zreward.models.yesno.prob_vs_reference`), so mean = lo + (hi − lo)·p (1 + 4·p on
+        the default levels) for every dim; in_level_mass = P(yes) + P(no) under the full softmax.
+    """
+    dims = scorer.resolve_dims(dims)
+    p, mass = prob_vs_reference(scorer, prompts, images, batch_size)
+    b = len(p)
+    probs = torch.zeros(b, len(dims), len(scorer.levels))
+    probs[..., 0], probs[..., -1] = (1 - p).unsqueeze(1), p.unsqueeze(1)
+    return scorer.score_output(probs, mass.unsqueeze(1).expand(b, len(dims)).clone(), dims)
 
 
 def load_scorer(path_or_name: str | Path, device: str = "cpu", dtype=None, **options) -> Scorer:
