@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,9 +71,47 @@ def prepare_target(path: Path, overwrite: bool) -> None:
 
 
 def make_tmp_dir(path: Path) -> Path:
-    """A new temporary sibling directory of `path` (to be moved into place by `replace_dir`)."""
+    """A new temporary sibling directory `.<name>.tmp-<pid>-*` of `path` (moved into place by `replace_dir`).
+
+    The stale temporaries of earlier writers of the same target that were killed before they could clean up
+    (kill -9, power loss) are swept first (`sweep_stale_tmp`).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    sweep_stale_tmp(path)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def sweep_stale_tmp(path: str | os.PathLike) -> list[Path]:
+    """Remove the `.<name>.tmp-<pid>-*` / `.<name>.old-<pid>` siblings of `path` whose process is no longer running
+    (a killed writer's leftovers); those of live processes are kept, so concurrent writers never delete each
+    other's work. Returns what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pat = re.compile(rf"^\.{re.escape(path.name)}\.(?:tmp|old)-(\d+)(?:-.*)?$")
+    removed = []
+    for p in path.parent.iterdir():
+        m = pat.match(p.name)
+        if m and not _alive(int(m.group(1))):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def replace_dir(tmp: Path, target: Path) -> None:

@@ -48,7 +48,7 @@ class ScorerRewardFn:
     def __init__(self, scorer, dims: list[str] | None = None, weights: list[float] | None = None,
                  uncertainty_lambda: float = 0.0, image_size: int | None = 64, batch_size: int = 16):
         if isinstance(scorer, (str, Path)):
-            scorer = load_scorer(scorer)
+            scorer = load_scorer(scorer, add_level_tokens=False)
         self.scorer = scorer
         self.dims = scorer._dims(dims)
         w = scorer.config.weights_for(self.dims) if weights is None else list(weights)

@@ -231,7 +231,7 @@ def tune(cfg: TuneConfig) -> Path:
     ref = copy.deepcopy(gen).eval()
     for p in list(ref.parameters()) + list(gen.text_encoder.parameters()):
         p.requires_grad_(False)
-    scorer = load_scorer(cfg.reward)
+    scorer = load_scorer(cfg.reward, add_level_tokens=False)
     scorer.model.eval()
     for p in scorer.model.parameters():
         p.requires_grad_(False)

@@ -164,8 +164,8 @@ def parse_dim_label(v: Any, where: str, fld: str, n_levels: int) -> DimLabel:
     if hist is not None:
         if not isinstance(hist, list) or len(hist) != n_levels or not all(_is_num(h) and h >= 0 for h in hist):
             raise _fail(where, f"{fld}.hist", f"a list of {n_levels} non-negative numbers", hist)
-        if sum(hist) <= 0:
-            raise _fail(where, f"{fld}.hist", "a positive total", hist)
+        if not (0 < sum(hist) < math.inf):  # [1e308] * 9 passes the per-item check but its sum overflows
+            raise _fail(where, f"{fld}.hist", "a positive, finite total", hist)
     mos, std = v.get("mos"), v.get("std")
     if mos is not None and not (_is_num(mos) and 1.0 <= mos <= 5.0):
         raise _fail(where, f"{fld}.mos", "a number in [1, 5]", mos)
@@ -173,8 +173,9 @@ def parse_dim_label(v: Any, where: str, fld: str, n_levels: int) -> DimLabel:
         raise _fail(where, f"{fld}.std", "a non-negative number", std)
     ratings = v.get("ratings")
     if ratings is not None:
-        if not isinstance(ratings, list) or not ratings or not all(_is_num(r) for r in ratings):
-            raise _fail(where, f"{fld}.ratings", "a non-empty list of numbers", ratings)
+        if (not isinstance(ratings, list) or not ratings or not all(_is_num(r) for r in ratings)
+                or not math.isfinite(sum(ratings))):
+            raise _fail(where, f"{fld}.ratings", "a non-empty list of numbers with a finite sum", ratings)
     return DimLabel(hist=hist, mos=mos, std=std, ratings=ratings)
 
 
@@ -247,18 +248,28 @@ def parse_info(obj: Any, where: str) -> DatasetInfo:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+def _utf8_line(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(where, "line", f"UTF-8 text (invalid byte {raw[e.start:e.start + 1]!r} at byte {e.start})") from None
+
+
 def _read_jsonl(path: Path, parse, skip_bad: bool, skipped: list[str]) -> list:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
             where = f"{path}:{i}"
             try:
+                line = _utf8_line(raw, where)
+                if not line.strip():
+                    continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise _fail(where, "line", f"valid JSON ({e.msg} at column {e.colno})") from None
+                except RecursionError:
+                    raise _fail(where, "line", "JSON nested less deeply (too deep to parse)") from None
                 out.append(parse(obj, where))
             except RecordError as e:
                 if not skip_bad:
@@ -284,9 +295,11 @@ def read_split(split_dir: str | os.PathLike, *, skip_bad: bool = False) -> Split
     if not info_path.is_file():
         raise RecordError(f"{info_path}: file: expected {INFO_FILE} in the split directory")
     try:
-        info_obj = json.loads(info_path.read_text(encoding="utf-8"))
+        info_obj = json.loads(_utf8_line(info_path.read_bytes(), str(info_path)))
     except json.JSONDecodeError as e:
         raise RecordError(f"{info_path}:{e.lineno}: dataset: expected valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise RecordError(f"{info_path}: dataset: expected JSON nested less deeply (too deep to parse)") from None
     info = parse_info(info_obj, str(info_path))
     images_path = root / IMAGES_FILE
     if not images_path.is_file():

@@ -269,7 +269,7 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
         if not (spec.path / "zreward.json").is_file():
             raise FileNotFoundError(f"--model {spec.path}: expected a Scorer directory with zreward.json")
         torch.manual_seed(seed)  # reasoning chains are sampled: same seed → same report
-        scorer = load_scorer(spec.path, device=device)
+        scorer = load_scorer(spec.path, device=device, add_level_tokens=False)
         use_r, m = resolve_mode(spec, scorer.config.mode, reasoning, samples)
         if use_r and temperature is not None:
             scorer.config.temperature = temperature

@@ -9,6 +9,7 @@ with a message naming the level and its tokenization.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from zreward.models.families import FamilySpec, get_family
 from zreward.models.preprocess import PixelSpec
-from zreward.models.scorer_config import CONFIG_NAME, ScorerConfig
+from zreward.models.scorer_config import CONFIG_NAME, ScorerConfig, read_config_json
 
 
 class LevelTokenError(ValueError):
@@ -111,10 +112,13 @@ def resolve_level_tokens(tokenizer, model, cfg: ScorerConfig, add_level_tokens: 
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         cfg.added_level_tokens = True
+        warnings.warn(f"adding {len(cfg.level_strings)} level tokens {cfg.level_strings} to the vocabulary (new, "
+                      f"untrained embeddings; training must teach them)", stacklevel=2)
         ids, problems = check_level_tokens(tokenizer, cfg)
     if problems:
-        raise LevelTokenError("each rubric level must be exactly one token (pass add_level_tokens=True to add them "
-                              "as new tokens): " + "; ".join(problems))
+        raise LevelTokenError("each rubric level must be exactly one token of this model's tokenizer; new level "
+                              "tokens (untrained embeddings) are added only when training (add_level_tokens=True), "
+                              "never for scoring: " + "; ".join(problems))
     if cfg.level_token_ids and cfg.level_token_ids != ids:
         raise LevelTokenError(f"{CONFIG_NAME}: level_token_ids {cfg.level_token_ids} do not match the tokenizer's "
                               f"ids {ids} for levels {cfg.level_strings}")
@@ -142,7 +146,7 @@ def load_components(path_or_name: str | Path, device: str = "cpu", dtype=None, *
     zr = _file(src, CONFIG_NAME)
     hf_cfg = AutoConfig.from_pretrained(src)
     if zr is not None:
-        data = json.loads(zr.read_text())
+        data = read_config_json(zr)
         data.update(config_overrides or {})
         cfg = ScorerConfig.from_json(data, where=str(zr))
     else:
