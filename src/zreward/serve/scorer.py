@@ -25,7 +25,8 @@ from zreward.models import level_readout as lr
 from zreward.models import logprobs as lp
 from zreward.models.batch import EncodedBatch, build_batch, expand_image_placeholders, item_images
 from zreward.models.families import FamilySpec
-from zreward.models.load import load_components, merged_state_dict, preprocessor_file, tokens_per_image
+from zreward.models.load import load_components, preprocessor_file, tokens_per_image
+from zreward.models.lora import save_merged
 from zreward.models.preprocess import PixelInputs, PixelSpec, pil_to_tensor, prepare_pixels
 from zreward.models.scorer_config import ScorerConfig
 
@@ -346,11 +347,10 @@ class Scorer:
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write safetensors weights (LoRA merged), tokenizer, image processor config and zreward.json."""
+        """Write safetensors weights (LoRA merged, streamed through the CPU), tokenizer, image processor config and
+        zreward.json."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        base, sd = merged_state_dict(self.model)
-        base.save_pretrained(out, state_dict=sd)
+        save_merged(getattr(self.model, "module", self.model), out)
         self.tokenizer.save_pretrained(out)
         (out / "preprocessor_config.json").write_text(json.dumps(self.preprocessor_json, indent=2) + "\n")
         self.config.save(out)
@@ -363,7 +363,8 @@ def load_scorer(path_or_name: str | Path, device: str = "cpu", dtype=None, **opt
     Args:
         path_or_name: see `zreward.models.load.load_components`.
         device: torch device.  dtype: None → fp32 on CPU, bf16 on CUDA.
-        **options: lora (LoraOptions), gradient_checkpointing, add_level_tokens, family, config_overrides.
+        **options: lora (LoraOptions), gradient_checkpointing, add_level_tokens, family, config_overrides,
+            attn_implementation.
     """
     model, tok, pixel_spec, cfg, spec = load_components(path_or_name, device=device, dtype=dtype, **options)
     pp = json.loads(preprocessor_file(str(path_or_name)).read_text())
