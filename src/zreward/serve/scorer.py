@@ -99,6 +99,7 @@ class Scorer:
         self.device = torch.device(device)
         self.preprocessor_json = preprocessor_json or {}
         self.max_chunk_elems = lp.MAX_CHUNK_ELEMS  # logits held at once when lm_head runs over many positions
+        self.generation_batch: int | None = None  # most sequences per generate call in trainer rollouts (None: all)
         hf_cfg = model.config
         self.image_token_id = tokenizer.convert_tokens_to_ids(family.image_token)
         self.tokens_per_image = tokens_per_image(hf_cfg)

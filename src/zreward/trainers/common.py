@@ -42,6 +42,8 @@ class ModelConfig:
         "help": "text of each rubric level (null: from zreward.json / the defaults); each must be one token"})
     rubrics: dict[str, str] | None = field(default=None, metadata={
         "help": "dim → rubric text, merged into zreward.json's rubrics"})
+    generation_batch: int | None = field(default=None, metadata={
+        "help": "most sequences per generate call in rollouts (bounds the KV cache; null: one call per step)"})
 
     def scorer_overrides(self) -> dict:
         """The zreward.json fields these options override (see `zreward.models.load.load_components`)."""
@@ -95,6 +97,7 @@ def build_scorer(cfg: ModelConfig, device: str | torch.device = "cpu"):
     scorer = load_scorer(cfg.init_from, device=str(device), dtype=cfg.dtype, lora=lora,
                          gradient_checkpointing=cfg.gradient_checkpointing, attn_implementation=cfg.attn_implementation,
                          config_overrides=cfg.scorer_overrides())
+    scorer.generation_batch = cfg.generation_batch
     scorer.model.train()
     return scorer
 
