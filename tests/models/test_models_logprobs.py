@@ -30,6 +30,8 @@ def _full_logits_chain_forward(s, chains, pixels):
     seqs = [p + c + s.close_ids for p, c in zip(chains.prompt_ids, chains.chain_ids)]
     batch = build_batch(seqs, chains.image_index, pixels, s.family, s.image_token_id, s.tokenizer.pad_token_id,
                         "right")
+    batch.inputs["pixel_values"] = batch.inputs["pixel_values"].to(s.model_dtype)
+    batch = batch.to(s.device)
     n, t = batch.inputs["input_ids"].shape
     p_len = torch.tensor([len(p) for p in chains.prompt_ids])
     c_len = torch.tensor([len(c) for c in chains.chain_ids])
@@ -37,15 +39,16 @@ def _full_logits_chain_forward(s, chains, pixels):
     logits = s.model(**batch.inputs, logits_to_keep=k, use_cache=False).logits
     c_max = max(int(c_len.max().item()), 1)
     j = torch.arange(c_max)
-    local = (p_len.unsqueeze(1) - 1 + j.unsqueeze(0) - (t - k)).clamp(0, k - 1)
-    mask = (j.unsqueeze(0) < c_len.unsqueeze(1)).long()
+    dev = logits.device
+    local = (p_len.unsqueeze(1) - 1 + j.unsqueeze(0) - (t - k)).clamp(0, k - 1).to(dev)
+    mask = (j.unsqueeze(0) < c_len.unsqueeze(1)).long().to(dev)
     tgt = torch.zeros(n, c_max, dtype=torch.long)
     for i, c in enumerate(chains.chain_ids):
         tgt[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-    sel = logits[torch.arange(n).unsqueeze(1), local].float()
-    logp = sel.log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    full = logits[torch.arange(n), batch.lengths - 1 - (t - k)]
-    ro = lr.readout(full, s.level_token_ids, s.levels)
+    sel = logits[torch.arange(n, device=dev).unsqueeze(1), local].float()
+    logp = sel.log_softmax(-1).gather(-1, tgt.to(dev).unsqueeze(-1)).squeeze(-1)
+    full = logits[torch.arange(n, device=dev), batch.lengths - 1 - (t - k)]
+    ro = lr.readout(full, s.level_token_ids.to(dev), s.levels.to(dev))
     return logp * mask, mask, ro.logits, ro.in_level_mass
 
 
@@ -212,3 +215,19 @@ def test_big_vocab_old_path_measured_at_64_chains(big_vocab_scorer):
     new_peak = _peak_bytes(lambda: _fwd_bwd(s, cb, pixels, _new_path))
     print(f"64 chains x 64 tokens, V={BIG_VOCAB}: old {old_peak / 2**20:.0f} MiB, new {new_peak / 2**20:.0f} MiB")
     assert new_peak * 10 <= old_peak
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", [DEFAULT_FAMILY, "qwen3_5"])
+def test_cuda_bf16_chain_forward_matches_full_logits_path(tiny_dir, family):
+    s = load_scorer(tiny_dir(family), device="cuda", dtype="bf16")
+    x = _x(2, seed=3).cuda()
+    torch.manual_seed(0)
+    cb = s.generate_chains(PROMPTS, x, dims=["alignment"], samples=2, max_new_tokens=8)
+    pixels = s.prepare_images(x)
+    with torch.no_grad():
+        ref = _full_logits_chain_forward(s, cb, pixels)
+        new = s.chain_forward(cb, pixels)
+    assert torch.allclose(ref[0], new.token_logprobs, atol=5e-2)  # bf16 logits, fp32 log-softmax in both
+    assert torch.allclose(ref[2].float(), new.level_logits.float(), atol=5e-2)

@@ -31,8 +31,8 @@ class LevelTokenError(ValueError):
 
 
 __all__ = ["LevelTokenError", "LoraOptions", "ATTN_IMPLEMENTATIONS", "load_components", "default_dtype",
-           "check_level_tokens", "resolve_level_tokens", "preprocessor_file", "tokens_per_image",
-           "missing_linear_attention_kernels", "warn_without_linear_attention_kernels"]
+           "check_level_tokens", "resolve_level_tokens", "prepare_for_training", "preprocessor_file",
+           "tokens_per_image", "missing_linear_attention_kernels", "warn_without_linear_attention_kernels"]
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 # Model types whose linear-attention (gated-DeltaNet) layers need these kernels to run fast on a GPU.
@@ -196,6 +196,12 @@ def load_components(path_or_name: str | Path, device: str = "cpu", dtype=None, *
     warn_without_linear_attention_kernels(hf_cfg.model_type, device)
     resolve_level_tokens(tokenizer, model, cfg, add_level_tokens)
     model.to(device)
+    model = prepare_for_training(model, lora, gradient_checkpointing, cfg.level_token_ids)
+    return model, tokenizer, pixel_spec, cfg, spec
+
+
+def prepare_for_training(model, lora: LoraOptions | None, gradient_checkpointing: bool, level_token_ids: list[int]):
+    """Enable non-reentrant activation checkpointing and/or wrap with LoRA; returns the model in eval mode."""
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.2x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -204,9 +210,8 @@ def load_components(path_or_name: str | Path, device: str = "cpu", dtype=None, *
     if lora is not None:
         if gradient_checkpointing:
             model.enable_input_require_grads()
-        model = apply_lora(model, lora, cfg.level_token_ids)
-    model.eval()
-    return model, tokenizer, pixel_spec, cfg, spec
+        model = apply_lora(model, lora, level_token_ids)
+    return model.eval()
 
 
 def tokens_per_image(model_config) -> int | None:
