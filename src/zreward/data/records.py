@@ -252,7 +252,8 @@ def _utf8_line(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _fail(where, "line", f"UTF-8 text (invalid byte {raw[e.start:e.start + 1]!r} at byte {e.start})") from None
+        bad = raw[e.start:e.start + 1]
+        raise _fail(where, "line", f"UTF-8 text (invalid byte {bad!r} at byte {e.start})") from None
 
 
 def _read_jsonl(path: Path, parse, skip_bad: bool, skipped: list[str]) -> list:

@@ -50,7 +50,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zreward import __version__
 from zreward.data.images import ImageLoadError, load_image
-from zreward.models.input_checks import InputError, check_image, check_prompt, check_text, prompt_tokens, reserved_tokens
+from zreward.models.input_checks import (
+    InputError,
+    check_image,
+    check_prompt,
+    check_text,
+    prompt_tokens,
+    reserved_tokens,
+)
 from zreward.serve.batcher import BatcherClosed, BatchKey, MicroBatcher, QueueFull
 from zreward.serve.connection_guard import RequestLimits
 
