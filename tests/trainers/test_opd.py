@@ -13,13 +13,9 @@ from zreward.trainers.run_utils import read_metrics
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_model, tiny_factory):
     """(student, teacher): two tiny random models of the same family with different seeds."""
-    from zreward.models.tiny import init_tiny
-
-    root = tmp_path_factory.mktemp("opd_models")
-    return (init_tiny("qwen2_vl", root / "student", preset="tiny", seed=0),
-            init_tiny("qwen2_vl", root / "teacher", preset="tiny", seed=1))
+    return tiny_model, tiny_factory(seed=1)
 
 
 def _cfg(models, world, out, **over) -> opd.Config:
