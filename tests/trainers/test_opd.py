@@ -138,7 +138,7 @@ def test_empty_chain_teacher_query_reads_the_score_after_reasoning_close(models)
     pix = t.prepare_images(ims)
     with torch.no_grad():
         batch, _ = t.encode_items(texts, [0, 0, 1, 1], pix)
-        full = t._logits_at(batch, batch.last_pos)[:, t.level_token_ids]
+        full = t.logits_at(batch, batch.last_pos)[:, t.level_token_ids]
     assert got.shape == (2, 2, 9) and torch.allclose(got.flatten(0, 1), full, atol=1e-4)
     direct = opd.teacher_level_logits(t, prompts, ims, dims, "direct")
     assert torch.allclose(direct, t.direct_logits(prompts, ims, dims)) and not torch.allclose(direct, got, atol=1e-3)
