@@ -114,10 +114,10 @@ def test_labels_per_chain_order():
     assert target.shape == (8, 2) and target[2].tolist() == [0.0, 1.0]
 
 
-def test_rollout_order_and_subset(tiny_scorer_dir):
+def test_rollout_order_and_subset(tiny_model):
     from zreward.models.scorer import load_scorer
 
-    sc = load_scorer(tiny_scorer_dir)
+    sc = load_scorer(tiny_model)
     torch.manual_seed(0)
     images = torch.rand(3, 3, 64, 64)
     ro = R.rollout(sc, ["a red circle", "a blue square", "two green stars"], images, ["alignment", "realism"],
@@ -132,11 +132,3 @@ def test_rollout_order_and_subset(tiny_scorer_dir):
     cf = R.score_chains(sc, sub)
     assert cf.level_logits.shape == (4, 9) and cf.token_logprobs.shape[0] == 4
 
-
-@pytest.fixture(scope="module")
-def tiny_scorer_dir(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    out = tmp_path_factory.mktemp("tiny_rollout")
-    init_tiny("qwen2_vl", out, preset="tiny", seed=0)
-    return out

@@ -50,7 +50,7 @@ class ScorerRewardFn:
         if isinstance(scorer, (str, Path)):
             scorer = load_scorer(scorer, add_level_tokens=False)
         self.scorer = scorer
-        self.dims = scorer._dims(dims)
+        self.dims = scorer.resolve_dims(dims)
         w = scorer.config.weights_for(self.dims) if weights is None else list(weights)
         if len(w) != len(self.dims):
             raise ValueError(f"weights: expected {len(self.dims)} values (one per dim {self.dims}), got {len(w)}")

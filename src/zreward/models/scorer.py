@@ -366,13 +366,9 @@ class Scorer:
 
 def score_yesno(scorer: Scorer, prompts: list[str], images, dims: list[str] | None = None,
                 batch_size: int | None = None) -> ScoreOutput:
-    """`Scorer.score` of a yes/no scorer; also usable on a scorer trained as one before its mode is saved.
-
-    Returns:
-        ScoreOutput with probs (B, D, L) = (1 − p) on the lowest level, p on the highest (p = P(image better than
-        the stored reference), `zreward.models.yesno.prob_vs_reference`), so mean = lo + (hi − lo)·p (1 + 4·p on
-        the default levels) for every dim; in_level_mass = P(yes) + P(no) under the full softmax.
-    """
+    """`Scorer.score` of a yes/no scorer (also before its mode is saved): probs (B, D, L) put 1 − p on the lowest
+    level and p on the highest, p = `yesno.prob_vs_reference` (so mean = 1 + 4·p on the default levels, every dim);
+    in_level_mass = P(yes) + P(no) under the full softmax."""
     dims = scorer.resolve_dims(dims)
     p, mass = prob_vs_reference(scorer, prompts, images, batch_size)
     b = len(p)
