@@ -35,7 +35,6 @@ import base64
 import http.client
 import io
 import json
-import os
 import socket
 import sys
 import tempfile
