@@ -10,7 +10,9 @@ import shlex
 import pytest
 
 import zreward.demo as demo
-from zreward.demo import PROFILES, Ctx, Stage, run_demo, stage_key
+import zreward.demo_stages as demo_stages
+from zreward.demo import run_demo
+from zreward.demo_stages import PROFILES, Ctx, Stage, digest, stage_parts
 from zreward.eval import demo_report
 from zreward.eval.demo_report import GEN_KEYS, write_demo_report
 
@@ -93,11 +95,11 @@ def test_reuse_rebuild_and_resume(tmp_path, configs, monkeypatch):
 def test_key_ignores_output_dir_but_not_seed_or_upstream(tmp_path, configs):
     st = _stages()[2]
     base = dict(keys={"init_student": "k1", "world": "w"})
-    k = stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=0, **base))
-    assert stage_key(st, Ctx(out=tmp_path / "elsewhere", profile="test", seed=0, **base)) == k
-    assert stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=1, **base)) != k
-    assert stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=0,
-                             keys={"init_student": "k2", "world": "w"})) != k
+    k = digest(stage_parts(st, Ctx(out=tmp_path / "x", profile="test", seed=0, **base)))
+    assert digest(stage_parts(st, Ctx(out=tmp_path / "elsewhere", profile="test", seed=0, **base))) == k
+    assert digest(stage_parts(st, Ctx(out=tmp_path / "x", profile="test", seed=1, **base))) != k
+    assert digest(stage_parts(st, Ctx(out=tmp_path / "x", profile="test", seed=0,
+                             keys={"init_student": "k2", "world": "w"}))) != k
 
 
 def test_missing_trainer_and_failure_block_only_dependents(tmp_path, configs):
@@ -130,7 +132,8 @@ def test_default_stage_list_wiring(from_scratch):
         assert all(names.index(d) < names.index(s.name) for d in s.deps + s.optional)
     by = {s.name: s for s in stages}
     # the base every method starts from: the shipped one by default, captioning pretraining with --from-scratch
-    assert (by["pretrain"].kind, by["pretrain"].method) == (("train", "caption") if from_scratch else ("init", "shipped"))
+    expected = ("train", "caption") if from_scratch else ("init", "shipped")
+    assert (by["pretrain"].kind, by["pretrain"].method) == expected
     assert ("pretrain_world" in by) == ("init_base" in by) == from_scratch
     by = {s.name: s for s in demo.STAGES}
     assert dict(by["risd_student"].links)["teacher.path"] == "gdso_teacher"
@@ -147,7 +150,7 @@ def test_default_stage_list_wiring(from_scratch):
     assert set(by["gen_eval"].deps) == {"gen_pretrain", "gen_tune", "world"}
     assert dict(by["gen_eval"].links)["a"] == "gen_tune" and dict(by["gen_eval"].links)["b"] == "gen_pretrain"
     for name, prof in PROFILES.items():  # no typo in a profile's generator settings
-        assert set(prof.get("gen", {})) <= set(demo.GEN_DEFAULTS), name
+        assert set(prof.get("gen", {})) <= set(demo_stages.GEN_DEFAULTS), name
 
 
 def test_report_keys_without_results(tmp_path, configs):
@@ -169,9 +172,10 @@ def test_report_keys_without_results(tmp_path, configs):
 
 def test_report_budgets_side_by_side(tmp_path, configs):
     ctx = Ctx(out=tmp_path, profile="test", seed=0)
-    for name, cfg in {"sft": "run: {max_steps: 300}\ndata: {images_per_batch: 32}\noptim: {lr: 0.0003}\n",
-                      "risd_student": ("run: {max_steps: 200}\ndata: {prompts_per_batch: 4, max_images: 400, "
-                                       "extra_unlabelled: /x}\nrisd: {human_weight: 0.0}\noptim: {lr: 0.001}\n")}.items():
+    configs = {"sft": "run: {max_steps: 300}\ndata: {images_per_batch: 32}\noptim: {lr: 0.0003}\n",
+               "risd_student": ("run: {max_steps: 200}\ndata: {prompts_per_batch: 4, max_images: 400, "
+                                "extra_unlabelled: /x}\nrisd: {human_weight: 0.0}\noptim: {lr: 0.001}\n")}
+    for name, cfg in configs.items():
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "config.yaml").write_text(cfg)
         ctx.status[name] = {"state": "done", "seconds": 120.0, "cpu_s": 60.0}
@@ -203,12 +207,12 @@ def test_failed_risd_student_skips_gen_tune_and_eval(tmp_path, configs):
 def test_gen_profile_settings_change_the_key(tmp_path, configs, monkeypatch):
     st = _GEN[0]
     ctx = Ctx(out=tmp_path, profile="test", seed=0, keys={"world": "w"})
-    k = stage_key(st, ctx)  # a profile without "gen" works (defaults)
+    k = digest(stage_parts(st, ctx))  # a profile without "gen" works (defaults)
     monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_steps": 7})
-    assert stage_key(st, ctx) != k
+    assert digest(stage_parts(st, ctx)) != k
     monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_step": 7})
-    with pytest.raises(demo.StageError, match="unknown key"):
-        stage_key(st, ctx)
+    with pytest.raises(demo_stages.StageError, match="unknown key"):
+        digest(stage_parts(st, ctx))
 
 
 def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, small_world):
@@ -223,7 +227,7 @@ def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, smal
     given = {"world": small_world, "risd_student": scorer}
 
     def runner(stage, ctx, resume):
-        return given[stage.name] if stage.name in given else demo.run_stage(stage, ctx, resume)
+        return given[stage.name] if stage.name in given else demo_stages.run_stage(stage, ctx, resume)
 
     stages = [Stage("world", "world"), Stage("risd_student", "init", "student"), *_GEN]
     out = tmp_path / "d"
@@ -254,11 +258,11 @@ def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, smal
 
 
 def test_shipped_base_stage_copies_the_packaged_model(tmp_path):
-    from zreward.models.shipped import BASE_DIR
+    from zreward.models.shipped import BASE_DIR, base_card
 
     ctx = Ctx(out=tmp_path, profile="quick", seed=0)
     stage = demo.SHIPPED_BASE[0]
-    out = demo.run_stage(stage, ctx, resume=False)
+    out = demo_stages.run_stage(stage, ctx, resume=False)
     assert (out / "model.safetensors").read_bytes() == (BASE_DIR / "model.safetensors").read_bytes()
     assert ctx.commands["pretrain"] == f"zreward model init --from base --out {out}"
-    assert demo.stage_parts(stage, ctx)["config"] == demo.digest(demo.base_card())  # a new base rebuilds its users
+    assert stage_parts(stage, ctx)["config"] == digest(base_card())  # a new base rebuilds its users

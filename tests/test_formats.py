@@ -267,8 +267,10 @@ def test_imagereward_benchmark_test_json_all_pairs_ties_and_image_prefix(fmt, tm
     split = read_split(tmp_path / "out")
     by = split.by_id()
     got = {(by[p.a].meta["source_path"], by[p.b].meta["source_path"]): p.label for p in split.pairs}
-    assert got == {("000864-0061/0.webp", "000864-0061/1.webp"): "a", ("000864-0061/0.webp", "000864-0061/2.webp"): "a",
-                   ("000864-0061/1.webp", "000864-0061/2.webp"): "tie", ("001007-0012/0.webp", "001007-0012/1.webp"): "b"}
+    assert got == {("000864-0061/0.webp", "000864-0061/1.webp"): "a",
+                   ("000864-0061/0.webp", "000864-0061/2.webp"): "a",
+                   ("000864-0061/1.webp", "000864-0061/2.webp"): "tie",
+                   ("001007-0012/0.webp", "001007-0012/1.webp"): "b"}
     assert all(p.dim == "overall" for p in split.pairs)
     # the stored bytes are the files under data/test_images/ (the prefix ImageReward's test.py uses)
     src_img = fx.src.parent / "test_images" / "001007-0012" / "1.webp"

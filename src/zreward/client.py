@@ -213,7 +213,3 @@ class RewardClient:
         w = torch.tensor(weights, dtype=torch.float32)
         mean, std = torch.from_numpy(out["mean"]), torch.from_numpy(out["std"])
         return reward_from_readout(mean, std, w, uncertainty_lambda).float(), overall(std, w).float()
-
-    def as_reward_fn(self, **kwargs):
-        """A plain `reward_fn(prompts, images)` callable with fixed options (drop-in for `ScorerRewardFn`)."""
-        return lambda prompts, images: self.reward_fn(prompts, images, **kwargs)

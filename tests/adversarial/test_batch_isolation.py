@@ -68,10 +68,12 @@ def test_prefilter_names_field_and_index(hostile, adv_scorer, serve):
     h = serve(adv_scorer, max_wait_ms=0, max_prompt_tokens=64, max_request_tokens=100)
     img = hostile.b64(hostile.png(0))
     cases = [
-        ({"prompts": ["ok", "ok", "ok", "a <|image_pad|> b"]}, 422, "prompts[3]: contains the reserved token '<|image_pad|>'"),
+        ({"prompts": ["ok", "ok", "ok", "a <|image_pad|> b"]}, 422,
+         "prompts[3]: contains the reserved token '<|image_pad|>'"),
         ({"prompts": ["ok", "<|vision_start|>"]}, 422, "prompts[1]: contains the reserved token"),
         ({"prompts": ["<|im_start|>user"]}, 422, "prompts[0]: contains the reserved token '<|im_start|>'"),
-        ({"prompts": ["ok", "x\ud800"]}, 422, "prompts[1]: expected valid Unicode text; character 1 is a lone surrogate"),
+        ({"prompts": ["ok", "x\ud800"]}, 422,
+         "prompts[1]: expected valid Unicode text; character 1 is a lone surrogate"),
         ({"prompts": ["猫" * 200]}, 422, "prompts[0]: expected at most 64 tokens (max_prompt_tokens), got"),
         ({"prompts": ["猫" * 20] * 6}, 422, "prompts: expected at most 100 prompt tokens per request"),
     ]
@@ -79,7 +81,8 @@ def test_prefilter_names_field_and_index(hostile, adv_scorer, serve):
         b = {**extra, "images": [img] * len(extra["prompts"])}
         st, text = hostile.request(h.url, hostile.Case("c", json.dumps(b).encode()))
         assert st == status and msg in json.loads(text)["detail"], (extra, st, text)
-    st, text = hostile.request(h.url, hostile.Case("wide", hostile.body(["a", "b"], [img, hostile.b64(hostile.png(1, 1, 300))])))
+    wide = hostile.body(["a", "b"], [img, hostile.b64(hostile.png(1, 1, 300))])
+    st, text = hostile.request(h.url, hostile.Case("wide", wide))
     assert st == 422 and json.loads(text)["detail"].startswith("images[1]: image aspect ratio: expected at most 200:1")
     deep = b'{"prompts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     st, text = hostile.request(h.url, hostile.Case("deep", deep))
@@ -91,7 +94,8 @@ def test_unusable_paths_are_400_naming_the_index(hostile, adv_scorer, serve, tmp
     h = serve(adv_scorer, max_wait_ms=0, allowed_root=root)
     for p, status, msg in [("x" * 5000, 400, "paths[1]: "), ("loop_a/x.png", 400, "paths[1]: "),
                            ("\ud800.png", 400, "paths[1]: expected valid Unicode text"),
-                           ("escape/passwd", 403, "paths[1]: path is outside"), ("wide.png", 422, "paths[1]: image aspect")]:
+                           ("escape/passwd", 403, "paths[1]: path is outside"),
+                           ("wide.png", 422, "paths[1]: image aspect")]:
         b = json.dumps({"prompts": ["a", "b"], "paths": ["good.png", p]}).encode()
         st, text = hostile.request(h.url, hostile.Case("p", b))
         assert st == status and json.loads(text)["detail"].startswith(msg), (p, st, text)

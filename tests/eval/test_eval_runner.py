@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zreward.data.records import DatasetInfo, DimLabel, ImageRecord, PairRecord, read_split, write_split
+from zreward.data.records import DatasetInfo, DimLabel, ImageRecord, PairRecord, read_split
+from zreward.data.split_writer import write_split
 from zreward.eval.cli import main
 from zreward.eval.model_metrics import compute_metrics, mos_pairs
 from zreward.eval.runner import ModelScores, load_eval_data, parse_model_spec, resolve_mode

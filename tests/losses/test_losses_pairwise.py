@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from zreward.losses import bradley_terry, pair_target_thurstone, pair_target_win_prob, score_gap_huber, thurstone_fidelity
+from zreward.losses import (bradley_terry, pair_target_thurstone, pair_target_win_prob, score_gap_huber,
+                            thurstone_fidelity)
 
 PHI1 = 0.5 * (1 + math.erf(1 / math.sqrt(2)))  # Φ(1) = 0.8413447...
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-
 from zreward.data.shapes_world.build import build_world
 from zreward.eval.perception import caption_split, perception_metrics
 from zreward.models.cli import main as model_main

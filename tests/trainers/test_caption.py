@@ -117,7 +117,8 @@ def test_gradient_accumulation_gives_the_same_steps(tiny_model, small_world, tmp
 
 def _split_with(out, src, metas_scenes):
     """A split (no labels) of the first images of split `src` whose records carry the given (meta, scene) pairs."""
-    from zreward.data.records import DatasetInfo, ImageRecord, write_split
+    from zreward.data.records import DatasetInfo, ImageRecord
+    from zreward.data.split_writer import write_split
 
     recs = [(ImageRecord(id=f"img{k}", prompt="x", image="", meta=meta, scene=scene),
              src.image_path(src.images[k]).read_bytes()) for k, (meta, scene) in enumerate(metas_scenes)]

@@ -146,7 +146,8 @@ def test_training_learns_and_final_dir_is_a_yesno_scorer(tiny_model, small_world
     assert torch.allclose(out.probs[..., 0], 1 - p[:, None]) and torch.allclose(out.probs[..., -1], p[:, None])
     assert torch.allclose(out.mean, 1 + 4 * p[:, None].expand(3, 4), atol=1e-5)
     # the score is the symmetrised P(better than the stored reference), computed here by hand
-    yn = yesno.YesNoConfig(**{k: zr["yesno"][k] for k in ("question", "label_a", "label_b", "answer_prefix", "yes", "no")})
+    keys = ("question", "label_a", "label_b", "answer_prefix", "yes", "no")
+    yn = yesno.YesNoConfig(**{k: zr["yesno"][k] for k in keys})
     ref = yesno.decode_png(zr["yesno"]["reference_png"]).unsqueeze(0)
     pix = sc.prepare_images(torch.cat([ims[:1], ref]))
     with torch.no_grad():

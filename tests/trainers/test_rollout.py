@@ -19,8 +19,9 @@ def _logits(*rows):
 def test_distribution_rewards_hand_values():
     lg = _logits([0.5, 0.5, 1e-12], [0.0 + 1e-12, 0.0 + 1e-12, 1.0])  # μ = 1.5 and 3.0
     mos = torch.tensor([2.0, 2.5])
-    assert torch.allclose(R.distribution_rewards(lg, LEVELS, mos, kind="neg_abs"), torch.tensor([-0.5, -0.5]), atol=1e-5)
-    assert torch.allclose(R.distribution_rewards(lg, LEVELS, mos, kind="neg_sq"), torch.tensor([-0.25, -0.25]), atol=1e-5)
+    r_abs, r_sq = (R.distribution_rewards(lg, LEVELS, mos, kind=k) for k in ("neg_abs", "neg_sq"))
+    assert torch.allclose(r_abs, torch.tensor([-0.5, -0.5]), atol=1e-5)
+    assert torch.allclose(r_sq, torch.tensor([-0.25, -0.25]), atol=1e-5)
     target = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]])
     # KL([.5,.5,0] ‖ [.5,.5,0]) = 0; KL([0,.5,.5] ‖ [0,0,1]) = .5·log(.5/1e-12) + .5·log(.5/1) (1e-12 floor)
     kl2 = 0.5 * math.log(0.5 / 1e-12) + 0.5 * math.log(0.5)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from zreward.data.formats._common import ConvertOptions, Sink, convert_counts
 from zreward.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
-from zreward.data.records import DatasetInfo, RecordError, SplitWriter
+from zreward.data.records import DatasetInfo, RecordError
+from zreward.data.split_writer import SplitWriter
 
 # name -> (module, what --src is)
 FORMATS: dict[str, tuple[str, str]] = {

@@ -4,20 +4,17 @@ A split directory holds `images.jsonl`, `pairs.jsonl`, `images/` and `dataset.js
 `docs/records.md`). Every line is validated on read; a bad line fails with `file:line: field: expected ...`, or, with
 `skip_bad=True`, is skipped and reported (count and reason) in `Split.skipped` — never silently.
 
-Writing is atomic: `SplitWriter` builds the split in a temporary sibling directory and renames it into place only
-when everything was written, so a failure never leaves a half-written split behind.
+Writing (atomic, with the same validation) is `zreward.data.split_writer`.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from zreward.atomic import make_tmp_dir, prepare_target, replace_dir
 
 LEVELS: tuple[float, ...] = tuple(1.0 + 0.5 * i for i in range(9))
 DIMS: tuple[str, ...] = ("alignment", "realism", "aesthetics", "plausibility")
@@ -255,7 +252,8 @@ def _utf8_line(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _fail(where, "line", f"UTF-8 text (invalid byte {raw[e.start:e.start + 1]!r} at byte {e.start})") from None
+        bad = raw[e.start:e.start + 1]
+        raise _fail(where, "line", f"UTF-8 text (invalid byte {bad!r} at byte {e.start})") from None
 
 
 def _read_jsonl(path: Path, parse, skip_bad: bool, skipped: list[str]) -> list:
@@ -336,93 +334,3 @@ def skip_summary(skipped: list[str]) -> str:
         reason = parts[1] if len(parts) == 2 else msg
         counts[reason] = counts.get(reason, 0) + 1
     return "\n".join(f"{n} x {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-# ----------------------------------------------------------------------------------------------- writing
-
-
-class SplitWriter:
-    """Write a split directory atomically.
-
-    Example:
-        with SplitWriter(out, DatasetInfo(name="x")) as w:
-            w.add_image(ImageRecord(id="i0", prompt="a red circle", image=""), png_bytes)
-            w.add_pair(PairRecord(a="i0", b="i1", label="a"))
-    The directory appears only when the `with` block exits without an exception. Records are validated on add.
-    """
-
-    def __init__(self, split_dir: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = False):
-        self.target = Path(split_dir)
-        prepare_target(self.target, overwrite)
-        self.info = info
-        self.tmp = make_tmp_dir(self.target)
-        (self.tmp / IMAGES_DIR).mkdir()
-        self._images = open(self.tmp / IMAGES_FILE, "w", encoding="utf-8")
-        self._pairs = open(self.tmp / PAIRS_FILE, "w", encoding="utf-8")
-        self._ids: set[str] = set()
-        self.n_images = self.n_pairs = 0
-        self._closed = False
-
-    def add_image(self, rec: ImageRecord, data: bytes | None = None, *, ext: str = ".png") -> None:
-        """Add an image record; with `data`, the bytes are written to images/<id><ext> and `rec.image` set."""
-        where = f"{self.target / IMAGES_FILE}:{self.n_images + 1}"
-        if rec.id in self._ids:
-            raise RecordError(f"{where}: id: expected unique ids, {rec.id!r} was already added")
-        if data is not None:
-            if "/" in rec.id or "\\" in rec.id or rec.id.startswith("."):
-                raise RecordError(f"{where}: id: expected a file-name-safe id, got {rec.id!r}")
-            rel = f"{IMAGES_DIR}/{rec.id}{ext}"
-            with open(self.tmp / rel, "wb") as f:
-                f.write(data)
-            rec.image = rel
-        obj = rec.to_json()
-        parse_image_record(obj, where, self.info)  # same validation as the reader
-        self._images.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self._ids.add(rec.id)
-        self.n_images += 1
-
-    def add_pair(self, pair: PairRecord) -> None:
-        where = f"{self.target / PAIRS_FILE}:{self.n_pairs + 1}"
-        obj = pair.to_json()
-        parse_pair_record(obj, where, self.info, self._ids)
-        self._pairs.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self.n_pairs += 1
-
-    def close(self) -> Path:
-        if self._closed:
-            return self.target
-        self._images.close()
-        self._pairs.close()
-        (self.tmp / INFO_FILE).write_text(json.dumps(self.info.to_json(), indent=1) + "\n", encoding="utf-8")
-        replace_dir(self.tmp, self.target)
-        self._closed = True
-        return self.target
-
-    def abort(self) -> None:
-        if self._closed:
-            return
-        self._images.close()
-        self._pairs.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self._closed = True
-
-    def __enter__(self) -> SplitWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-def write_split(split_dir: str | os.PathLike, info: DatasetInfo,
-                images: Iterable[tuple[ImageRecord, bytes | None]], pairs: Iterable[PairRecord] = (),
-                *, overwrite: bool = False) -> Path:
-    """Write a whole split at once (atomic). `images` are (record, bytes or None) pairs."""
-    with SplitWriter(split_dir, info, overwrite=overwrite) as w:
-        for rec, data in images:
-            w.add_image(rec, data)
-        for p in pairs:
-            w.add_pair(p)
-    return Path(split_dir)

@@ -203,7 +203,8 @@ def _table(methods: dict, split: str, ceiling: dict | None, dims: list[str]) -> 
     if ceiling:
         ci = ceiling.get("accuracy_ci") or [None, None]
         L.append(f"| annotator ceiling | oracle | {fmt(100 * ceiling['accuracy'], 1)} "
-                 f"[{fmt(100 * ci[0], 1)}, {fmt(100 * ci[1], 1)}] (n={ceiling.get('n_non_tie')}) |" + " |" * (5 + len(dims)))
+                 f"[{fmt(100 * ci[0], 1)}, {fmt(100 * ci[1], 1)}] (n={ceiling.get('n_non_tie')}) |"
+                 + " |" * (5 + len(dims)))
     return L
 
 
@@ -283,7 +284,8 @@ def _markdown(rep: dict, ev: dict, gen_detail: dict | None = None) -> list[str]:
     p = rep["plots"]
     L += ["", "## Plots", ""]
     if "training_curves" in p:
-        L += ["Training curves (loss; held-out accuracy where logged):", "", "![training curves](training_curves.png)", ""]
+        L += ["Training curves (loss; held-out accuracy where logged):", "",
+              "![training curves](training_curves.png)", ""]
     for s in ("test", "ood"):
         if f"{s}/accuracy_vs_cost" in p:
             L += [f"Accuracy vs cost ({s}):", "", f"![accuracy vs cost {s}](eval/{s}/accuracy_vs_cost.png)", ""]
@@ -301,7 +303,8 @@ def _markdown(rep: dict, ev: dict, gen_detail: dict | None = None) -> list[str]:
                                                            "| stage | state | wall s | CPU s | cache key |",
                                                            "|---|---|---|---|---|"]
     for n, s in rep["stages"].items():
-        L.append(f"| {n} | {s['state']} | {fmt(s.get('seconds'), 0)} | {fmt(s.get('cpu_s'), 0)} | {s.get('key', '–')} |")
+        L.append(f"| {n} | {s['state']} | {fmt(s.get('seconds'), 0)} | {fmt(s.get('cpu_s'), 0)} | "
+                 f"{s.get('key', '–')} |")
     L += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in rep["software"].items()) + "."]
     return L
 

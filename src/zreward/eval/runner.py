@@ -236,12 +236,13 @@ def score_model(scorer, data: EvalData, *, reasoning: bool, samples: int, batch_
         texts = [c for per_image in chains for c in per_image]
         ids = scorer.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         tokens = sum(len(x) for x in ids) / n
-    cat = {k: np.concatenate([getattr(o, k).double().numpy() for o in outs]) for k in ("probs", "mean", "std", "overall")}
+    cat = {k: np.concatenate([getattr(o, k).double().numpy() for o in outs])
+           for k in ("probs", "mean", "std", "overall")}
     per_img = np.array(sec)
     total = float(per_img @ np.array([len(o.overall) for o in outs]))
     return ModelScores(cat["probs"], cat["mean"], cat["std"], cat["overall"], list(dims),
-                       np.array(scorer.config.weights_for(list(dims)), np.float64), reasoning, samples, total, tokens, peak, kind,
-                       chains[:8], 1.0 / float(np.median(per_img)))
+                       np.array(scorer.config.weights_for(list(dims)), np.float64), reasoning, samples, total, tokens,
+                       peak, kind, chains[:8], 1.0 / float(np.median(per_img)))
 
 
 # ---------------------------------------------------------------------------------------------------- driver

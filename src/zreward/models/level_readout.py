@@ -94,8 +94,7 @@ def readout(full_logits: torch.Tensor, level_token_ids: torch.Tensor | list[int]
     """
     lv_logits = level_logits(full_logits, level_token_ids)
     out = readout_from_level_logits(lv_logits, levels)
-    full = full_logits.float()
-    out.in_level_mass = torch.exp(torch.logsumexp(lv_logits.float(), -1) - torch.logsumexp(full, -1))
+    out.in_level_mass = in_level_mass(lv_logits, torch.logsumexp(full_logits.float(), -1))
     return out
 
 
@@ -123,13 +122,23 @@ def mean_over_chains(probs: torch.Tensor, chain_mask: torch.Tensor | None = None
     return summed / w.sum(dim=1).clamp(min=1)
 
 
+def in_level_mass(level_logits: torch.Tensor, log_normaliser: torch.Tensor) -> torch.Tensor:
+    """Probability of the level tokens under the full softmax: exp(logsumexp(level logits) − log Z).
+
+    Args:
+        level_logits: (..., L).  log_normaliser: (...,) logsumexp of the full-vocabulary logits (float32).
+    """
+    return torch.exp(torch.logsumexp(level_logits.float(), -1) - log_normaliser.float())
+
+
 def overall(mean: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted average over dimensions. mean: (B, D), weights: (D,) (normalised here to sum 1) → (B,)."""
     w = weights.to(mean)
     return (mean * w).sum(-1) / w.sum()
 
 
-def reward_from_readout(mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor, uncertainty_lambda: float = 0.0) -> torch.Tensor:
+def reward_from_readout(mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor,
+                        uncertainty_lambda: float = 0.0) -> torch.Tensor:
     """Scalar reward per image: Σ_d w_d·(mean_d − λ·std_d) / Σ_d w_d.
 
     Args:

@@ -199,7 +199,8 @@ class PixelInputs:
     n_tokens: list[int]
 
 
-def prepare_pixels(images: torch.Tensor | list[torch.Tensor], spec: PixelSpec, tokens_per_image: int | None = None) -> PixelInputs:
+def prepare_pixels(images: torch.Tensor | list[torch.Tensor], spec: PixelSpec,
+                   tokens_per_image: int | None = None) -> PixelInputs:
     """Preprocess images (a same-size batch is done in one vectorised call; a list may mix sizes).
 
     Args:

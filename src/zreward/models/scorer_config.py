@@ -109,7 +109,8 @@ class ScorerConfig:
             raise ValueError(f"{where}: reward_weights: expected finite non-negative numbers with a positive sum, "
                              f"got {w}")
         if not (_finite(self.uncertainty_lambda) and self.uncertainty_lambda >= 0):
-            raise ValueError(f"{where}: uncertainty_lambda: expected a finite number ≥ 0, got {self.uncertainty_lambda}")
+            raise ValueError(f"{where}: uncertainty_lambda: expected a finite number ≥ 0, "
+                             f"got {self.uncertainty_lambda}")
         if not (_finite(self.temperature) and self.temperature > 0):
             raise ValueError(f"{where}: temperature: expected a finite number > 0, got {self.temperature}")
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):

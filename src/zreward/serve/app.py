@@ -29,8 +29,9 @@ Safety (each violation is a 4xx whose `detail` names the field and index; the se
   always answered; see `zreward.serve.connection_guard`);
 - a batch whose model call fails anyway is re-run one request at a time (`MicroBatcher`), so only the culprit gets
   an error, with its own message: 422 when the scorer refused its input (ValueError), 500 for any other failure.
-The request's inputs are checked and decoded by `zreward.serve.request_inputs`. Decoding runs in a worker thread so that the event loop keeps serving while images are decoded. A client that
-disconnects while its job waits has the job cancelled (the batcher drops it; logged as 499 in the counters).
+The request's inputs are checked and decoded by `zreward.serve.request_inputs`. Decoding runs in a worker thread so
+that the event loop keeps serving while images are decoded. A client that disconnects while its job waits has the
+job cancelled (the batcher drops it; logged as 499 in the counters).
 """
 from __future__ import annotations
 

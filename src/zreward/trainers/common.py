@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,32 @@ class ModelConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "eager, sdpa, flash_attention_2, ... (null: transformers' default)"})
+    lora_targets: list[str] | None = field(default=None, metadata={
+        "help": "LoRA module-name suffixes (null: every linear layer of the language model, gated-DeltaNet included)"})
+    lora_vision: bool = field(default=False, metadata={"help": "LoRA on the vision tower and projector too"})
+    lora_level_rows: bool = field(default=True, metadata={
+        "help": "under LoRA, train the level tokens' embedding and output-head rows"})
+    chat_template_kwargs: dict[str, Any] | None = field(default=None, metadata={
+        "help": "chat-template variables, merged into zreward.json's (e.g. {enable_thinking: false} for Qwen3.5)"})
+    level_strings: list[str] | None = field(default=None, metadata={
+        "help": "text of each rubric level (null: from zreward.json / the defaults); each must be one token"})
+    rubrics: dict[str, str] | None = field(default=None, metadata={
+        "help": "dim → rubric text, merged into zreward.json's rubrics"})
+    generation_batch: int | None = field(default=None, metadata={
+        "help": "most sequences per generate call in rollouts (bounds the KV cache; null: one call per step)"})
+
+    def scorer_overrides(self) -> dict:
+        """The zreward.json fields these options override (see `zreward.models.load.load_components`)."""
+        out: dict = {}
+        if self.chat_template_kwargs is not None:
+            out["templates"] = {"chat_template_kwargs": dict(self.chat_template_kwargs)}
+        if self.level_strings is not None:
+            out["level_strings"] = list(self.level_strings)
+        if self.rubrics is not None:
+            out["rubrics"] = dict(self.rubrics)
+        return out
 
 
 @dataclass
@@ -65,9 +92,12 @@ def build_scorer(cfg: ModelConfig, device: str | torch.device = "cpu"):
     from zreward.models.load import LoraOptions
     from zreward.models.scorer import load_scorer
 
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora else None
+    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=cfg.lora_targets,
+                       include_vision=cfg.lora_vision, train_level_rows=cfg.lora_level_rows) if cfg.lora else None
     scorer = load_scorer(cfg.init_from, device=str(device), dtype=cfg.dtype, lora=lora,
-                         gradient_checkpointing=cfg.gradient_checkpointing)
+                         gradient_checkpointing=cfg.gradient_checkpointing, attn_implementation=cfg.attn_implementation,
+                         config_overrides=cfg.scorer_overrides())
+    scorer.generation_batch = cfg.generation_batch
     scorer.model.train()
     return scorer
 

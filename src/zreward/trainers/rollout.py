@@ -2,9 +2,10 @@
 
 Plain functions, no trainer state:
 
-- `rollout`: G sampled chains per (image, dimension) in one batched, KV-cached `Scorer.generate_chains` call
-  (eval mode, no gradients). Chains are ordered (image, dim, sample), so the G chains of one (image, dim) group
-  are contiguous, as `losses.group_relative_advantages` expects.
+- `rollout`: G sampled chains per (image, dimension) in batched, KV-cached `Scorer.generate_chains` calls of at
+  most `gen_batch` sequences each (whole images, or whole dims of one image when an image alone exceeds it; eval
+  mode, no gradients). Chains are ordered (image, dim, sample), so the G chains of one (image, dim) group are
+  contiguous, as `losses.group_relative_advantages` expects.
 - `subset` / `micro_batches`: split a rollout into micro-batches of whole prompt groups (the pairwise term couples
   the images of one prompt; advantages couple the G chains of one (image, dim)), so each micro-batch is a
   self-contained forward/backward.
@@ -37,7 +38,7 @@ from zreward.models.level_readout import expectation, std_of
 from zreward.models.preprocess import PixelInputs
 from zreward.models.scorer import ChainBatch, ChainForward
 
-__all__ = ["Rollout", "rollout", "subset", "micro_batches", "score_chains", "distribution_rewards",
+__all__ = ["Rollout", "rollout", "generation_chunks", "concat_chains", "subset", "micro_batches", "score_chains", "distribution_rewards",
            "sampled_level_rewards", "masked_advantages", "with_score_token", "reference_logprobs", "group_moments",
            "DIST_REWARDS", "LEVEL_REWARDS", "Labels", "batch_labels", "resolve_dims", "step_dims"]
 
@@ -64,21 +65,59 @@ class Rollout:
     gen_tokens: int
 
 
+def generation_chunks(n_images: int, n_dims: int, group_size: int, gen_batch: int | None) -> list[tuple[slice, slice]]:
+    """(image slice, dim slice) per generate call, in (image, dim) order, each ≤ gen_batch sequences when possible.
+
+    Whole images per call while D·G fits; otherwise one image per call split into dims (a single (image, dim)
+    group of G sequences is the smallest unit: the G chains of a group are never split).
+    """
+    per_image = n_dims * group_size
+    if not gen_batch or gen_batch >= n_images * per_image:
+        return [(slice(0, n_images), slice(0, n_dims))]
+    if gen_batch >= per_image:
+        step = gen_batch // per_image
+        return [(slice(b, min(b + step, n_images)), slice(0, n_dims)) for b in range(0, n_images, step)]
+    step = max(1, gen_batch // group_size)
+    return [(slice(b, b + 1), slice(d, min(d + step, n_dims))) for b in range(n_images) for d in range(0, n_dims, step)]
+
+
+def concat_chains(parts: list[tuple[int, int, ChainBatch]]) -> ChainBatch:
+    """One ChainBatch from chunks generated for images starting at b0 and dims starting at d0 (offsets added)."""
+    out = ChainBatch([], [], [], [], [])
+    for b0, d0, cb in parts:
+        out.image_index += [b0 + i for i in cb.image_index]
+        out.dim_index += [d0 + d for d in cb.dim_index]
+        out.prompt_ids += cb.prompt_ids
+        out.chain_ids += cb.chain_ids
+        out.texts += cb.texts
+    return out
+
+
 def rollout(scorer, prompts: list[str], images, dims: list[str], group_size: int, max_new_tokens: int,
-            temperature: float) -> Rollout:
-    """Sample G chains per (image, dim) with the current policy (one batched generate call, no gradients).
+            temperature: float, gen_batch: int | None = None) -> Rollout:
+    """Sample G chains per (image, dim) with the current policy (batched generate calls, no gradients).
 
     Args:
         scorer: a Scorer whose `model` is the plain (unwrapped) policy.
         prompts: B prompts.  images: B images (tensor (B, 3, H, W) in [0, 1] or a list).  dims: D dimensions.
         group_size: G ≥ 1 chains per (image, dim); sampled (do_sample=True) even for G = 1.
+        gen_batch: most sequences per `generate` call (default: `scorer.generation_batch`, set from
+            `model.generation_batch`; None: all B·D·G in one call); see `generation_chunks`. Chunking bounds the KV
+            cache; where sampling is deterministic the chains equal one call's.
     """
+    gen_batch = getattr(scorer, "generation_batch", None) if gen_batch is None else gen_batch
     was_training = scorer.model.training
     scorer.model.eval()
     try:
         pixels = scorer.prepare_images(images)
-        chains = scorer.generate_chains(prompts, pixels, dims, samples=group_size, do_sample=True,
+        parts = []
+        for bs, ds in generation_chunks(len(prompts), len(dims), group_size, gen_batch):
+            sub = PixelInputs(pixels.values[bs], None if pixels.grids is None else pixels.grids[bs],
+                              pixels.n_tokens[bs])
+            cb = scorer.generate_chains(prompts[bs], sub, dims[ds], samples=group_size, do_sample=True,
                                         temperature=temperature, max_new_tokens=max_new_tokens)
+            parts.append((bs.start, ds.start, cb))
+        chains = concat_chains(parts)
     finally:
         scorer.model.train(was_training)
     return Rollout(chains, pixels, len(prompts), len(dims), group_size, sum(len(c) for c in chains.chain_ids))

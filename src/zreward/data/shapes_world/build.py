@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from zreward.atomic import make_tmp_dir, prepare_target, replace_dir
-from zreward.data.records import IMAGES_DIR, DatasetInfo, DimLabel, ImageRecord, PairRecord, SplitWriter
+from zreward.data.records import IMAGES_DIR, DatasetInfo, DimLabel, ImageRecord, PairRecord
+from zreward.data.split_writer import SplitWriter
 from zreward.data.shapes_world.annotators import RaterPool, ceiling, histograms, pair_labels
 from zreward.data.shapes_world.oracle import DIMS, MEAN_WEIGHTS, oracle_facts
 from zreward.data.shapes_world.prompts import sample_spec, spec_to_text
