@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from zreward.cli import main as cli
-from zreward.data.records import DatasetInfo, ImageRecord, RecordError, read_split, write_split
+from zreward.data.records import DatasetInfo, ImageRecord, RecordError, read_split
+from zreward.data.split_writer import write_split
 from zreward.atomic import make_tmp_dir, sweep_stale_tmp
 
 
