@@ -129,3 +129,14 @@ def test_world_build_sweeps_a_killed_build(tmp_path):
     stale.mkdir()
     build_world(tmp_path / "sw", prompts=2, seed=0, workers=1)
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["sw"]
+
+
+@pytest.mark.parametrize("flag,value", [("--max-prompt-tokens", "0"), ("--max-client-connections", "0"),
+                                        ("--header-timeout", "0"), ("--body-timeout", "-1"),
+                                        ("--max-batch-tokens", "0")])
+def test_serve_limits_must_be_positive(flag, value, capsys):
+    from zreward.serve.serve_cli import main as serve_main
+
+    with pytest.raises(SystemExit) as e:  # refused before any model is loaded
+        serve_main(["--model", "nowhere", flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err

@@ -29,14 +29,13 @@ Safety (each violation is a 4xx whose `detail` names the field and index; the se
   always answered; see `zreward.serve.connection_guard`);
 - a batch whose model call fails anyway is re-run one request at a time (`MicroBatcher`), so only the culprit gets
   an error, with its own message: 422 when the scorer refused its input (ValueError), 500 for any other failure.
-Decoding runs in a worker thread so that the event loop keeps serving while images are decoded. A client that
-disconnects while its job waits has the job cancelled (the batcher drops it; logged as 499 in the counters).
+The request's inputs are checked and decoded by `zreward.serve.request_inputs`. Decoding runs in a worker thread so
+that the event loop keeps serving while images are decoded. A client that disconnects while its job waits has the
+job cancelled (the batcher drops it; logged as 499 in the counters).
 """
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import json
 from contextlib import asynccontextmanager
@@ -49,17 +48,10 @@ from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zreward import __version__
-from zreward.data.images import ImageLoadError, load_image
-from zreward.models.input_checks import (
-    InputError,
-    check_image,
-    check_prompt,
-    check_text,
-    prompt_tokens,
-    reserved_tokens,
-)
+from zreward.models.input_checks import reserved_tokens
 from zreward.serve.batcher import BatcherClosed, BatchKey, MicroBatcher, QueueFull
 from zreward.serve.connection_guard import RequestLimits
+from zreward.serve.request_inputs import bad, error, prepare
 
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
@@ -132,62 +124,20 @@ class ScoreResponse(BaseModel):
     results: list[ImageScore]
 
 
-def _bad(status: int, field: str, msg: str) -> HTTPException:
-    return _error(status, f"{field}: {msg}")
-
-
-def _error(status: int, detail: str, headers: dict | None = None) -> HTTPException:
-    # A detail may quote client text; a lone surrogate in it would make the JSON response itself fail (a 500).
-    detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
-    return HTTPException(status_code=status, detail=detail, headers=headers)
-
-
-def _b64decode(s: str, field: str) -> bytes:
-    if s.startswith("data:"):
-        head, sep, s = s.partition(",")
-        if not sep or not head.endswith(";base64"):
-            raise _bad(400, field, "expected a base64 data URL (data:image/png;base64,...)")
-    try:
-        return base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise _bad(400, field, f"expected base64-encoded image bytes ({e})") from None
-
-
-def resolve_under(root: Path, rel: str, field: str) -> Path:
-    """Resolve a client path inside `root` (symlinks and `..` resolved first); 403 when it escapes."""
-    if "\x00" in rel or not rel:
-        raise _bad(400, field, "expected a non-empty path without NUL bytes")
-    try:
-        check_text(rel, field)
-        real_root = root.resolve()
-        p = (real_root / rel).resolve()  # an absolute `rel` replaces the root and is then checked like any other
-    except InputError as e:
-        raise _bad(400, field, e.msg.replace("prompt", "path")) from None
-    except (OSError, RuntimeError, ValueError) as e:  # ENAMETOOLONG, ELOOP ("Symlink loop"), ...
-        raise _bad(400, field, f"cannot resolve this path ({_os_reason(e)})") from None
-    if not p.is_relative_to(real_root):
-        raise _bad(403, field, "path is outside the server's allowed root")
-    return p
-
-
-def _os_reason(e: Exception) -> str:
-    return e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     """Read the body, stopping with 413 as soon as it is known to exceed `limit` bytes."""
     cl = request.headers.get("content-length")
     if cl is not None:
         if not cl.isdigit():
-            raise _bad(400, "Content-Length", f"expected a byte count, got {cl!r}")
+            raise bad(400, "Content-Length", f"expected a byte count, got {cl!r}")
         if int(cl) > limit:
-            raise _bad(413, "body", f"{cl} bytes exceeds the limit of {limit} bytes")
+            raise bad(413, "body", f"{cl} bytes exceeds the limit of {limit} bytes")
     chunks, n = [], 0
     try:
         async for chunk in request.stream():
             n += len(chunk)
             if n > limit:
-                raise _bad(413, "body", f"more than the limit of {limit} bytes")
+                raise bad(413, "body", f"more than the limit of {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:  # gone mid-body: nothing to answer, and not a server error
         raise HTTPException(499, "client disconnected while sending the body") from None
@@ -198,99 +148,34 @@ def _validate(req: ScoreRequest, scorer, cfg: ServeConfig) -> BatchKey:
     """Semantic checks beyond the schema; returns the batch key."""
     b = len(req.prompts)
     if b == 0:
-        raise _bad(422, "prompts", "expected at least one prompt, got an empty list")
+        raise bad(422, "prompts", "expected at least one prompt, got an empty list")
     if b > cfg.max_images:
-        raise _bad(422, "prompts", f"expected at most {cfg.max_images} images per request, got {b}")
+        raise bad(422, "prompts", f"expected at most {cfg.max_images} images per request, got {b}")
     for i, p in enumerate(req.prompts):
         if len(p) > cfg.max_prompt_chars:
-            raise _bad(422, f"prompts[{i}]", f"expected at most {cfg.max_prompt_chars} characters, got {len(p)}")
+            raise bad(422, f"prompts[{i}]", f"expected at most {cfg.max_prompt_chars} characters, got {len(p)}")
     if (req.images is None) == (req.paths is None):
-        raise _bad(422, "images", "expected exactly one of `images` (base64) or `paths` (server-side)")
+        raise bad(422, "images", "expected exactly one of `images` (base64) or `paths` (server-side)")
     field = "images" if req.images is not None else "paths"
     n = len(req.images if req.images is not None else req.paths)
     if n != b:
-        raise _bad(422, field, f"expected {b} entries (one per prompt), got {n}")
+        raise bad(422, field, f"expected {b} entries (one per prompt), got {n}")
     known = list(scorer.dims)
     dims = known if req.dims is None else list(req.dims)
     if not dims:
-        raise _bad(422, "dims", f"expected a non-empty subset of {known} (or omit it)")
+        raise bad(422, "dims", f"expected a non-empty subset of {known} (or omit it)")
     for i, d in enumerate(dims):
         if d not in scorer.config.rubrics:
-            raise _bad(422, f"dims[{i}]", f"unknown dimension {d!r}; this scorer knows {known}")
+            raise bad(422, f"dims[{i}]", f"unknown dimension {d!r}; this scorer knows {known}")
     if len(set(dims)) != len(dims):
-        raise _bad(422, "dims", f"expected distinct dimensions, got {dims}")
+        raise bad(422, "dims", f"expected distinct dimensions, got {dims}")
     if req.reasoning and not cfg.allow_reasoning:
-        raise _bad(422, "reasoning", "reasoning mode is disabled on this server (start it with --allow-reasoning)")
+        raise bad(422, "reasoning", "reasoning mode is disabled on this server (start it with --allow-reasoning)")
     if req.samples > cfg.max_samples:
-        raise _bad(422, "samples", f"expected at most {cfg.max_samples}, got {req.samples}")
+        raise bad(422, "samples", f"expected at most {cfg.max_samples}, got {req.samples}")
     if not req.reasoning and req.samples != 1:
-        raise _bad(422, "samples", "expected 1 without reasoning (direct mode reads one distribution)")
+        raise bad(422, "samples", "expected 1 without reasoning (direct mode reads one distribution)")
     return BatchKey(tuple(dims), bool(req.reasoning), int(req.samples))
-
-
-def _check_total(out: list, cfg: ServeConfig, what: str) -> None:
-    total = sum(im.width * im.height for im in out)
-    if total > cfg.max_request_pixels:
-        raise _bad(413, what, f"the request's images decode to more than {cfg.max_request_pixels} pixels "
-                              f"(max_request_pixels); send fewer or smaller images per request")
-
-
-def _check_prompts(req: ScoreRequest, cfg: ServeConfig, tokenizer, reserved: list[str]) -> list[int]:
-    """Text, reserved tokens and token limits of the prompts (422 naming the index); returns the token counts."""
-    try:
-        for i, p in enumerate(req.prompts):
-            check_prompt(p, f"prompts[{i}]", reserved)
-    except InputError as e:
-        raise _bad(422, e.field, e.msg) from None
-    tokens = prompt_tokens(tokenizer, req.prompts)
-    for i, n in enumerate(tokens):
-        if n > cfg.max_prompt_tokens:
-            raise _bad(422, f"prompts[{i}]", f"expected at most {cfg.max_prompt_tokens} tokens (max_prompt_tokens), "
-                                             f"got {n}")
-    if sum(tokens) > cfg.max_request_tokens:
-        raise _bad(422, "prompts", f"expected at most {cfg.max_request_tokens} prompt tokens per request "
-                                   f"(max_request_tokens), got {sum(tokens)}; send fewer prompts per request")
-    return tokens
-
-
-def _load_checked(src, cfg: ServeConfig, what: str, shown: str | None = None):
-    """Decode one image and check that the preprocessing can take it (400 / 422 naming `what`)."""
-    try:
-        im = load_image(src, max_pixels=cfg.max_pixels, what=what)
-    except ImageLoadError as e:  # name the client's path, not the server's absolute one
-        raise _error(400, str(e) if shown is None else str(e).replace(str(src), shown)) from None
-    except (OSError, ValueError) as e:
-        raise _bad(400, what, f"cannot read this image ({_os_reason(e)})") from None
-    try:
-        check_image(im, what)
-    except InputError as e:
-        raise _bad(422, e.field, e.msg) from None
-    return im
-
-
-def _prepare(req: ScoreRequest, cfg: ServeConfig, tokenizer, reserved: list[str]) -> tuple[list, list[int]]:
-    """Check the prompts and decode + check the images (runs in a worker thread) → (images, prompt tokens)."""
-    tokens = _check_prompts(req, cfg, tokenizer, reserved)
-    return _decode_images(req, cfg), tokens
-
-
-def _decode_images(req: ScoreRequest, cfg: ServeConfig) -> list:
-    """Decode all images of a request; raises HTTPException naming the index."""
-    out = []
-    if req.images is not None:
-        for i, s in enumerate(req.images):
-            what = f"images[{i}]"
-            out.append(_load_checked(_b64decode(s, what), cfg, what))
-            _check_total(out, cfg, what)
-        return out
-    if cfg.allowed_root is None:
-        raise _bad(403, "paths", "server-side paths are disabled on this server (start it with --allowed-root)")
-    for i, rel in enumerate(req.paths):
-        what = f"paths[{i}]"
-        p = resolve_under(cfg.allowed_root, rel, what)
-        out.append(_load_checked(p, cfg, what, shown=rel))
-        _check_total(out, cfg, what)
-    return out
 
 
 async def _disconnected(request: Request) -> None:
@@ -390,23 +275,23 @@ def create_app(scorer, cfg: ServeConfig) -> FastAPI:
         try:
             body = await asyncio.wait_for(_read_body(request, cfg.max_body_bytes), cfg.body_timeout_s)
         except asyncio.TimeoutError:
-            raise _bad(408, "body", f"not received within {cfg.body_timeout_s} s (body_timeout_s)") from None
+            raise bad(408, "body", f"not received within {cfg.body_timeout_s} s (body_timeout_s)") from None
         try:
             raw = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise _bad(400, "body", f"expected a JSON object, malformed JSON ({e})") from None
+            raise bad(400, "body", f"expected a JSON object, malformed JSON ({e})") from None
         except RecursionError:
-            raise _bad(400, "body", "expected a JSON object, nested too deeply to parse") from None
+            raise bad(400, "body", "expected a JSON object, nested too deeply to parse") from None
         if not isinstance(raw, dict):
-            raise _bad(422, "body", f"expected a JSON object, got {type(raw).__name__}")
+            raise bad(422, "body", f"expected a JSON object, got {type(raw).__name__}")
         try:
             req = ScoreRequest.model_validate(raw)
         except ValidationError as e:
             err = e.errors()[0]
             loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-            raise _bad(422, loc or "body", err["msg"] + (f" ({len(e.errors())} errors)" if len(e.errors()) > 1 else ""))
+            raise bad(422, loc or "body", err["msg"] + (f" ({len(e.errors())} errors)" if len(e.errors()) > 1 else ""))
         key = _validate(req, scorer, cfg)
-        images, tokens = await asyncio.to_thread(_prepare, req, cfg, scorer.tokenizer, reserved)
+        images, tokens = await asyncio.to_thread(prepare, req, cfg, scorer.tokenizer, reserved)
         try:
             fut = batcher.submit(req.prompts, images, key, sum(im.width * im.height for im in images), sum(tokens))
         except QueueFull as e:
@@ -427,9 +312,9 @@ def create_app(scorer, cfg: ServeConfig) -> FastAPI:
         try:
             res = fut.result()
         except ValueError as e:  # failed alone (the batcher re-ran it on its own): the scorer refused this input
-            raise _error(422, f"scorer: refused this request's input: {e}") from None
+            raise error(422, f"scorer: refused this request's input: {e}") from None
         except Exception as e:  # failed alone for another reason: a server error, the server keeps going
-            raise _error(500, f"scorer: {type(e).__name__}: {e}") from None
+            raise error(500, f"scorer: {type(e).__name__}: {e}") from None
         results = [{"probs": p, "mean": m, "std": s, "overall": o} for p, m, s, o in
                    zip(res.probs.tolist(), res.mean.tolist(), res.std.tolist(), res.overall.tolist())]
         return JSONResponse({"dims": list(key.dims), "levels": [float(v) for v in scorer.levels.tolist()],
