@@ -171,6 +171,7 @@ def check_gdso(sc, a) -> dict:
     lora = LoraOptions(r=cfg.model.lora_r, alpha=cfg.model.lora_alpha)
     sc.model = prepare_for_training(sc.model, lora, cfg.model.gradient_checkpointing, sc.config.level_token_ids)
     sc.model.train()
+    sc.generation_batch = cfg.model.generation_batch
     groups = g.groups_per_micro or cfg.data.prompts_per_batch
     per = cfg.data.max_per_prompt or 4
     b, dims, L = groups * per, sc.dims, len(sc.levels)

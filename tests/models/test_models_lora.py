@@ -145,3 +145,27 @@ def test_tied_embeddings_share_level_rows_and_round_trip(tiny_dir, tmp_path):
     before = s.score(PROMPTS, _x())
     s.save_pretrained(tmp_path)
     assert torch.allclose(load_scorer(tmp_path).score(PROMPTS, _x()).probs, before.probs, atol=1e-5)
+
+
+def test_cuda_loading_goes_straight_to_the_rank_device(tiny_dir, monkeypatch):
+    """On CUDA each tensor is loaded onto the rank's GPU (device_map), not built on the host first."""
+    from transformers import AutoModelForImageTextToText
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(src, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", fake)
+    with pytest.raises(Stop):
+        load_mod.load_components(tiny_dir(FAM), device="cuda:1", attn_implementation="sdpa")
+    assert seen["device_map"] == {"": "cuda:1"} and seen["attn_implementation"] == "sdpa"
+    assert seen["dtype"] == torch.bfloat16
+    seen.clear()
+    with pytest.raises(Stop):
+        load_mod.load_components(tiny_dir(FAM), device="cpu")
+    assert "device_map" not in seen and seen["dtype"] == torch.float32
