@@ -241,7 +241,8 @@ def _rows(res: dict, judged: bool) -> list[tuple[str, str, str, str]]:
         if "error" in r:
             out.append((name, r["error"], "", "FAIL"))
         elif name == "scoring":
-            out.append(("9B direct scoring, % of roofline", r["roofline_pct"], "{:.1f} %", THRESHOLDS["scoring_roofline_pct"], False))
+            out.append(("9B direct scoring, % of roofline", r["roofline_pct"], "{:.1f} %",
+                        THRESHOLDS["scoring_roofline_pct"], False))
             out.append(("9B direct scoring img/s (roofline)", f"{r['img_s']:.1f} ({r['roofline_img_s']:.1f})", "", "-"))
         elif name == "reward":
             out.append(("9B d(reward)/d(pixels) s", r["s"], "{:.3f} s", THRESHOLDS["reward_s"], True))

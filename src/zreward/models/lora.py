@@ -162,6 +162,7 @@ def save_merged(model, out: str | Path, max_shard_bytes: int = 4 * 2**30) -> Pat
     for i, name in enumerate(names):
         (out / f"shard-{i:05d}.safetensors").rename(out / name)
     if n > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for i, ks in enumerate(shards) for k in ks}}
+        weight_map = {k: names[i] for i, ks in enumerate(shards) for k in ks}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
