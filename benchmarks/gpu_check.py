@@ -289,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.device.startswith("cuda"):
             torch.cuda.empty_cache()
     rows = _rows(res, judged=a.device.startswith("cuda") and not a.tiny)
+    from zreward.models.load import missing_linear_attention_kernels
+
+    missing = missing_linear_attention_kernels()
+    rows.append(("linear-attention kernels (zreward[gpu])", "missing: " + ", ".join(missing) if missing else "present",
+                 "", "-"))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'check':<{width}}  {'measured':>22}  {'threshold':>10}  status")
     for check, value, limit, status in rows:
