@@ -115,7 +115,8 @@ def plot_audit(rows: list[dict], path: Path, watch: tuple[str, ...] = (ORACLE_KE
     for key, style in zip(watch, ("s--", "^--", "v--", "d--")):
         ax2.plot(st, [r[key] for r in rows], style, label=key)
     ax2.set_ylabel("held-out judges" if watch != (ORACLE_KEY,) else "ShapesWorld oracle (perceived)")
-    ax2.legend(loc="lower right", fontsize=7)
+    if watch:
+        ax2.legend(loc="lower right", fontsize=7)
     ax.set_title("hacking audit: held-out prompts")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

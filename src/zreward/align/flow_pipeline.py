@@ -260,6 +260,7 @@ def load_pipeline_generator(path: str | Path, sampling: PipelineSampling | None 
         FileNotFoundError: no model_index.json.  ValueError: a pipeline class other than Z-Image / SD3 / FLUX.
     """
     import diffusers
+    from packaging.version import Version
 
     d = Path(path)
     idx_path = d / "model_index.json"
@@ -272,7 +273,9 @@ def load_pipeline_generator(path: str | Path, sampling: PipelineSampling | None 
     cls = getattr(diffusers, name)
     expected, _ = cls._get_signature_keys(cls)
     absent = {k: None for k in expected if (idx.get(k) or [None])[0] is None}
-    pipe = cls.from_pretrained(d, torch_dtype=dtype, local_files_only=True, **absent).to(device)
+    # diffusers >= 0.42 renamed `torch_dtype` to `dtype` (the old name still works there, with a warning)
+    dkey = "dtype" if Version(diffusers.__version__) >= Version("0.42") else "torch_dtype"
+    pipe = cls.from_pretrained(d, local_files_only=True, **{dkey: dtype}, **absent).to(device)
     pipe.set_progress_bar_config(disable=True)
     if sampling is None and (d / "tuned.json").is_file():
         sampling = PipelineSampling(**json.loads((d / "tuned.json").read_text())["sampling"])

@@ -251,6 +251,8 @@ def load_tuning_generator(cfg: TuneConfig):
         return gen
     over = {k: getattr(cfg, k) for k in ("height", "width", "guidance", "max_sequence_length")
             if getattr(cfg, k) is not None}
+    if cfg.sample_steps:
+        over["steps"] = cfg.sample_steps
     gen = load_pipeline_generator(cfg.generator, device=cfg.device, dtype=DTYPES[cfg.dtype])
     gen.cfg = PipelineSampling(**{**asdict(gen.cfg), **over})
     if cfg.grad_checkpointing:
