@@ -208,14 +208,23 @@ def test_gen_cli_tunes_a_pipeline(pipe_dirs, tiny_scorer_dir, prompt_files, tmp_
                  "--prompts", str(prompt_files[0]), "--heldout-prompts", str(prompt_files[1]), "--method",
                  "alignprop", "--k", "2", "--steps", "2", "--batch-size", "1", "--sample-steps", "2", "--height",
                  "32", "--width", "32", "--max-sequence-length", "16", "--judge", str(tiny_scorer_dir),
+                 "--judge", f"teacher={tiny_scorer_dir}:reasoning:2",
                  "--sample-every", "2", "--ema", "0.9", "--audit-every", "2", "--audit-prompts", "2",
                  "--grad-checkpointing"]) == 0
     meta = json.loads((out / "tune.json").read_text())
     c = meta["config"]
     assert (c["method"], c["k"], c["ema"], c["scorer_size"], c["profile"]) == ("alignprop", 2, 0.9, None, "custom")
-    assert f"judge:{tiny_scorer_dir.name}" in meta["audit"][0] and len(meta["audit"]) == 2
+    assert {f"judge:{tiny_scorer_dir.name}", "judge:teacher"} <= set(meta["audit"][0]) and len(meta["audit"]) == 2
     assert (out / "samples" / "step_000002.png").is_file() and (out / "audit.png").is_file()
     assert (out / "lora" / "adapter_model.safetensors").is_file()
     with pytest.raises(ValueError, match="prompts"):
         main(["tune", "--generator", str(pipe_dirs["flux"]), "--reward", str(tiny_scorer_dir), "--out",
               str(tmp_path / "x")])
+
+
+def test_judge_specs_follow_the_eval_model_syntax(tiny_scorer_dir):
+    from zreward.align.audit import load_scorer_judges
+
+    teacher, plain = load_scorer_judges([f"teacher={tiny_scorer_dir}:reasoning:3", str(tiny_scorer_dir)])
+    assert (teacher.key, teacher.reasoning, teacher.samples) == ("judge:teacher", True, 3)
+    assert (plain.key, plain.reasoning, plain.samples) == (f"judge:{tiny_scorer_dir.name}", False, 1)

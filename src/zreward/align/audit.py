@@ -6,9 +6,9 @@ records one row {"step", "reward", <judge keys>...}:
 - judges, each a callable `judge(prompts, images) -> {key: value}` (higher = better), from
   - `OracleJudge` (ShapesWorld): images are read back into scenes (`perceive.py`) and scored by the normative
     oracle; keys = the four dims and "oracle_overall" (mean-weight overall), the key the warning watches;
-  - `ScorerJudge` (real pipelines): a held-out Scorer directory the user names (another student, or the teacher
-    with `reasoning=True`, M sampled chains averaged); key "judge:<name>" = its `overall` (its own dim weights, no
-    uncertainty penalty).
+  - `ScorerJudge` (real pipelines): a held-out Scorer directory the user names as `[NAME=]DIR[:direct |
+    :reasoning[:M]]` (another student, or the teacher in reasoning mode, M sampled chains averaged); key
+    "judge:<name>" = its `overall` (its own dim weights, no uncertainty penalty).
 `hacking_warning` flags divergence: the reward rose while a watched judge key fell by more than `tol`, compared
 with the previous audit or with the first one (step 0), so a slow drift that never drops `tol` between two audits
 still warns. `plot_audit` draws reward and judges against the step.
@@ -22,6 +22,7 @@ import torch
 
 from zreward.align.perceive import perceived_scores
 from zreward.data.shapes_world.oracle import DIMS, MEAN_WEIGHTS
+from zreward.eval.runner import parse_model_spec, resolve_mode
 
 ORACLE_KEY = "oracle_overall"
 
@@ -59,16 +60,22 @@ class ScorerJudge:
         return {self.key: float(out.overall.mean())}
 
 
-def load_scorer_judges(dirs: list[str], reasoning: bool = False, samples: int = 1, device: str = "cpu",
+def load_scorer_judges(specs: list[str], reasoning: bool = False, samples: int = 1, device: str = "cpu",
                        dtype=None) -> list[ScorerJudge]:
-    """One `ScorerJudge` per Scorer directory (named by the directory's last part)."""
+    """One `ScorerJudge` per spec `[NAME=]DIR[:direct | :reasoning[:M]]` (the `zreward eval --model` syntax).
+
+    Without a suffix, a judge whose zreward.json mode is "reasoning" (a teacher) judges in reasoning mode with
+    `samples` chains when `reasoning` is set, every other judge in direct mode.
+    """
     from zreward.serve.scorer import load_scorer
 
     judges = []
-    for d in dirs:
-        s = load_scorer(d, device=device, dtype=dtype)
+    for text in specs:
+        spec = parse_model_spec(text)
+        s = load_scorer(spec.path, device=device, dtype=dtype, add_level_tokens=False)
         s.model.eval()
-        judges.append(ScorerJudge(s, Path(d).name, reasoning=reasoning, samples=samples))
+        use_reasoning, m = resolve_mode(spec, s.config.mode, reasoning, samples)
+        judges.append(ScorerJudge(s, spec.name, reasoning=use_reasoning, samples=m))
     return judges
 
 

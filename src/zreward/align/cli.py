@@ -7,7 +7,7 @@ local diffusers Z-Image / SD3 / FLUX pipeline directory).
                      [--profile quick|full] [--steps N] [--full-ft] [--grad-checkpointing] [--reg BETA]
                      [--lambda L] [--data DATASET_DIR | --prompts FILE --heldout-prompts FILE]
                      [--device cuda --dtype bf16] [--height H --width W --guidance G --sample-steps N]
-                     [--ema D] [--save-every N] [--sample-every N] [--judge SCORER_DIR ... [--judge-reasoning]]
+                     [--ema D] [--save-every N] [--sample-every N] [--judge [NAME=]DIR[:reasoning[:M]] ...]
     zreward gen eval --a GEN_DIR --b GEN_DIR --prompts N --out DIR [--data DATASET_DIR] [--seed S]
 
 Profiles set steps/batch sizes (see `pretrain.PROFILES`, `tune.PROFILES`); explicit flags override them.
@@ -79,10 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=int, help="checkpoint period in steps (resumes from the latest)")
     t.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
     t.add_argument("--sample-every", type=int, help="write samples/step_N.png every N steps")
-    t.add_argument("--judge", action="append", default=None, help="held-out Scorer dir for the hacking audit "
-                   "(repeatable)")
-    t.add_argument("--judge-reasoning", action="store_true", help="judges score in reasoning mode (teacher)")
-    t.add_argument("--judge-samples", type=int, default=1, help="reasoning chains per judged image")
+    t.add_argument("--judge", action="append", default=None, help="held-out Scorer for the hacking audit, "
+                   "[NAME=]DIR[:direct|:reasoning[:M]] (repeatable)")
+    t.add_argument("--judge-reasoning", action="store_true", help="teacher judges without a suffix score in "
+                   "reasoning mode")
+    t.add_argument("--judge-samples", type=int, default=4, help="chains per (image, dim) for those (default 4)")
     t.add_argument("--audit-every", type=int)
     t.add_argument("--audit-prompts", type=int)
     t.add_argument("--seed", type=int, default=0)

@@ -83,7 +83,8 @@ class TuneConfig:
         ema: EMA decay of the trained weights (None = off).
         save_every: checkpoint period in steps (0 = none).  resume: continue from `out/checkpoints` if present.
         sample_every, sample_prompts: sample grid period (0 = off) and number of held-out prompts in it.
-        judges: held-out Scorer dirs for the audit.  judge_reasoning, judge_samples: judges in reasoning mode.
+        judges: held-out Scorers for the audit, `[NAME=]DIR[:direct | :reasoning[:M]]` each.
+        judge_reasoning, judge_samples: reasoning mode (M chains) for teacher judges without a suffix.
         audit_every, audit_prompts: hacking audit.  audit_tol: judge drop that counts as "fell" in the warning, so
             that sampling noise of a small audit set does not warn.  seed: everything random.
     """
@@ -123,7 +124,7 @@ class TuneConfig:
     sample_prompts: int = 4
     judges: list[str] | None = None
     judge_reasoning: bool = False
-    judge_samples: int = 1
+    judge_samples: int = 4
     audit_every: int = 20
     audit_prompts: int = 16
     audit_tol: float = 0.05
@@ -288,7 +289,7 @@ def tune(cfg: TuneConfig, judges: list | None = None) -> Path:
     gen = load_tuning_generator(cfg)
     shapes = isinstance(gen, T2IGenerator)
     dtype = None if cfg.dtype == "fp32" and cfg.device == "cpu" else DTYPES[cfg.dtype]
-    scorer = load_scorer(cfg.reward, device=cfg.device, dtype=dtype)
+    scorer = load_scorer(cfg.reward, device=cfg.device, dtype=dtype, add_level_tokens=False)
     scorer.model.eval().requires_grad_(False)
     if judges is None:
         judges = ([OracleJudge()] if shapes else []) + load_scorer_judges(
