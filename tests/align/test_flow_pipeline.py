@@ -228,3 +228,19 @@ def test_judge_specs_follow_the_eval_model_syntax(tiny_scorer_dir):
     teacher, plain = load_scorer_judges([f"teacher={tiny_scorer_dir}:reasoning:3", str(tiny_scorer_dir)])
     assert (teacher.key, teacher.reasoning, teacher.samples) == ("judge:teacher", True, 3)
     assert (plain.key, plain.reasoning, plain.samples) == (f"judge:{tiny_scorer_dir.name}", False, 1)
+
+
+def test_bf16_pipeline_with_checkpointing_trains_fp32_adapters(pipe_dirs, scorer):
+    cfg = PipelineSampling(height=32, width=32, steps=4, guidance=3.5, max_sequence_length=16)
+    gen = load_pipeline_generator(pipe_dirs["flux"], cfg, dtype=torch.bfloat16)
+    assert gen.pipe.vae.dtype == torch.bfloat16
+    gen.transformer.requires_grad_(False)
+    gen.transformer.enable_gradient_checkpointing()
+    apply_lora(gen, 4)
+    lora = {n: p for n, p in gen.transformer.named_parameters() if p.requires_grad}
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())  # peft keeps adapters in fp32
+    loss, reward, _ = reward_step(gen, None, scorer, PROMPTS, [0, 1], TuneConfig(method="draft", k=2),
+                                  torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and reward.dtype == torch.float32
+    assert sum(float(p.grad.abs().sum()) for n, p in lora.items() if "lora_B" in n) > 0
