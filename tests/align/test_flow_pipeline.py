@@ -1,4 +1,4 @@
-"""Reward tuning of real diffusers flow-matching pipelines (Z-Image, SD3, FLUX), on tiny components built from config.
+"""Reward tuning of diffusers flow-matching pipelines (Z-Image, SD3, FLUX, Qwen-Image), tiny components from config.
 
 Each family: the explicit Euler loop equals the pipeline's own sampling; one DRaFT-1 and one ReFL step send
 gradients through the reward and the VAE decoder to the LoRA parameters; a short tune raises the reward on
@@ -19,8 +19,16 @@ from zreward.align.tune import TuneConfig, apply_lora, reward_step, tune
 from zreward.align.tune_state import EMA
 
 PROMPTS = ["a red circle", "two blue squares"]
-# guidance as each pipeline's `guidance_scale`: on for all three (SD3 / Z-Image CFG, FLUX distilled embedding)
-GUIDANCE = {"sd3": 2.0, "flux": 3.5, "zimage": 2.0}
+# guidance as each pipeline's own scale, on for all (SD3 / Z-Image / Qwen-Image CFG, FLUX distilled embedding)
+GUIDANCE = {"sd3": 2.0, "flux": 3.5, "zimage": 2.0, "qwenimage": 2.0}
+OFF = {"sd3": 1.0, "flux": 3.5, "zimage": 0.0, "qwenimage": 1.0}  # CFG off (FLUX has no CFG pass)
+
+
+def pipe_kwargs(fam: str, g: float) -> dict:
+    """The pipeline's own call arguments for guidance g (Qwen-Image: true CFG needs a negative prompt)."""
+    if fam == "qwenimage":
+        return {"true_cfg_scale": g, "negative_prompt": [""] * len(PROMPTS)}
+    return {"guidance_scale": g}
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +71,7 @@ def test_euler_loop_equals_pipeline_sampling(pipe_dirs, fam):
     with torch.no_grad():
         ours = gen.sample(PROMPTS, [0, 1], x=x0.clone())
         img = gen.to_image(ours)
-    kw = dict(height=32, width=32, num_inference_steps=4, guidance_scale=GUIDANCE[fam], max_sequence_length=16)
+    kw = dict(height=32, width=32, num_inference_steps=4, max_sequence_length=16, **pipe_kwargs(fam, GUIDANCE[fam]))
     ref = gen.pipe(list(PROMPTS), latents=x0.clone(), output_type="latent", **kw).images
     ref_img = gen.pipe(list(PROMPTS), latents=x0.clone(), output_type="pt", **kw).images
     assert ours.shape == ref.shape and ours.abs().mean() > 0.1
@@ -91,10 +99,14 @@ def test_one_step_reaches_lora_through_vae_and_reward(pipe_dirs, scorer, fam, me
     lora = {n: p for n, p in named.items() if "lora_" in n}
     assert lora and all(p.requires_grad for p in lora.values())
     assert all(not p.requires_grad for n, p in named.items() if "lora_" not in n)
-    # SD3's last block is `context_pre_only`: its text queries (add_q_proj) feed no output, so no gradient there.
-    dead = f"transformer_blocks.{len(gen.pipe.transformer.transformer_blocks) - 1}.attn.add_q_proj" \
-        if fam == "sd3" else "-"
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.items() if dead not in n)
+    # SD3's and Qwen-Image's last joint block ends the text stream: its text queries (add_q_proj) and text output
+    # (to_add_out) feed nothing the image depends on, so they get no gradient (FLUX's single blocks still read it).
+    dead = ()
+    if fam in ("sd3", "qwenimage"):
+        last = f"transformer_blocks.{len(gen.pipe.transformer.transformer_blocks) - 1}.attn."
+        dead = (last + "add_q_proj", last + "to_add_out")
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.items()
+               if not any(d in n for d in dead))
     assert all(p.grad is None for p in gen.pipe.vae.parameters())  # the VAE is frozen, gradients pass through it
     assert reward.shape == (2,) and bool(((reward >= 1) & (reward <= 5)).all())
     assert reg > 0 and torch.isfinite(loss)  # non-zero B: the adapted model differs from the adapter-free one
@@ -105,7 +117,7 @@ def test_short_tune_raises_heldout_reward(pipe_dirs, tiny_scorer_dir, prompt_fil
     out = tune(TuneConfig(generator=str(pipe_dirs[fam]), reward=str(tiny_scorer_dir), out=str(tmp_path / "t"),
                           prompts=str(prompt_files[0]), heldout_prompts=str(prompt_files[1]), method="draft", k=1,
                           steps=8, batch_size=2, lr=1e-2, lora=False, sample_steps=4, height=32, width=32,
-                          guidance={"sd3": 1.0, "flux": 3.5, "zimage": 0.0}[fam], max_sequence_length=16,
+                          guidance=OFF[fam], max_sequence_length=16,
                           audit_every=8, audit_prompts=3, seed=0))
     rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 8]

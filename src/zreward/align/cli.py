@@ -1,5 +1,5 @@
 """`zreward gen pretrain | tune | eval`: the reward-guided T2I verbs (ShapesWorld generator; `tune` also takes a
-local diffusers Z-Image / SD3 / FLUX pipeline directory).
+local diffusers Z-Image / SD3 / FLUX / Qwen-Image pipeline directory).
 
     zreward gen pretrain --data DATASET_DIR --out DIR [--profile quick|full] [--steps N] [--arch default|tiny]
                          [--seed S]
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("tune", help="ReFL / DRaFT-K / AlignProp with a Scorer as differentiable reward")
     t.add_argument("--generator", required=True, help="ShapesWorld generator dir or local diffusers pipeline dir "
-                   "(Z-Image, SD3, FLUX)")
+                   "(Z-Image, SD3, FLUX, Qwen-Image)")
     t.add_argument("--reward", required=True, help="Scorer directory")
     t.add_argument("--method", choices=list(METHODS), default="draft")
     t.add_argument("--k", type=int, default=1, help="DRaFT-K: gradient steps at the end of sampling "

@@ -1,14 +1,14 @@
-"""Real diffusers flow-matching pipelines (Z-Image, SD3, FLUX) behind the tuner's generator interface.
+"""Real diffusers flow-matching pipelines (Z-Image, SD3, FLUX, Qwen-Image) behind the tuner's generator interface.
 
-What is implemented: `PipelineGenerator` wraps a `ZImagePipeline`, `StableDiffusion3Pipeline` or `FluxPipeline`
-loaded from a local directory (`load_pipeline_generator`) and exposes the interface `zreward.align.tune` drives
-(the same as the ShapesWorld `T2IGenerator`):
+What is implemented: `PipelineGenerator` wraps a `ZImagePipeline`, `StableDiffusion3Pipeline`, `FluxPipeline` or
+`QwenImagePipeline` loaded from a local directory (`load_pipeline_generator`) and exposes the interface
+`zreward.align.tune` drives (the same as the ShapesWorld `T2IGenerator`):
 
 - `condition(prompts, guidance)`: the pipeline's own `encode_prompt` (frozen text encoders, no gradients), with
   the negative ("") prompt where the family uses classifier-free guidance.
 - `sigmas(steps)`: the pipeline's sigma schedule, computed by its scheduler exactly as its `__call__` does
-  (SD3: the scheduler's shifted linspace; FLUX and Z-Image: linspace(1, 1/n, n) with the resolution-dependent
-  `mu` of dynamic shifting); (steps + 1,) ending with 0.
+  (SD3: the scheduler's shifted linspace; FLUX, Qwen-Image and Z-Image: linspace(1, 1/n, n) with the
+  resolution-dependent `mu` of dynamic shifting); (steps + 1,) ending with 0.
 - `flow_velocity(x, σ, cond)`: one transformer call in the convention x_σ = (1 − σ)·x₀ + σ·ε, v = ε − x₀, with
   each family's own timestep and guidance rules:
     SD3    t = 1000σ;  CFG v_u + g·(v_c − v_u) when g > 1 (uncond and cond in one batch, as the pipeline).
@@ -16,10 +16,13 @@ loaded from a local directory (`load_pipeline_generator`) and exposes the interf
            guidance-distilled transformer gets g as its guidance embedding (no second pass).
     Z-Image  t = 1 − σ; the transformer takes per-image lists and predicts −v; CFG v_c + g·(v_c − v_u) when
            g > 0 (its pipeline's convention; `cfg_normalization`/`cfg_truncation` are left at their off defaults).
+    Qwen-Image  t = σ; packed latents as FLUX; `true_cfg_scale` g > 1 with the "" negative prompt:
+           v = (v_u + g·(v_c − v_u)) rescaled per token to the norm of v_c (its pipeline's rule).
 - `sample(...)`: the explicit Euler loop x ← x + (σ_{i+1} − σ_i)·v — the scheduler's `step()` without its hidden
   state — with `grad_steps` / `stop_at` / `x, start_at` for DRaFT-K and ReFL. With gradients off it equals the
   pipeline's own sampling from the same initial latents (tests/align/test_flow_pipeline.py).
-- `to_image(x)`: VAE decode *with* gradients: x / scaling_factor + shift_factor → `vae.decode` → [0, 1].
+- `to_image(x)`: VAE decode *with* gradients: x / scaling_factor + shift_factor (Qwen-Image: x·std + mean per
+  channel, one frame) → `vae.decode` → [0, 1].
 Latents are float32 (as the pipelines keep them); the transformer runs in its own dtype (bf16 or fp32).
 Noise is drawn per image from a seeded CPU `torch.Generator` (batch-size independent).
 """
@@ -32,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FAMILY_OF_CLASS = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "ZImagePipeline": "zimage"}
+FAMILY_OF_CLASS = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "ZImagePipeline": "zimage",
+                   "QwenImagePipeline": "qwenimage"}
+PACKED = ("flux", "qwenimage")  # families whose transformer takes 2×2-packed latent tokens
 # LoRA targets: attention projections of every family (those present in the model are used).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
@@ -43,7 +48,8 @@ class PipelineSampling:
 
     Attributes:
         height, width: image size in px.  steps: Euler steps.  guidance: the pipeline's `guidance_scale`
-            (SD3: CFG scale, 1 = off; FLUX: distilled guidance embedding; Z-Image: CFG, 0 = off).
+            (SD3: CFG scale, 1 = off; FLUX: distilled guidance embedding; Z-Image: CFG, 0 = off; Qwen-Image: its
+            `true_cfg_scale`, 1 = off).
         max_sequence_length: text tokens for T5 / Qwen encoders.
     """
 
@@ -84,6 +90,8 @@ class PipelineGenerator:
         tc = pipe.transformer.config
         self._patch, self._in_channels = getattr(tc, "patch_size", 1), tc.in_channels
         self._guidance_embeds = bool(getattr(tc, "guidance_embeds", False))
+        if self.family == "qwenimage" and self._guidance_embeds:
+            raise ValueError("transformer: guidance_embeds: a guidance-distilled Qwen-Image is not supported")
         f = 2 * pipe.vae_scale_factor  # latents must be a multiple of 2 (packing / 2×2 patches)
         for what, v in (("height", cfg.height), ("width", cfg.width)):
             if v % f:
@@ -133,6 +141,10 @@ class PipelineGenerator:
         if self.family == "flux":
             pe, pp, ids = self.pipe.encode_prompt(prompt=p, prompt_2=None, device=dev, max_sequence_length=msl)
             return Cond((pe, pp, ids), None, g)
+        if self.family == "qwenimage":
+            pos = self.pipe.encode_prompt(prompt=p, device=dev, max_sequence_length=msl)
+            neg = self.pipe.encode_prompt(prompt=[""] * len(p), device=dev, max_sequence_length=msl) if g > 1 else None
+            return Cond(pos, neg, g)
         cfg_on = g > 0.0  # Z-Image (its encode_prompt rewrites the list it is given: pass a copy)
         pe, npe = self.pipe.encode_prompt(prompt=p, device=dev, do_classifier_free_guidance=cfg_on,
                                           max_sequence_length=msl)
@@ -151,17 +163,18 @@ class PipelineGenerator:
             sch.set_timesteps(n, device="cpu", **kw)
         else:
             h, w = self.latent_hw()
-            sch.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n).tolist() if self.family == "flux"
+            sch.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n).tolist() if self.family in PACKED
                               else torch.linspace(1.0, 1 / n, n).tolist(),
                               device="cpu", mu=_calculate_shift((h // 2) * (w // 2), sch.config))
         return sch.sigmas.float().to(self.device)
 
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
-        """(B, C, h, w) standard normal latents (FLUX: packed to (B, h·w/4, 4C)), one seeded generator per image."""
-        c = self._in_channels // (4 if self.family == "flux" else 1)
+        """(B, C, h, w) standard normal latents (FLUX, Qwen-Image: packed to (B, h·w/4, 4C)), one seeded generator
+        per image."""
+        c = self._in_channels // (4 if self.family in PACKED else 1)
         h, w = self.latent_hw()
         x = torch.stack([torch.randn(c, h, w, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-        return (self.pipe._pack_latents(x, len(seeds), c, h, w) if self.family == "flux" else x).to(self.device)
+        return (self.pipe._pack_latents(x, len(seeds), c, h, w) if self.family in PACKED else x).to(self.device)
 
     # ------------------------------------------------------------------ the model
     def flow_velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -187,6 +200,20 @@ class PipelineGenerator:
             gd = torch.full((b,), cond.g, device=self.device) if self._guidance_embeds else None
             return tr(hidden_states=xs, timestep=sig.to(dt).expand(b), guidance=gd, pooled_projections=pp,
                       encoder_hidden_states=pe, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0].float()
+        if self.family == "qwenimage":
+            h, w = self.latent_hw()
+
+            def call(c):
+                return tr(hidden_states=xs, timestep=sig.to(dt).expand(b), encoder_hidden_states=c[0],
+                          encoder_hidden_states_mask=c[1], img_shapes=[[(1, h // 2, w // 2)]] * b,
+                          return_dict=False)[0].float()
+
+            v_c = call(cond.pos)
+            if cond.neg is None:
+                return v_c
+            v_u = call(cond.neg)
+            comb = v_u + cond.g * (v_c - v_u)
+            return comb * (v_c.norm(dim=-1, keepdim=True) / comb.norm(dim=-1, keepdim=True))
         caps = list(cond.pos[0]) + (list(cond.neg[0]) if cond.neg is not None else [])
         inp = list(xs.unsqueeze(2).unbind(0))
         t = (1.0 - sig).expand(b)
@@ -214,9 +241,15 @@ class PipelineGenerator:
 
     def to_image(self, x: torch.Tensor) -> torch.Tensor:
         """Latents → (B, 3, H, W) images in [0, 1], differentiable through the VAE decoder."""
+        vc = self.pipe.vae.config
+        if self.family == "qwenimage":
+            x = self.pipe._unpack_latents(x, self.cfg.height, self.cfg.width, self.pipe.vae_scale_factor)
+            shape = (1, vc.z_dim, 1, 1, 1)
+            z = x * torch.tensor(vc.latents_std).view(shape).to(x) + torch.tensor(vc.latents_mean).view(shape).to(x)
+            img = self.pipe.vae.decode(z.to(self.dtype), return_dict=False)[0][:, :, 0]
+            return (img.float() / 2 + 0.5).clamp(0, 1)
         if self.family == "flux":
             x = self.pipe._unpack_latents(x, self.cfg.height, self.cfg.width, self.pipe.vae_scale_factor)
-        vc = self.pipe.vae.config
         z = x / vc.scaling_factor + (vc.shift_factor or 0.0)
         img = self.pipe.vae.decode(z.to(self.dtype), return_dict=False)[0]
         return (img.float() / 2 + 0.5).clamp(0, 1)
@@ -257,7 +290,7 @@ def load_pipeline_generator(path: str | Path, sampling: PipelineSampling | None 
     A directory written by `PipelineGenerator.save_pretrained` keeps its sampling settings unless `sampling` is given.
 
     Raises:
-        FileNotFoundError: no model_index.json.  ValueError: a pipeline class other than Z-Image / SD3 / FLUX.
+        FileNotFoundError: no model_index.json.  ValueError: a class other than Z-Image / SD3 / FLUX / Qwen-Image.
     """
     import diffusers
     from packaging.version import Version

@@ -9,9 +9,11 @@ one folder per component, the real `save_pretrained` format) for
               T5EncoderModel, AutoencoderKL with 1 latent channel (4 after 2×2 packing).
 - `"zimage"`: `ZImagePipeline` — ZImageTransformer2DModel, a Qwen3 text encoder (chat template with
               `enable_thinking`, as the pipeline calls it), AutoencoderKL with 16 latent channels.
+- `"qwenimage"`: `QwenImagePipeline` — QwenImageTransformer2DModel, a Qwen2.5-VL text encoder (text path only),
+              AutoencoderKLQwenImage (4 latent channels, 4× spatial downsampling, per-channel mean/std).
 
 The configs follow diffusers' own `get_dummy_components()` in spirit (one or two layers, widths 16–32), every VAE
-downsamples by 2 (so the tensors the tuner differentiates really are latents, at half the image side), and every
+downsamples (by 2; Qwen-Image's by 4), so the tensors the tuner differentiates really are latents, and every
 tokenizer is one byte-level BPE trained locally in milliseconds (no hub access), wrapped in
 `PreTrainedTokenizerFast`. Weights are random: these pipelines test plumbing, equalities and gradient flow.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("sd3", "flux", "zimage")
+FAMILIES = ("sd3", "flux", "zimage", "qwenimage")
 SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 # A ChatML template that accepts (and ignores) `enable_thinking`, which ZImagePipeline passes.
 CHAT_TEMPLATE = ("{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
@@ -96,6 +98,28 @@ def build_tiny_pipeline(family: str, out_dir: str | Path, seed: int = 0):
                                                 base_image_seq_len=16, max_image_seq_len=256)
         pipe = FluxPipeline(transformer=tr, scheduler=sched, vae=_vae(1), text_encoder=_clip(vocab, False),
                             tokenizer=tok, text_encoder_2=t5, tokenizer_2=tok)
+    elif family == "qwenimage":
+        from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        text = {"vocab_size": vocab + 3, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "num_key_value_heads": 2, "bos_token_id": 1, "eos_token_id": 2,
+                "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0}}
+        # vision token ids beyond the tokenizer's vocabulary: the text never contains them
+        te = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config=text, vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                                             "out_hidden_size": 16},
+            image_token_id=vocab, video_token_id=vocab + 1, vision_start_token_id=vocab + 2,
+            vision_end_token_id=vocab + 2))
+        vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                     temperal_downsample=[False, True], latents_mean=[0.1, 0.0, -0.1, 0.0],
+                                     latents_std=[1.5, 1.0, 2.0, 1.0])
+        tr = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                         guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+        sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=16, max_image_seq_len=256)
+        pipe = QwenImagePipeline(transformer=tr, scheduler=sched, vae=vae, text_encoder=te, tokenizer=tok)
     else:
         from diffusers import ZImagePipeline, ZImageTransformer2DModel
         from transformers import Qwen3Config, Qwen3Model

@@ -1,8 +1,9 @@
 """Reward fine-tuning of a flow-matching generator with a differentiable Scorer reward: ReFL, DRaFT-K, AlignProp.
 
 Generators: the tiny pixel-space ShapesWorld `T2IGenerator` (a `zreward gen pretrain` directory), or a local
-diffusers Z-Image / SD3 / FLUX pipeline directory (`flow_pipeline.PipelineGenerator`: latents → explicit Euler loop
-→ VAE decode with gradients). Both expose `condition`, `sigmas`, `flow_velocity`, `sample`, `to_image`.
+diffusers Z-Image / SD3 / FLUX / Qwen-Image pipeline directory (`flow_pipeline.PipelineGenerator`: latents →
+explicit Euler loop → VAE decode with gradients). Both expose `condition`, `sigmas`, `flow_velocity`, `sample`,
+`to_image`.
 
 What is implemented:
 - **ReFL** (Xu et al. 2023, ImageReward, arXiv 2304.05977): sample without gradients from σ = 1 down to a random
