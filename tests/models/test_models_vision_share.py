@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zreward.models import vision_share as vs
-from zreward.serve.scorer import load_scorer
+from zreward.models.scorer import load_scorer
 
 PROMPTS = ["a red circle", "three green triangles above a purple hexagon"]
 
