@@ -8,24 +8,33 @@ Per optimizer step (one rollout; stages named as in verl):
    images of the same prompt exist; the D rubric dimensions of the run (optionally a seeded random subset of
    `dims_per_step` of them per step, the same for the whole batch).
 2. **rollout**: G = `group_size` chains per (image, dim), sampled with plain temperature sampling (no top-k/p) in one
-   batched, KV-cached `generate` call (`rollout.rollout`), N = B·D·G chains.
-3. **scoring**: one teacher-forced forward over prompt + chain + `reasoning_close` (`Scorer.chain_forward`):
-   per-token log-probs of the chain tokens and the level logits at the score position after each chain.
-4. **reward** (`rollout.distribution_rewards`): from the distribution p_i read after chain i, by default
-   r_i = −|E_{p_i}[level] − MOS| (`reward=neg_sq` −(μ − MOS)², `neg_kl` −KL(target ‖ p_i)). The reward is read
-   from the same forward as the log-probs (the current policy = the sampling policy at the first update).
-5. **advantages**: `losses.group_relative_advantages` over the G chains of each (image, dim) (`adv_scale`);
-   unlabelled (image, dim) groups get advantage 0 and no loss.
+   batched, KV-cached `generate` call (`rollout.rollout`), N = B·D·G chains — the PG chains, at `temperature`.
+   Unless `eval_temperature` is null, a second rollout of `dist_samples` chains per (image, dim) at
+   `eval_temperature` (0: one greedy chain) — the chains the model reads at evaluation — for the distribution and
+   pair terms. Computing those terms on T = 1.0 chains, whose content does not predict the label, taught the head
+   to ignore the chain (issue 12: the score spread after the true rationale collapsed).
+3. **scoring**: one teacher-forced forward over prompt + chain + `reasoning_close` (`Scorer.chain_forward`) per
+   rollout: per-token log-probs of the chain tokens and the level logits at the score position after each chain.
+4. **reward** (`losses.distribution_rewards`, a pure function): from the distribution p_i read after PG chain i,
+   by default r_i = −|E_{p_i}[level] − MOS| (`reward=neg_sq` −(μ − MOS)², `neg_kl` −KL(target ‖ p_i)), plus
+   `pair_reward_weight` × `losses.pair_outcome_rewards` (the fraction of the image's within-prompt partners that
+   μ_i orders like the labels — what the evaluation measures; off by default). Read from the same forward as the
+   log-probs (the current policy = the sampling policy at the first update).
+5. **advantages**: `losses.masked_advantages` over the G chains of each (image, dim) — the same function and
+   settings as GRPO: (r − mean)/max(std + 1e-4, `adv_std_floor`) (`adv_scale=group`), or r − mean
+   (`adv_scale=none`, Dr. GRPO). The floor keeps near-flat groups (issue 12: 38–75 % of groups had a reward spread
+   < 0.05) from being blown up to unit-size advantages. Unlabelled (image, dim) groups get advantage 0 and no loss.
 6. **update**: L = pg_weight·L_PG + dist_weight·L_dist + pair_weight·L_pair, with
    - L_PG = `losses.clipped_pg_loss` on the chain tokens (not the score token: the score distribution is trained
      directly by L_dist; the PG term shapes the chain, the "E-step"), `aggregation` as TRL's loss types, optional
      k3 KL (`kl_coef`) to the frozen initial model (LoRA: adapters disabled; else a frozen copy, one more copy of
      the weights in memory and one no-grad forward per rollout);
-   - L_dist = `losses.kl_div_levels`(level logits after each chain, the (image, dim) label distribution), mean
-     over labelled chains — the pointwise distribution loss teacher-forced after each sampled chain (the
-     "M-step": the chain is treated as a latent variable sampled from the current policy);
+   - L_dist = `losses.kl_div_levels`(level logits after each evaluation-temperature chain, the (image, dim) label
+     distribution), mean over labelled chains — the pointwise distribution loss teacher-forced after each chain
+     (the "M-step": the chain is treated as a latent variable sampled from the current policy);
    - L_pair = `losses.score_gap_huber`(μ̄_a − μ̄_b, MOS_a − MOS_b) over all pairs of images of the same prompt and
-     every dim labelled for both, μ̄ = mean over the G chains of the expectation (differentiable); or
+     every dim labelled for both, μ̄ = mean over the evaluation-temperature chains of the expectation
+     (differentiable); or
      `pair_loss=fidelity`: `losses.thurstone_fidelity` on (μ̄, σ̄) with target Φ(ΔMOS/√(std_a² + std_b²)) from
      the label distributions.
    `ppo_epochs` > 1 re-uses the rollout (rewards, advantages, old log-probs and reference log-probs frozen from
@@ -34,14 +43,14 @@ Per optimizer step (one rollout; stages named as in verl):
    gradients are accumulated (each micro-batch's loss weighted by its share of the batch images: exact for the
    pair and PG terms' per-image means only up to the masking; identical to one micro-batch when none is masked).
 
-Choices where the paper is silent: the reward form and the three weights (default 1/1/1); the PG term excludes
+Choices where the paper is silent: the reward form and the three weights (default 1/1/1); `eval_temperature` 0.3
+and `adv_std_floor` 0.1 (defaults not yet measured on the real data); the PG term excludes
 the score token; L_dist is KL to the label distribution (DeQA-style soft labels from `zreward.data.labels`);
 per-dimension score gaps (not the weighted overall); dims subset per step for cost; no entropy bonus; multi-process
 gradients are averaged by an explicit all-reduce (the Scorer holds the plain module, so accelerate's DDP wrapper is
 not used; DeepSpeed/FSDP sharding is not supported by this loop).
-Batches: `data.group_batch` groups images by prompt **text**; in ShapesWorld a frequent prompt text ("a purple
-triangle") holds 100+ images, so always set `data.max_per_prompt` (the shipped configs use 4) or one step can
-hold thousands of chains.
+Batches: `data.group_batch` groups images by prompt *instance* (`data.prompt_groups`: the images linked by
+`pairs.jsonl`, not every image with the same prompt text); `data.max_per_prompt` caps the images taken per group.
 Evaluation: held-out pairwise accuracy in reasoning mode (`Scorer.score(reasoning=True, samples=eval_samples)`).
 """
 from __future__ import annotations
@@ -53,7 +62,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zreward.losses import clipped_pg_loss, kl_div_levels, score_gap_huber, thurstone_fidelity
+from zreward.losses import (clipped_pg_loss, distribution_rewards, kl_div_levels, masked_advantages,
+                            pair_outcome_rewards, score_gap_huber, thurstone_fidelity)
+from zreward.losses.policy import ADV_SCALES
+from zreward.losses.rewards import DIST_REWARDS
+from zreward.models.level_readout import expectation
 from zreward.trainers import rollout as R
 from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
@@ -71,11 +84,15 @@ class GDSOConfig:
 
     group_size: int = field(default=4, metadata={"help": "G: sampled chains per (image, dim)"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "chain length bound (null: the scorer's zreward.json value; saved into the final scorer)"})
-    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature (the PG chains)"})
+    eval_temperature: float | None = field(default=0.3, metadata={"help": "temperature of the chains the distribution and pair terms read, the one the saved scorer samples at (0: greedy; null: those terms read the PG chains, the pre-fix behaviour); 0.3 not yet measured"})
+    dist_samples: int = field(default=1, metadata={"help": "chains per (image, dim) at eval_temperature for the distribution and pair terms (greedy: 1)"})
     dims: list[str] | None = field(default=None, metadata={"help": "dimensions to train (null: all the split and scorer share)"})
     dims_per_step: int | None = field(default=None, metadata={"help": "random subset of dims per step (null: all)"})
     reward: str = field(default="neg_abs", metadata={"help": "neg_abs −|μ−MOS|, neg_sq −(μ−MOS)², neg_kl −KL(target‖p)"})
-    adv_scale: str = field(default="group", metadata={"help": "advantage scaling: group, batch or none"})
+    pair_reward_weight: float = field(default=0.0, metadata={"help": "weight of the within-prompt pair-outcome reward added to the distribution reward (0: off)"})
+    adv_scale: str = field(default="group", metadata={"help": "advantage scaling: group, batch or none (Dr. GRPO)"})
+    adv_std_floor: float = field(default=0.1, metadata={"help": "advantages divide by max(std, floor), reward units (0: TRL's std + 1e-4; 0.1 not yet measured)"})
     pg_weight: float = field(default=1.0, metadata={"help": "weight of the clipped policy-gradient term"})
     dist_weight: float = field(default=1.0, metadata={"help": "weight of the pointwise KL after each chain"})
     pair_weight: float = field(default=1.0, metadata={"help": "weight of the within-prompt pairwise term"})
@@ -91,13 +108,17 @@ class GDSOConfig:
     eval_samples: int = field(default=1, metadata={"help": "chains per (image, dim) at evaluation (1: greedy)"})
 
     def __post_init__(self) -> None:
-        checks = {"reward": (self.reward, R.DIST_REWARDS), "adv_scale": (self.adv_scale, ("group", "batch", "none")),
+        checks = {"reward": (self.reward, DIST_REWARDS), "adv_scale": (self.adv_scale, ADV_SCALES),
                   "pair_loss": (self.pair_loss, ("huber", "fidelity")),
                   "aggregation": (self.aggregation, ("seq_mean", "token_mean", "fixed_norm"))}
         for name, (v, ok) in checks.items():
             if v not in ok:
                 raise ValueError(f"gdso.{name} must be one of {ok}, got {v!r}")
-        for name in ("group_size", "max_new_tokens", "ppo_epochs", "eval_samples"):
+        if self.eval_temperature is not None and self.eval_temperature < 0:
+            raise ValueError(f"gdso.eval_temperature must be >= 0 (0: greedy) or null, got {self.eval_temperature}")
+        if self.adv_std_floor < 0:
+            raise ValueError(f"gdso.adv_std_floor must be >= 0, got {self.adv_std_floor}")
+        for name in ("group_size", "max_new_tokens", "ppo_epochs", "eval_samples", "dist_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"gdso.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -113,26 +134,38 @@ class Config:
 
 
 def gdso_losses(g: GDSOConfig, scorer, ro: R.Rollout, lab: R.Labels, group_ids: np.ndarray, cache: dict,
-                ref_model) -> tuple[torch.Tensor, dict]:
-    """Forward one micro-batch and return (loss, stats). `cache` holds the first pass's rewards / old log-probs."""
+                ref_model, ro_eval: R.Rollout | None = None) -> tuple[torch.Tensor, dict]:
+    """Forward one micro-batch and return (loss, stats). `cache` holds the first pass's rewards / old log-probs.
+
+    The PG term reads the rollout chains `ro`; the distribution and pair terms read `ro_eval` (chains at the
+    evaluation temperature), or `ro` when it is None."""
     levels = scorer.levels
     t0 = time.perf_counter()
     cf = R.score_chains(scorer, ro)
     mos_c, target_c, mask_c = lab.per_chain(ro.group_size)
     mask_c = mask_c.to(cf.level_logits.device)
     if "adv" not in cache:  # first pass over this rollout: it is the sampling policy
-        cache["rewards"] = R.distribution_rewards(cf.level_logits, levels, mos_c, target_c, g.reward)
-        cache["adv"] = R.masked_advantages(cache["rewards"], mask_c, ro.group_size, g.adv_scale)
+        rewards = distribution_rewards(cf.level_logits, levels, mos_c, target_c, g.reward)
+        if g.pair_reward_weight:
+            mu_c = expectation(torch.softmax(cf.level_logits.detach().float(), -1), levels.to(cf.level_logits.device))
+            pr = pair_outcome_rewards(mu_c.view(ro.n_images, ro.n_dims, ro.group_size), lab.mos, lab.mask, group_ids)
+            rewards = rewards + g.pair_reward_weight * pr.reshape(-1)
+        cache["rewards"] = rewards
+        cache["adv"] = masked_advantages(rewards, mask_c, ro.group_size, g.adv_scale, g.adv_std_floor)
         cache["old"] = cf.token_logprobs.detach()
         if g.kl_coef:
             cache["ref"] = R.reference_logprobs(scorer, ref_model, ro).token_logprobs
+    ce = cf if ro_eval is None else R.score_chains(scorer, ro_eval)
     t_score = time.perf_counter() - t0
     tok_mask = cf.token_mask.bool() & mask_c.unsqueeze(1)
     pg, st = clipped_pg_loss(cf.token_logprobs, cache["old"], cache["adv"], tok_mask, g.clip_eps_low,
                              g.clip_eps_high, ref_logp=cache.get("ref"), kl_coef=g.kl_coef,
                              aggregation=g.aggregation, max_len=g.max_new_tokens)
-    dist = kl_div_levels(cf.level_logits.float(), target_c.to(cf.level_logits.device), mask=mask_c)
-    mu, sd = R.group_moments(cf.level_logits, levels, ro.n_images, ro.n_dims, ro.group_size)
+    ev = ro if ro_eval is None else ro_eval
+    _, target_e, mask_e = lab.per_chain(ev.group_size)
+    mask_e = mask_e.to(ce.level_logits.device)
+    dist = kl_div_levels(ce.level_logits.float(), target_e.to(ce.level_logits.device), mask=mask_e)
+    mu, sd = R.group_moments(ce.level_logits, levels, ev.n_images, ev.n_dims, ev.group_size)
     ia, ib = within_group_pairs(group_ids)
     lm = lab.mask.to(mu.device)
     pair_mask = lm[ia] & lm[ib]
@@ -147,12 +180,15 @@ def gdso_losses(g: GDSOConfig, scorer, ro: R.Rollout, lab: R.Labels, group_ids: 
         pair = thurstone_fidelity(mu[ia], sd[ia], mu[ib], sd[ib], p_t, mask=pair_mask)
     loss = g.pg_weight * pg + g.dist_weight * dist + g.pair_weight * pair
     with torch.no_grad():
-        r = cache["rewards"][mask_c]
+        r, a = cache["rewards"][mask_c], cache["adv"][mask_c]
+        spread = cache["rewards"].view(-1, ro.group_size).std(1, correction=0)[mask_c[::ro.group_size]]
         stats = {"loss": loss.detach(), "pg_loss": pg.detach(), "dist_loss": dist.detach(), "pair_loss": pair.detach(),
-                 "reward_mean": r.mean() if r.numel() else torch.zeros(()), "kl": st["kl"],
-                 "clip_frac": st["clip_frac"], "ratio_mean": st["ratio_mean"],
+                 "reward_mean": r.mean() if r.numel() else torch.zeros(()),
+                 "adv_abs_mean": a.abs().mean() if a.numel() else torch.zeros(()),
+                 "flat_group_frac": (spread < 0.05).float().mean() if spread.numel() else torch.zeros(()),
+                 "kl": st["kl"], "clip_frac": st["clip_frac"], "ratio_mean": st["ratio_mean"],
                  "chain_len": cf.token_mask.float().sum(1).mean(), "in_level_mass": cf.in_level_mass.float().mean(),
-                 "t_score": t_score}
+                 "eval_chain_len": ce.token_mask.float().sum(1).mean(), "t_score": t_score}
     return loss, stats
 
 
@@ -166,7 +202,8 @@ def train(cfg: Config) -> Path:
     scorer = build_scorer(cfg.model, acc.device)
     # Evaluation and the saved scorer generate chains like the rollouts do.
     g.max_new_tokens = g.max_new_tokens or scorer.config.max_new_tokens
-    scorer.config.max_new_tokens, scorer.config.temperature = g.max_new_tokens, g.temperature
+    scorer.config.max_new_tokens = g.max_new_tokens
+    scorer.config.temperature = g.eval_temperature or g.temperature
     scorer.config.mode = "reasoning"
     data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
     val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
@@ -192,6 +229,12 @@ def train(cfg: Config) -> Path:
         t0 = time.perf_counter()
         ro = R.rollout(scorer, [data.prompts[i] for i in idx], data.image_batch(idx), sdims, g.group_size,
                        g.max_new_tokens, g.temperature)
+        ro_eval = None
+        if g.eval_temperature is not None:  # the chains the model reads at evaluation (see module docstring)
+            greedy = g.eval_temperature == 0
+            ro_eval = R.rollout(scorer, [data.prompts[i] for i in idx], data.image_batch(idx), sdims,
+                                1 if greedy else g.dist_samples, g.max_new_tokens, g.eval_temperature or 1.0,
+                                do_sample=not greedy)
         t_rollout = time.perf_counter() - t0
         micro = R.micro_batches(data.group[idx], g.groups_per_micro)
         caches = [{} for _ in micro]
@@ -199,9 +242,9 @@ def train(cfg: Config) -> Path:
         t_score = t_update = 0.0
         for _epoch in range(g.ppo_epochs):
             for rows, cache in zip(micro, caches):
-                sub, _ = R.subset(ro, rows) if len(micro) > 1 else (ro, None)
-                sub_lab = lab.rows(rows)
-                loss, st = gdso_losses(g, scorer, sub, sub_lab, data.group[idx][rows], cache, ref_model)
+                sub = R.subset(ro, rows)[0] if len(micro) > 1 else ro
+                sub_ev = R.subset(ro_eval, rows)[0] if len(micro) > 1 and ro_eval is not None else ro_eval
+                loss, st = gdso_losses(g, scorer, sub, lab.rows(rows), data.group[idx][rows], cache, ref_model, sub_ev)
                 w = len(rows) / len(idx)
                 t0 = time.perf_counter()
                 (loss * w).backward()

@@ -13,7 +13,8 @@ The same rollout machinery as `gdso` (`zreward.trainers.rollout`), but the polic
    after chain i (softmax restricted to the level tokens; `level_choice=argmax` takes its mode instead), and
    r_i = −|ℓ_i − MOS| (`reward=neg_abs`) or r_i = 1[|ℓ_i − MOS| ≤ `exact_tol`] (`reward=exact`; with the default
    tol 0.25 this is "the nearest level to the MOS").
-5. **advantages**: group-relative over the G chains of each (image, dim) (`losses.group_relative_advantages`);
+5. **advantages**: `losses.masked_advantages` over the G chains of each (image, dim), the same function and
+   settings as GDSO ((r − mean)/max(std + 1e-4, `adv_std_floor`), or Dr. GRPO's r − mean with `adv_scale=none`);
    unlabelled (image, dim) groups get advantage 0.
 6. **update**: `losses.clipped_pg_loss` over the chain tokens **and the chosen score token** — GRPO treats the
    score token as part of the policy's output: its log-prob log p(ℓ_i | chain) under the restricted level softmax is
@@ -26,9 +27,9 @@ The same rollout machinery as `gdso` (`zreward.trainers.rollout`), but the polic
 Choices where the paper is silent: the level is chosen with the restricted (level-token) softmax rather than the
 full vocabulary, so the score "token" is always a level; the reward uses the MOS of the (image, dim), not a single
 rater; multi-process gradients are averaged by an explicit all-reduce (as in `gdso`).
-Batches: `data.group_batch` groups images by prompt **text**; in ShapesWorld a frequent prompt text ("a purple
-triangle") holds 100+ images, so always set `data.max_per_prompt` (the shipped configs use 4) or one step can
-hold thousands of chains.
+Batches: `data.group_batch` groups images by prompt *instance* (`data.prompt_groups`: the images linked by
+`pairs.jsonl`, not every image with the same prompt text); `data.max_per_prompt` caps the images taken per group.
+The saved scorer samples chains at `eval_temperature` (as GDSO's, for a matched comparison).
 Evaluation: held-out pairwise accuracy in reasoning mode (`Scorer.score(reasoning=True, samples=eval_samples)`).
 """
 from __future__ import annotations
@@ -39,7 +40,9 @@ from pathlib import Path
 
 import torch
 
-from zreward.losses import clipped_pg_loss
+from zreward.losses import clipped_pg_loss, masked_advantages, sampled_level_rewards
+from zreward.losses.policy import ADV_SCALES
+from zreward.losses.rewards import LEVEL_REWARDS
 from zreward.trainers import rollout as R
 from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
 from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
@@ -57,13 +60,15 @@ class GRPOConfig:
 
     group_size: int = field(default=4, metadata={"help": "G: sampled chains per (image, dim)"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "chain length bound (null: the scorer's zreward.json value; saved into the final scorer)"})
-    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature (the PG chains)"})
+    eval_temperature: float | None = field(default=0.3, metadata={"help": "temperature the saved scorer samples chains at, as GDSO's (null: the rollout temperature, the pre-fix behaviour); 0.3 not yet measured"})
     dims: list[str] | None = field(default=None, metadata={"help": "dimensions to train (null: all the split and scorer share)"})
     dims_per_step: int | None = field(default=None, metadata={"help": "random subset of dims per step (null: all)"})
     level_choice: str = field(default="sample", metadata={"help": "score token: sample from the level distribution, or argmax"})
     reward: str = field(default="neg_abs", metadata={"help": "neg_abs −|level − MOS| or exact 1[|level − MOS| ≤ exact_tol]"})
     exact_tol: float = field(default=0.25, metadata={"help": "tolerance of the exact reward"})
-    adv_scale: str = field(default="group", metadata={"help": "advantage scaling: group, batch or none"})
+    adv_scale: str = field(default="group", metadata={"help": "advantage scaling: group, batch or none (Dr. GRPO)"})
+    adv_std_floor: float = field(default=0.1, metadata={"help": "advantages divide by max(std, floor), reward units (0: TRL's std + 1e-4; 0.1 not yet measured)"})
     clip_eps_low: float = field(default=0.2, metadata={"help": "ratio clip 1 − eps_low"})
     clip_eps_high: float = field(default=0.2, metadata={"help": "ratio clip 1 + eps_high"})
     aggregation: str = field(default="seq_mean", metadata={"help": "token aggregation: seq_mean, token_mean, fixed_norm"})
@@ -74,12 +79,16 @@ class GRPOConfig:
     eval_samples: int = field(default=1, metadata={"help": "chains per (image, dim) at evaluation (1: greedy)"})
 
     def __post_init__(self) -> None:
-        checks = {"reward": (self.reward, R.LEVEL_REWARDS), "level_choice": (self.level_choice, ("sample", "argmax")),
-                  "adv_scale": (self.adv_scale, ("group", "batch", "none")),
+        checks = {"reward": (self.reward, LEVEL_REWARDS), "level_choice": (self.level_choice, ("sample", "argmax")),
+                  "adv_scale": (self.adv_scale, ADV_SCALES),
                   "aggregation": (self.aggregation, ("seq_mean", "token_mean", "fixed_norm"))}
         for name, (v, ok) in checks.items():
             if v not in ok:
                 raise ValueError(f"grpo.{name} must be one of {ok}, got {v!r}")
+        if self.eval_temperature is not None and self.eval_temperature <= 0:
+            raise ValueError(f"grpo.eval_temperature must be > 0 or null, got {self.eval_temperature}")
+        if self.adv_std_floor < 0:
+            raise ValueError(f"grpo.adv_std_floor must be >= 0, got {self.adv_std_floor}")
         for name in ("group_size", "max_new_tokens", "ppo_epochs", "eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
@@ -102,9 +111,9 @@ def grpo_losses(g: GRPOConfig, scorer, ro: R.Rollout, lab: R.Labels, cache: dict
     mos_c, _, mask_c = lab.per_chain(ro.group_size)
     mask_c = mask_c.to(cf.level_logits.device)
     if "adv" not in cache:  # first pass over this rollout: it is the sampling policy
-        cache["rewards"], cache["level"] = R.sampled_level_rewards(cf.level_logits, scorer.levels, mos_c,
-                                                                   g.level_choice, g.reward, g.exact_tol)
-        cache["adv"] = R.masked_advantages(cache["rewards"], mask_c, ro.group_size, g.adv_scale)
+        cache["rewards"], cache["level"] = sampled_level_rewards(cf.level_logits, scorer.levels, mos_c,
+                                                                 g.level_choice, g.reward, g.exact_tol)
+        cache["adv"] = masked_advantages(cache["rewards"], mask_c, ro.group_size, g.adv_scale, g.adv_std_floor)
     logp, tok_mask = R.with_score_token(cf.token_logprobs, cf.token_mask, cf.level_logits, cache["level"])
     if "old" not in cache:
         cache["old"] = logp.detach()
@@ -138,7 +147,8 @@ def train(cfg: Config) -> Path:
     scorer = build_scorer(cfg.model, acc.device)
     # Evaluation and the saved scorer generate chains like the rollouts do.
     g.max_new_tokens = g.max_new_tokens or scorer.config.max_new_tokens
-    scorer.config.max_new_tokens, scorer.config.temperature = g.max_new_tokens, g.temperature
+    scorer.config.max_new_tokens = g.max_new_tokens
+    scorer.config.temperature = g.eval_temperature or g.temperature
     scorer.config.mode = "reasoning"
     data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
     val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
