@@ -8,6 +8,7 @@ import torch
 from zreward.losses import distribution_rewards, masked_advantages
 from zreward.trainers import gdso
 from zreward.trainers import rollout as R
+from zreward.trainers.rl import MicroBatch
 from zreward.trainers.run_utils import read_metrics
 
 
@@ -85,7 +86,7 @@ def _one_micro(tiny_dir, small_world, mask_value: bool, **g):
     lab.mask[:] = mask_value
     torch.manual_seed(0)
     ro = R.rollout(sc, [data.prompts[i] for i in idx], data.image_batch(idx), data.dims[:2], 2, 4, 1.0)
-    loss, st = gdso.gdso_losses(cfg, sc, ro, lab, data.group[idx], {}, None)
+    loss, st, _ = gdso.gdso_losses(cfg, sc, MicroBatch(ro, None, lab, data.group[idx]), None, None)
     return sc, loss, st, lab, ro
 
 
@@ -153,7 +154,7 @@ def test_distribution_and_pair_terms_read_the_eval_chains(tiny_dir, small_world)
                    do_sample=False)
     cfg = _cfg(tiny_dir, small_world, "unused").gdso
     cfg.max_new_tokens = 4
-    _, st = gdso.gdso_losses(cfg, sc, ro, lab, data.group[data_idx], {}, None, ev)
+    _, st, _ = gdso.gdso_losses(cfg, sc, MicroBatch(ro, ev, lab, data.group[data_idx]), None, None)
     with torch.no_grad():
         ce = R.score_chains(sc, ev)
         _, target_e, _ = lab.per_chain(1)
@@ -168,16 +169,15 @@ def test_distribution_and_pair_terms_read_the_eval_chains(tiny_dir, small_world)
 def test_pair_outcome_reward_enters_the_advantages(tiny_dir, small_world):
     from zreward.trainers.data import load_train_data
 
-    cache: dict = {}
     sc, _, _, lab, ro = _one_micro(tiny_dir, small_world, True)
     data = load_train_data(small_world / "train", max_images=8)
     cfg = _cfg(tiny_dir, small_world, "unused", pair_reward_weight=2.0).gdso
     cfg.max_new_tokens = 4
-    gdso.gdso_losses(cfg, sc, ro, lab, data.group[np.arange(8)], cache, None)
+    _, _, state = gdso.gdso_losses(cfg, sc, MicroBatch(ro, None, lab, data.group[np.arange(8)]), None, None)
     with torch.no_grad():
         cf = R.score_chains(sc, ro)
     base = distribution_rewards(cf.level_logits, sc.levels, lab.per_chain(2)[0])
-    extra = cache["rewards"] - base
+    extra = state.rewards - base
     assert extra.min() >= 0 and extra.max() <= 2.0 + 1e-6 and extra.abs().sum() > 0
 
 

@@ -21,8 +21,8 @@ from zreward.losses.distribution import (
 )
 from zreward.losses.pairwise import bradley_terry, score_gap_huber, thurstone_fidelity
 from zreward.losses.policy import clipped_pg_loss, group_relative_advantages, k3_kl, masked_advantages
-from zreward.losses.rewards import distribution_rewards, pair_outcome_rewards, sampled_level_rewards
 from zreward.losses.rewarddance import yes_no_ce, yes_probability
+from zreward.losses.rewards import distribution_rewards, pair_outcome_rewards, sampled_level_rewards
 
 __all__ = [
     "kl_div_levels",
