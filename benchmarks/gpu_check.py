@@ -163,6 +163,7 @@ def check_gdso(sc, a) -> dict:
     from zreward.models.load import prepare_for_training
     from zreward.trainers import gdso
     from zreward.trainers import rollout as R
+    from zreward.trainers.rl import MicroBatch, eval_rollout
 
     cfg = _trainer_config(gdso, "gdso/qwen3_5_27b.yaml")
     g = cfg.gdso
@@ -188,7 +189,8 @@ def check_gdso(sc, a) -> dict:
     ro = R.rollout(sc, prompts, images, dims, g.group_size, g.max_new_tokens, g.temperature)
     _sync(a.device)
     t_roll = time.perf_counter() - t0
-    loss, _ = gdso.gdso_losses(g, sc, ro, lab, group_ids, {}, None)
+    mb = MicroBatch(ro, eval_rollout(sc, g, prompts, images, dims, g.dist_samples), lab, group_ids)
+    loss, _, _ = gdso.gdso_losses(g, sc, mb, None, None)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from zreward.losses import distribution_rewards, masked_advantages
 from zreward.trainers import gdso
 from zreward.trainers import rollout as R
+from zreward.trainers.rl import MicroBatch
 from zreward.trainers.run_utils import read_metrics
 
 
@@ -75,7 +77,7 @@ def _one_micro(tiny_model, small_world, mask_value: bool, **g):
     lab.mask[:] = mask_value
     torch.manual_seed(0)
     ro = R.rollout(sc, [data.prompts[i] for i in idx], data.image_batch(idx), data.dims[:2], 2, 4, 1.0)
-    loss, st = gdso.gdso_losses(cfg, sc, ro, lab, data.group[idx], {}, None)
+    loss, st, _ = gdso.gdso_losses(cfg, sc, MicroBatch(ro, None, lab, data.group[idx]), None, None)
     return sc, loss, st, lab, ro
 
 
@@ -123,12 +125,51 @@ def test_pg_term_only_touches_chain_tokens(tiny_model, small_world, monkeypatch)
     loss.backward()
     assert cf.level_logits.grad is None or cf.level_logits.grad.abs().max() == 0
     m = cf.token_mask.float()
-    rewards = R.distribution_rewards(cf.level_logits, sc.levels, lab.per_chain(2)[0])
-    adv = R.masked_advantages(rewards, torch.ones_like(rewards, dtype=torch.bool), 2)
+    rewards = distribution_rewards(cf.level_logits, sc.levels, lab.per_chain(2)[0])
+    adv = masked_advantages(rewards, torch.ones_like(rewards, dtype=torch.bool), 2, std_floor=0.1)
     n = m.shape[0]
     expected = -adv.unsqueeze(1) * m / m.sum(1, keepdim=True).clamp(min=1) / n
     assert torch.allclose(cf.token_logprobs.grad, expected, atol=1e-6)
     assert cf.token_logprobs.grad[m == 0].eq(0).all() and cf.token_logprobs.grad.abs().sum() > 0
+
+
+def test_distribution_and_pair_terms_read_the_eval_chains(tiny_dir, small_world):
+    """With eval chains, L_dist and L_pair are computed on them (greedy here), L_PG on the rollout chains."""
+    from zreward.losses import kl_div_levels, score_gap_huber
+    from zreward.trainers.data import load_train_data, within_group_pairs
+
+    sc, _, st_pg, lab, ro = _one_micro(tiny_dir, small_world, True)
+    data_idx = np.arange(8)
+    data = load_train_data(small_world / "train", max_images=8)
+    ev = R.rollout(sc, [data.prompts[i] for i in data_idx], data.image_batch(data_idx), data.dims[:2], 1, 4, 1.0,
+                   do_sample=False)
+    cfg = _cfg(tiny_dir, small_world, "unused").gdso
+    cfg.max_new_tokens = 4
+    _, st, _ = gdso.gdso_losses(cfg, sc, MicroBatch(ro, ev, lab, data.group[data_idx]), None, None)
+    with torch.no_grad():
+        ce = R.score_chains(sc, ev)
+        _, target_e, _ = lab.per_chain(1)
+        assert st["dist_loss"].item() == pytest.approx(kl_div_levels(ce.level_logits, target_e).item(), rel=1e-5)
+        mu, _ = R.group_moments(ce.level_logits, sc.levels, 8, 2, 1)
+        ia, ib = within_group_pairs(data.group[data_idx])
+        exp = score_gap_huber(mu[ia] - mu[ib], lab.mos[ia] - lab.mos[ib])
+        assert st["pair_loss"].item() == pytest.approx(exp.item(), rel=1e-5)
+    assert st["pg_loss"].item() == pytest.approx(st_pg["pg_loss"].item(), abs=1e-6)  # PG term: same rollout
+
+
+def test_pair_outcome_reward_enters_the_advantages(tiny_dir, small_world):
+    from zreward.trainers.data import load_train_data
+
+    sc, _, _, lab, ro = _one_micro(tiny_dir, small_world, True)
+    data = load_train_data(small_world / "train", max_images=8)
+    cfg = _cfg(tiny_dir, small_world, "unused", pair_reward_weight=2.0).gdso
+    cfg.max_new_tokens = 4
+    _, _, state = gdso.gdso_losses(cfg, sc, MicroBatch(ro, None, lab, data.group[np.arange(8)]), None, None)
+    with torch.no_grad():
+        cf = R.score_chains(sc, ro)
+    base = distribution_rewards(cf.level_logits, sc.levels, lab.per_chain(2)[0])
+    extra = state.rewards - base
+    assert extra.min() >= 0 and extra.max() <= 2.0 + 1e-6 and extra.abs().sum() > 0
 
 
 def test_config_rejects_bad_values():
@@ -136,3 +177,7 @@ def test_config_rejects_bad_values():
         gdso.GDSOConfig(reward="nope")
     with pytest.raises(ValueError, match="gdso.group_size"):
         gdso.GDSOConfig(group_size=0)
+    with pytest.raises(ValueError, match="gdso.eval_temperature"):
+        gdso.GDSOConfig(eval_temperature=-0.1)
+    with pytest.raises(ValueError, match="gdso.adv_std_floor"):
+        gdso.GDSOConfig(adv_std_floor=-1.0)

@@ -8,6 +8,7 @@ import torch
 
 from zreward.trainers import grpo
 from zreward.trainers import rollout as R
+from zreward.trainers.rl import MicroBatch
 from zreward.trainers.run_utils import read_metrics
 
 
@@ -72,19 +73,18 @@ def test_pg_covers_chain_and_score_token(tiny_model, small_world, monkeypatch):
     lab = R.batch_labels(data, idx, [0], sc.levels)
     torch.manual_seed(0)
     ro = R.rollout(sc, [data.prompts[i] for i in idx], data.image_batch(idx), data.dims[:1], 3, 4, 1.0)
-    cache: dict = {}
     g = grpo.GRPOConfig(max_new_tokens=4)
-    loss, _ = grpo.grpo_losses(g, sc, ro, lab, cache, None)
+    loss, _, state = grpo.grpo_losses(g, sc, MicroBatch(ro, None, lab, data.group[idx]), None, None)
     loss.backward()
     cf = captured["cf"]
     m = cf.token_mask.float()
     n = m.shape[0]
-    scale = -cache["adv"] / (m.sum(1) + 1) / n  # (N,): one score token per chain
+    scale = -state.advantages / (m.sum(1) + 1) / n  # (N,): one score token per chain
     assert torch.allclose(cf.token_logprobs.grad, scale.unsqueeze(1) * m, atol=1e-6)
-    onehot = torch.nn.functional.one_hot(cache["level"], 9).float()
+    onehot = torch.nn.functional.one_hot(state.level, 9).float()
     p = torch.softmax(cf.level_logits.detach(), -1)
     assert torch.allclose(cf.level_logits.grad, scale.unsqueeze(1) * (onehot - p), atol=1e-6)
-    assert cache["adv"].abs().sum() > 0  # the check is not vacuous
+    assert state.advantages.abs().sum() > 0  # the check is not vacuous
 
 
 def test_config_rejects_bad_values():
