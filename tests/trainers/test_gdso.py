@@ -133,17 +133,17 @@ def test_pg_term_only_touches_chain_tokens(tiny_model, small_world, monkeypatch)
     assert cf.token_logprobs.grad[m == 0].eq(0).all() and cf.token_logprobs.grad.abs().sum() > 0
 
 
-def test_distribution_and_pair_terms_read_the_eval_chains(tiny_dir, small_world):
+def test_distribution_and_pair_terms_read_the_eval_chains(tiny_model, small_world):
     """With eval chains, L_dist and L_pair are computed on them (greedy here), L_PG on the rollout chains."""
     from zreward.losses import kl_div_levels, score_gap_huber
     from zreward.trainers.data import load_train_data, within_group_pairs
 
-    sc, _, st_pg, lab, ro = _one_micro(tiny_dir, small_world, True)
+    sc, _, st_pg, lab, ro = _one_micro(tiny_model, small_world, True)
     data_idx = np.arange(8)
     data = load_train_data(small_world / "train", max_images=8)
     ev = R.rollout(sc, [data.prompts[i] for i in data_idx], data.image_batch(data_idx), data.dims[:2], 1, 4, 1.0,
                    do_sample=False)
-    cfg = _cfg(tiny_dir, small_world, "unused").gdso
+    cfg = _cfg(tiny_model, small_world, "unused").gdso
     cfg.max_new_tokens = 4
     _, st, _ = gdso.gdso_losses(cfg, sc, MicroBatch(ro, ev, lab, data.group[data_idx]), None, None)
     with torch.no_grad():
@@ -157,12 +157,12 @@ def test_distribution_and_pair_terms_read_the_eval_chains(tiny_dir, small_world)
     assert st["pg_loss"].item() == pytest.approx(st_pg["pg_loss"].item(), abs=1e-6)  # PG term: same rollout
 
 
-def test_pair_outcome_reward_enters_the_advantages(tiny_dir, small_world):
+def test_pair_outcome_reward_enters_the_advantages(tiny_model, small_world):
     from zreward.trainers.data import load_train_data
 
-    sc, _, _, lab, ro = _one_micro(tiny_dir, small_world, True)
+    sc, _, _, lab, ro = _one_micro(tiny_model, small_world, True)
     data = load_train_data(small_world / "train", max_images=8)
-    cfg = _cfg(tiny_dir, small_world, "unused", pair_reward_weight=2.0).gdso
+    cfg = _cfg(tiny_model, small_world, "unused", pair_reward_weight=2.0).gdso
     cfg.max_new_tokens = 4
     _, _, state = gdso.gdso_losses(cfg, sc, MicroBatch(ro, None, lab, data.group[np.arange(8)]), None, None)
     with torch.no_grad():
