@@ -52,7 +52,7 @@ def build_scorer(arch: str, device: str, tiny: bool, image_size: int):
     from zreward.models.preprocess import PixelSpec
     from zreward.models.scorer_config import ScorerConfig
     from zreward.models.tiny_tokenizer import build_tiny_tokenizer
-    from zreward.serve.scorer import Scorer
+    from zreward.models.scorer import Scorer
 
     cfg_json = json.loads((ARCH / f"{arch}.json").read_text())["config"]
     family = cfg_json["model_type"]

@@ -15,7 +15,7 @@ from zreward.models import DEFAULT_FAMILY
 from zreward.models import level_readout as lr
 from zreward.models import logprobs as lp
 from zreward.models.batch import build_batch
-from zreward.serve.scorer import ChainBatch, load_scorer
+from zreward.models.scorer import ChainBatch, load_scorer
 
 PROMPTS = ["a red circle", "three green triangles above a purple hexagon"]
 BIG_VOCAB = 151_680  # ≥ 150k, as Qwen's

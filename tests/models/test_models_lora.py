@@ -9,7 +9,7 @@ import torch
 
 from zreward.models import load as load_mod
 from zreward.models.lora import LoraOptions, lora_target_names, save_merged
-from zreward.serve.scorer import load_scorer
+from zreward.models.scorer import load_scorer
 
 FAM = "qwen3_5"
 PROMPTS = ["a red circle", "three green triangles above a purple hexagon"]

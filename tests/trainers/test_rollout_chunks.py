@@ -28,7 +28,7 @@ def test_generation_chunks_cover_all_groups_in_order_within_bound(b, d, g, gen_b
 def deterministic_scorer(tmp_path_factory):
     """A tiny scorer whose next-token distribution is one-hot (lm_head scaled up): sampling equals argmax."""
     from zreward.models.tiny import init_tiny
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     out = init_tiny("qwen2_vl", tmp_path_factory.mktemp("tiny_chunks"), preset="tiny", seed=0)
     sc = load_scorer(out)
