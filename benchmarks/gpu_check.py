@@ -163,6 +163,7 @@ def check_gdso(sc, a) -> dict:
     from zreward.models.load import prepare_for_training
     from zreward.trainers import gdso
     from zreward.trainers import rollout as R
+    from zreward.trainers.rl import MicroBatch, eval_rollout
 
     cfg = _trainer_config(gdso, "gdso/qwen3_5_27b.yaml")
     g = cfg.gdso
@@ -171,6 +172,7 @@ def check_gdso(sc, a) -> dict:
     lora = LoraOptions(r=cfg.model.lora_r, alpha=cfg.model.lora_alpha)
     sc.model = prepare_for_training(sc.model, lora, cfg.model.gradient_checkpointing, sc.config.level_token_ids)
     sc.model.train()
+    sc.generation_batch = cfg.model.generation_batch
     groups = g.groups_per_micro or cfg.data.prompts_per_batch
     per = cfg.data.max_per_prompt or 4
     b, dims, L = groups * per, sc.dims, len(sc.levels)
@@ -187,7 +189,8 @@ def check_gdso(sc, a) -> dict:
     ro = R.rollout(sc, prompts, images, dims, g.group_size, g.max_new_tokens, g.temperature)
     _sync(a.device)
     t_roll = time.perf_counter() - t0
-    loss, _ = gdso.gdso_losses(g, sc, ro, lab, group_ids, {}, None)
+    mb = MicroBatch(ro, eval_rollout(sc, g, prompts, images, dims, g.dist_samples), lab, group_ids)
+    loss, _, _ = gdso.gdso_losses(g, sc, mb, None, None)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -288,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.device.startswith("cuda"):
             torch.cuda.empty_cache()
     rows = _rows(res, judged=a.device.startswith("cuda") and not a.tiny)
+    from zreward.models.load import missing_linear_attention_kernels
+
+    missing = missing_linear_attention_kernels()
+    rows.append(("linear-attention kernels (zreward[gpu])", "missing: " + ", ".join(missing) if missing else "present",
+                 "", "-"))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'check':<{width}}  {'measured':>22}  {'threshold':>10}  status")
     for check, value, limit, status in rows:

@@ -215,12 +215,11 @@ def test_gen_profile_settings_change_the_key(tmp_path, configs, monkeypatch):
         digest(stage_parts(st, ctx))
 
 
-def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, small_world):
+def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, small_world, tiny_model):
     """The three generator stages for real (tiny generator, a random tiny Scorer as the RISD student's stand-in)."""
     from zreward.align.cli import main as gen_main
-    from zreward.models.tiny import init_tiny
 
-    scorer = init_tiny("qwen2_vl", tmp_path / "scorer", preset="tiny", seed=0)
+    scorer = tiny_model
     monkeypatch.setitem(PROFILES["test"], "gen", {"arch": "tiny", "pretrain_steps": 3, "pretrain_batch_size": 4,
                                                   "tune_steps": 2, "tune_batch_size": 2, "audit_every": 2,
                                                   "eval_prompts": 4})

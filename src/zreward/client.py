@@ -11,8 +11,12 @@ What is implemented:
 - `.reward_fn(prompts, images) -> (scores (B,), stds (B,))`, float32 torch tensors on CPU, the same signature,
   formula and defaults as the local `zreward.align.reward_fn.ScorerRewardFn`, so a harness can swap local for
   remote scoring: score = Σ_d w_d (mean_d − λ·std_d) / Σ_d w_d, std = Σ_d w_d std_d / Σ_d w_d, with the weights
-  the server reports in /info (its scorer's `reward_weights`) unless given; tensors are resized to `image_size`
-  (bilinear, like ScorerRewardFn) before encoding. With λ = 0, scores equal the server's `overall`.
+  the server reports in /info (its scorer's `reward_weights`) unless given. Images are sent at their own size (the
+  server's scorer preprocessing decides the input size); `image_size=S` resizes tensors (bilinear) first. With
+  λ = 0, scores equal the server's `overall`; λ > 0 is the uncertainty-aware reward.
+- `.trl_reward_fn(**opts)` / `.flow_grpo_reward_fn(**opts)`: that reward in TRL's `reward_funcs` form
+  `(prompts, completions, **kwargs) -> list[float]` and Flow-GRPO's `(images, prompts, metadata) -> (scores, meta)`
+  (`zreward.align.harness`, torch-free like this module).
 - Retries with exponential backoff (backoff·2^k seconds, or the server's Retry-After) on connection errors,
   timeouts, 5xx and 429; a 4xx is the caller's fault and raises `RewardServerError` at once with the server's
   message (which names the field and index).
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from zreward.models.scorer_config import dim_weights
+from zreward.align.harness import as_flow_grpo_reward, as_trl_reward
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -180,14 +185,22 @@ class RewardClient:
                 "overall": np.asarray([r["overall"] for r in results], dtype=f32),
                 "dims": list(head["dims"]), "levels": np.asarray(head["levels"], dtype=f32)}
 
+    def trl_reward_fn(self, name: str = "zreward", **opts):
+        """`reward_fn` with options `opts` as a TRL `reward_funcs` entry (see `zreward.align.harness`)."""
+        return as_trl_reward(lambda prompts, images: self.reward_fn(prompts, images, **opts), name)
+
+    def flow_grpo_reward_fn(self, **opts):
+        """`reward_fn` with options `opts` as a Flow-GRPO reward `fn(images, prompts, metadata) -> (scores, meta)`."""
+        return as_flow_grpo_reward(lambda prompts, images: self.reward_fn(prompts, images, **opts))
+
     def reward_fn(self, prompts: list[str], images, dims: list[str] | None = None,
                   weights: list[float] | None = None, uncertainty_lambda: float = 0.0,
-                  image_size: int | None = 64):
+                  image_size: int | None = None):
         """Scalar rewards like `ScorerRewardFn.__call__`: (scores (B,), stds (B,)) float32 torch tensors.
 
         Args:
             dims / weights / uncertainty_lambda / image_size: as in `ScorerRewardFn` (weights default to the
-                server scorer's `reward_weights` for the dims used).
+                server scorer's `reward_weights` for the dims used; no resize by default).
         """
         # deferred: the client needs torch only for this helper (`score` works without it)
         import torch

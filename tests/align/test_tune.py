@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from zreward.align.generator import load_generator
-from zreward.align.tune import TuneConfig, apply_lora, hacking_warning, merge_lora, reward_step, tune
+from zreward.align.audit import hacking_warning
+from zreward.align.tune import TuneConfig, apply_lora, merge_lora, reward_step, tune
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_scorer_dir):
+def scorer(tiny_model):
     from zreward.models.scorer import load_scorer
 
-    s = load_scorer(tiny_scorer_dir)
+    s = load_scorer(tiny_model)
     for p in s.model.parameters():
         p.requires_grad_(False)
     return s
@@ -24,17 +25,21 @@ def scorer(tiny_scorer_dir):
 @pytest.mark.parametrize("method,k,lora", [("draft", 2, True), ("refl", 1, False)])
 def test_gradients_reach_generator_params(tiny_gen_dir, scorer, method, k, lora):
     gen = load_generator(tiny_gen_dir)
-    ref = copy.deepcopy(gen)
+    frozen = None if lora else copy.deepcopy(gen.transformer).requires_grad_(False)  # LoRA: adapters disabled
+    if not lora:  # move the tuned weights away from the frozen copy, so that the regulariser is non-zero
+        with torch.no_grad():
+            gen.transformer.proj_out.weight.add_(0.01 * torch.randn_like(gen.transformer.proj_out.weight))
     for p in gen.text_encoder.parameters():
         p.requires_grad_(False)
     if lora:
+        gen.transformer.requires_grad_(False)
         apply_lora(gen, 4)
         # LoRA B starts at zero, so only B gets a gradient at step 0; make A and B non-zero to see both.
         for n, p in gen.transformer.named_parameters():
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.01)
     cfg = TuneConfig(method=method, k=k, sample_steps=4, reg=0.1)
-    loss, reward, reg = reward_step(gen, ref, scorer, ["a red circle", "two blue squares"], [0, 1], cfg,
+    loss, reward, reg = reward_step(gen, frozen, scorer, ["a red circle", "two blue squares"], [0, 1], cfg,
                                     torch.Generator().manual_seed(0))
     loss.backward()
     named = dict(gen.transformer.named_parameters())
@@ -55,7 +60,8 @@ def test_grad_checkpointing_gives_same_gradient(tiny_gen_dir, scorer):
             gen.transformer.enable_gradient_checkpointing()
         gen.train()
         cfg = TuneConfig(method="draft", k=2, sample_steps=4)
-        loss, _, _ = reward_step(gen, gen, scorer, ["a red circle"], [0], cfg, torch.Generator().manual_seed(0))
+        loss, _, _ = reward_step(gen, None, scorer, ["a red circle"], [0], cfg,
+                                  torch.Generator().manual_seed(0))
         loss.backward()
         grads.append(gen.transformer.proj_out.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
@@ -73,9 +79,9 @@ def test_merge_lora_keeps_outputs(tiny_gen_dir):
     assert torch.allclose(before, gen.generate(["a red circle"], [0]), atol=1e-5)
 
 
-def test_short_tune_raises_heldout_reward(tiny_gen_dir, tiny_scorer_dir, small_world, tmp_path):
+def test_short_tune_raises_heldout_reward(tiny_gen_dir, tiny_model, small_world, tmp_path):
     """A few DRaFT steps on train prompts raise the reward on the audit's held-out (val) prompts."""
-    out = tune(TuneConfig(generator=str(tiny_gen_dir), reward=str(tiny_scorer_dir), out=str(tmp_path / "tuned"),
+    out = tune(TuneConfig(generator=str(tiny_gen_dir), reward=str(tiny_model), out=str(tmp_path / "tuned"),
                           data=str(small_world), method="draft", k=1, steps=6, batch_size=4, lr=3e-2, lora=False,
                           sample_steps=4, audit_every=6, audit_prompts=6, seed=0))
     rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]

@@ -62,8 +62,7 @@ def test_chain_forward_equals_full_logits_path_values_and_gradients(tiny_dir, fa
     pixels = s.prepare_images(x)
     s.max_chunk_elems = 3 * s.model.config.get_text_config().vocab_size  # 3 rows per chunk: many chunks
     results = []
-    for fn in (lambda: _full_logits_chain_forward(s, cb, pixels),
-               lambda: tuple(vars(s.chain_forward(cb, pixels)).values())):
+    for fn in (lambda: _full_logits_chain_forward(s, cb, pixels), lambda: _new_path(s, cb, pixels)):
         s.model.zero_grad(set_to_none=True)
         logp, mask, lv, mass = fn()
         (logp.sum() + (lv.float().log_softmax(-1)[:, -1]).sum()).backward()

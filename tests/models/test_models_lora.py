@@ -124,3 +124,48 @@ def test_model_config_sets_chat_template_kwargs_levels_and_rubrics(tiny_dir):
     assert s.config.rubrics["realism"] == "Realism: is it real?" and "alignment" in s.config.rubrics
     assert "Realism: is it real?" in s.direct_prompt("a cat", "realism")
     assert s.score(PROMPTS, _x(), dims=["realism"]).probs.shape == (2, 1, 9)
+
+
+def test_tied_embeddings_share_level_rows_and_round_trip(tiny_dir, tmp_path):
+    """Gemma 3 ties lm_head to the input embedding: one set of trainable rows serves both, and the export keeps it."""
+    s = load_scorer(tiny_dir("gemma3"), lora=LoraOptions(r=4, alpha=8))
+    assert sum("trainable_tokens_delta" in n for n, _ in s.model.named_parameters()) == 1
+    s.model.train()
+    opt = torch.optim.SGD([p for p in s.model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        loss = -torch.log_softmax(s.direct_logits(PROMPTS, _x()), -1)[..., -1].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    s.model.eval()
+    with torch.no_grad():
+        batch, _ = s.encode_items([s.direct_prompt(p, "alignment") for p in PROMPTS], [0, 1], s.prepare_images(_x()))
+        full = s.model(**batch.inputs, use_cache=False).logits[torch.arange(2), batch.last_pos]
+        assert torch.allclose(s.readout_at(batch, batch.last_pos).logits, full[:, s.config.level_token_ids], atol=1e-5)
+    before = s.score(PROMPTS, _x())
+    s.save_pretrained(tmp_path)
+    assert torch.allclose(load_scorer(tmp_path).score(PROMPTS, _x()).probs, before.probs, atol=1e-5)
+
+
+def test_cuda_loading_goes_straight_to_the_rank_device(tiny_dir, monkeypatch):
+    """On CUDA each tensor is loaded onto the rank's GPU (device_map), not built on the host first."""
+    from transformers import AutoModelForImageTextToText
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(src, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", fake)
+    with pytest.raises(Stop):
+        load_mod.load_components(tiny_dir(FAM), device="cuda:1", attn_implementation="sdpa")
+    assert seen["device_map"] == {"": "cuda:1"} and seen["attn_implementation"] == "sdpa"
+    assert seen["dtype"] == torch.bfloat16
+    seen.clear()
+    with pytest.raises(Stop):
+        load_mod.load_components(tiny_dir(FAM), device="cpu")
+    assert "device_map" not in seen and seen["dtype"] == torch.float32

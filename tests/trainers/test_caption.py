@@ -12,13 +12,6 @@ from zreward.trainers import caption as cap
 from zreward.trainers.run_utils import read_metrics
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("caption_model") / "m", preset="tiny", seed=0)
-
-
 def _cfg(tiny_model, world, out, **over) -> cap.Config:
     cfg = cap.Config()
     cfg.model.init_from = str(tiny_model)

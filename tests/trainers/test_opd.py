@@ -13,13 +13,9 @@ from zreward.trainers.run_utils import read_metrics
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_model, tiny_factory):
     """(student, teacher): two tiny random models of the same family with different seeds."""
-    from zreward.models.tiny import init_tiny
-
-    root = tmp_path_factory.mktemp("opd_models")
-    return (init_tiny("qwen2_vl", root / "student", preset="tiny", seed=0),
-            init_tiny("qwen2_vl", root / "teacher", preset="tiny", seed=1))
+    return tiny_model, tiny_factory(seed=1)
 
 
 def _cfg(models, world, out, **over) -> opd.Config:
@@ -142,7 +138,7 @@ def test_empty_chain_teacher_query_reads_the_score_after_reasoning_close(models)
     pix = t.prepare_images(ims)
     with torch.no_grad():
         batch, _ = t.encode_items(texts, [0, 0, 1, 1], pix)
-        full = t._logits_at(batch, batch.last_pos)[:, t.level_token_ids]
+        full = t.logits_at(batch, batch.last_pos)[:, t.level_token_ids]
     assert got.shape == (2, 2, 9) and torch.allclose(got.flatten(0, 1), full, atol=1e-4)
     direct = opd.teacher_level_logits(t, prompts, ims, dims, "direct")
     assert torch.allclose(direct, t.direct_logits(prompts, ims, dims)) and not torch.allclose(direct, got, atol=1e-3)

@@ -13,13 +13,6 @@ from zreward.trainers.run_utils import read_metrics
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("rd_model") / "m", preset="tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
 def scorer(tiny_model):
     from zreward.models.scorer import load_scorer
 

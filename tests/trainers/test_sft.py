@@ -11,13 +11,6 @@ from zreward.trainers import sft
 from zreward.trainers.run_utils import read_metrics
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("sft_model") / "m", preset="tiny", seed=0)
-
-
 def _cfg(tiny_model, world, out, **over) -> sft.Config:
     cfg = sft.Config()
     cfg.model.init_from = str(tiny_model)

@@ -166,6 +166,18 @@ class T2IGenerator(nn.Module):
         v_u, v_c = both.chunk(2)
         return v_u + guidance * (v_c - v_u)
 
+    def condition(self, prompts: list[str], guidance: float | None = None) -> tuple:
+        """(text, uncond or None, guidance) for `flow_velocity` (the tuner's generator interface)."""
+        g = self.cfg.guidance if guidance is None else guidance
+        return self.encode_prompts(prompts), self.encode_prompts([""] * len(prompts)) if g != 1.0 else None, g
+
+    def flow_velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: tuple) -> torch.Tensor:
+        """`velocity` with the conditioning of `condition` (same interface as `PipelineGenerator`)."""
+        return self.velocity(x, sigma, *cond)
+
+    def lora_targets(self) -> list[str]:
+        return ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+
     def sigmas(self, steps: int) -> torch.Tensor:
         """(steps + 1,) the scheduler's sigma schedule, ending with 0."""
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -181,7 +193,7 @@ class T2IGenerator(nn.Module):
 
     def sample(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
                grad_steps: int = 0, stop_at: int | None = None, x: torch.Tensor | None = None,
-               start_at: int = 0) -> torch.Tensor:
+               start_at: int = 0, cond: tuple | None = None) -> torch.Tensor:
         """Explicit Euler sampling of the flow ODE from σ = 1 to 0.
 
         Args:
@@ -190,6 +202,7 @@ class T2IGenerator(nn.Module):
             grad_steps: keep gradients for the last `grad_steps` steps only (0 = none, DRaFT-K uses K).
             stop_at: return the state *before* step `stop_at` (ReFL samples to a late step without gradients).
             x, start_at: resume from state `x` at step index `start_at`.
+            cond: conditioning from `condition` (then `guidance` is cond's and nothing is re-encoded).
 
         Returns:
             (B, 3, S, S) state in model space ([−1, 1] for a finished sample).
@@ -200,10 +213,11 @@ class T2IGenerator(nn.Module):
         x = self.initial_noise(seeds).to(self.device) if x is None else x
         end = steps if stop_at is None else stop_at
         first_grad = steps - grad_steps
-        text = uncond = None
+        text, uncond = (None, None) if cond is None else cond[:2]
+        guidance = guidance if cond is None else cond[2]
         for i in range(start_at, end):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i >= first_grad):
-                if text is None or (i == first_grad and grad_steps > 0):
+                if cond is None and (text is None or (i == first_grad and grad_steps > 0)):
                     # (re-)encode so that the text encoder is inside the graph when gradients start
                     text = self.encode_prompts(prompts)
                     uncond = self.encode_prompts([""] * len(prompts)) if guidance != 1.0 else None

@@ -3,7 +3,8 @@
 - distribution: KL / cross-entropy / EMD / JS between level logits and a target distribution, expected-score
   regression.
 - pairwise: Thurstone fidelity, Bradley–Terry (with margin), score-gap Huber.
-- policy: GRPO group-relative advantages, clipped policy-gradient loss with k3 KL.
+- policy: GRPO group-relative advantages (std floor / Dr. GRPO), clipped policy-gradient loss with k3 KL.
+- rewards: the RL rewards (distribution, sampled level, within-prompt pair outcome).
 - distill: TRL-compatible generalized JSD (GKD / OPD), RISD KL(p̄_T ‖ p_S) (the chain average p̄_T is
   `zreward.models.level_readout.mean_over_chains`).
 - rewarddance: cross-entropy on P("yes").
@@ -26,8 +27,9 @@ from zreward.losses.pairwise import (
     score_gap_huber,
     thurstone_fidelity,
 )
-from zreward.losses.policy import clipped_pg_loss, group_relative_advantages, k3_kl
+from zreward.losses.policy import clipped_pg_loss, group_relative_advantages, k3_kl, masked_advantages
 from zreward.losses.rewarddance import yes_no_ce, yes_probability
+from zreward.losses.rewards import distribution_rewards, pair_outcome_rewards, sampled_level_rewards
 
 __all__ = [
     "kl_div_levels",
@@ -42,6 +44,10 @@ __all__ = [
     "pair_target_win_prob",
     "pair_target_thurstone",
     "group_relative_advantages",
+    "masked_advantages",
+    "distribution_rewards",
+    "sampled_level_rewards",
+    "pair_outcome_rewards",
     "clipped_pg_loss",
     "k3_kl",
     "generalized_jsd",

@@ -27,6 +27,7 @@ import torch
 from zreward.data.images import load_image
 from zreward.models import level_readout as lr
 from zreward.models import logprobs as lp
+from zreward.models import vision_share as vs
 from zreward.models.batch import EncodedBatch, build_batch, expand_image_placeholders, item_images
 from zreward.models.families import FamilySpec
 from zreward.models.load import load_components, preprocessor_file, tokens_per_image
@@ -226,7 +227,8 @@ class Scorer:
         texts = [self.direct_prompt(p, d) for p in prompts for d in dims]
         image_index = [i for i in range(b) for _ in dims]
         batch, _ = self.encode_items(texts, image_index, pixels)
-        ro = self.readout_at(batch, batch.last_pos)
+        with vs.encode_each_image_once(self.model, image_index, pixels):  # each image encoded once, not D times
+            ro = self.readout_at(batch, batch.last_pos)
         shape = (b, len(dims))
         return lr.LevelReadout(ro.logits.view(*shape, -1), ro.probs.view(*shape, -1), ro.mean.view(shape),
                                ro.std.view(shape), ro.in_level_mass.view(shape))
@@ -273,7 +275,7 @@ class Scorer:
                           suppress_tokens=self.suppress_ids)
         if do_sample:  # plain temperature sampling: RL needs the model's own distribution, not a top-k/top-p one
             gen_kwargs.update(temperature=temperature or self.config.temperature, top_k=0, top_p=1.0)
-        with torch.no_grad():
+        with torch.no_grad(), vs.encode_each_image_once(self.model, [b for b, _ in items], pixels):
             out = self.model.generate(**batch.inputs, **gen_kwargs)
         new = out[:, batch.inputs["input_ids"].shape[1]:].tolist()
         chains = []
@@ -299,9 +301,11 @@ class Scorer:
         batch = build_batch(seqs, chains.image_index, pixels, self.family, self.image_token_id, pad, "right")
         batch.inputs["pixel_values"] = batch.inputs["pixel_values"].to(self.model_dtype)
         batch = batch.to(self.device)
-        logp, mask, ro = lp.chain_scores(self.model, batch.inputs, batch.lengths, [len(p) for p in chains.prompt_ids],
-                                         chains.chain_ids, self.config.level_token_ids, self.levels, with_tokens,
-                                         self.max_chunk_elems)
+        p_lens = [len(p) for p in chains.prompt_ids]
+        with vs.encode_each_image_once(self.model, chains.image_index, pixels):
+            logp, mask, ro = lp.chain_scores(self.model, batch.inputs, batch.lengths, p_lens, chains.chain_ids,
+                                             self.config.level_token_ids, self.levels, with_tokens,
+                                             self.max_chunk_elems)
         return ChainForward(logp, mask, ro.logits, ro.in_level_mass)
 
     # ------------------------------------------------------------------ the public scoring call
@@ -366,13 +370,9 @@ class Scorer:
 
 def score_yesno(scorer: Scorer, prompts: list[str], images, dims: list[str] | None = None,
                 batch_size: int | None = None) -> ScoreOutput:
-    """`Scorer.score` of a yes/no scorer; also usable on a scorer trained as one before its mode is saved.
-
-    Returns:
-        ScoreOutput with probs (B, D, L) = (1 − p) on the lowest level, p on the highest (p = P(image better than
-        the stored reference), `zreward.models.yesno.prob_vs_reference`), so mean = lo + (hi − lo)·p (1 + 4·p on
-        the default levels) for every dim; in_level_mass = P(yes) + P(no) under the full softmax.
-    """
+    """`Scorer.score` of a yes/no scorer (also before its mode is saved): probs (B, D, L) put 1 − p on the lowest
+    level and p on the highest, p = `yesno.prob_vs_reference` (so mean = 1 + 4·p on the default levels, every dim);
+    in_level_mass = P(yes) + P(no) under the full softmax."""
     dims = scorer.resolve_dims(dims)
     p, mass = prob_vs_reference(scorer, prompts, images, batch_size)
     b = len(p)

@@ -1,6 +1,7 @@
-"""Config sections and plain helpers that every trainer uses (no base Trainer class; loops stay in their files).
+"""Config sections and plain helpers that every trainer uses (the run loop itself is `zreward.trainers.loop`).
 
-- `ModelConfig`, `DataConfig`, `OptimConfig`: nested into each trainer's own `Config` as `model`, `data`, `optim`.
+- `ModelConfig`, `DataConfig`, `OptimConfig`: nested into each trainer's own `Config` as `model`, `data`, `optim`;
+  `TrainConfig`: those with `run` and `accelerator`, the base of every trainer's `Config`.
 - `build_scorer`: load the model to train through the one scoring path (`zreward.load_scorer`), with LoRA /
   gradient checkpointing / dtype from the config.
 - `build_optimizer`: AdamW over the trainable parameters + linear warm-up then constant or cosine decay.
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from zreward.trainers.data import TrainData
+from zreward.trainers.run_utils import AcceleratorConfig, RunConfig
 
 
 @dataclass
@@ -83,6 +85,18 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"optim.schedule must be constant or cosine, got {self.schedule!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The sections every trainer's `Config` has; a trainer subclasses it, adds its method's section and may
+    override a section's defaults (YAML files and `a.b=c` overrides only override these defaults)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
 
 
 def build_scorer(cfg: ModelConfig, device: str | torch.device = "cpu"):

@@ -11,11 +11,8 @@ Plain functions, no trainer state:
   self-contained forward/backward.
 - `score_chains`: the teacher-forced pass (`Scorer.chain_forward`): per-token log-probs of the chain tokens and the
   level logits read at the score position after each closed chain, all chains in one forward.
-- `distribution_rewards` (GDSO): reward from the chain's score distribution vs the label — `neg_abs` −|μ − MOS|,
-  `neg_sq` −(μ − MOS)², `neg_kl` −KL(target ‖ p), where μ = Σ p·level is the distribution's expectation.
-- `sampled_level_rewards` (GRPO): draw one level per chain from its distribution (or take the argmax) and reward
-  `neg_abs` −|level − MOS| or `exact` 1[|level − MOS| ≤ tol].
-- `masked_advantages`: `losses.group_relative_advantages` with unlabelled (image, dim) groups forced to 0.
+The rewards and advantages themselves are pure functions in `zreward.losses` (`losses.rewards`,
+`losses.policy.masked_advantages`).
 - `with_score_token`: append the chosen level token's log-prob (restricted level softmax) as one more "token" of
   each chain, so a PG loss covers the chain tokens and the score token.
 - `reference_logprobs`: chain-token log-probs under the frozen initial model (k3 KL): with LoRA the adapters are
@@ -33,17 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zreward.losses import group_relative_advantages
 from zreward.models.level_readout import expectation, std_of
 from zreward.models.preprocess import PixelInputs
 from zreward.models.scorer import ChainBatch, ChainForward
 
-__all__ = ["Rollout", "rollout", "generation_chunks", "concat_chains", "subset", "micro_batches", "score_chains", "distribution_rewards",
-           "sampled_level_rewards", "masked_advantages", "with_score_token", "reference_logprobs", "group_moments",
-           "DIST_REWARDS", "LEVEL_REWARDS", "Labels", "batch_labels", "resolve_dims", "step_dims"]
-
-DIST_REWARDS = ("neg_abs", "neg_sq", "neg_kl")
-LEVEL_REWARDS = ("neg_abs", "exact")
+__all__ = ["Rollout", "rollout", "generation_chunks", "concat_chains", "subset", "micro_batches", "score_chains",
+           "with_score_token", "reference_logprobs", "group_moments", "Labels", "batch_labels", "resolve_dims",
+           "step_dims"]
 
 
 @dataclass
@@ -94,13 +87,13 @@ def concat_chains(parts: list[tuple[int, int, ChainBatch]]) -> ChainBatch:
 
 
 def rollout(scorer, prompts: list[str], images, dims: list[str], group_size: int, max_new_tokens: int,
-            temperature: float, gen_batch: int | None = None) -> Rollout:
+            temperature: float, gen_batch: int | None = None, do_sample: bool = True) -> Rollout:
     """Sample G chains per (image, dim) with the current policy (batched generate calls, no gradients).
 
     Args:
         scorer: a Scorer whose `model` is the plain (unwrapped) policy.
         prompts: B prompts.  images: B images (tensor (B, 3, H, W) in [0, 1] or a list).  dims: D dimensions.
-        group_size: G ≥ 1 chains per (image, dim); sampled (do_sample=True) even for G = 1.
+        group_size: G ≥ 1 chains per (image, dim); sampled even for G = 1 unless do_sample=False (greedy).
         gen_batch: most sequences per `generate` call (default: `scorer.generation_batch`, set from
             `model.generation_batch`; None: all B·D·G in one call); see `generation_chunks`. Chunking bounds the KV
             cache; where sampling is deterministic the chains equal one call's.
@@ -114,7 +107,7 @@ def rollout(scorer, prompts: list[str], images, dims: list[str], group_size: int
         for bs, ds in generation_chunks(len(prompts), len(dims), group_size, gen_batch):
             sub = PixelInputs(pixels.values[bs], None if pixels.grids is None else pixels.grids[bs],
                               pixels.n_tokens[bs])
-            cb = scorer.generate_chains(prompts[bs], sub, dims[ds], samples=group_size, do_sample=True,
+            cb = scorer.generate_chains(prompts[bs], sub, dims[ds], samples=group_size, do_sample=do_sample,
                                         temperature=temperature, max_new_tokens=max_new_tokens)
             parts.append((bs.start, ds.start, cb))
         chains = concat_chains(parts)
@@ -156,81 +149,6 @@ def micro_batches(group_ids: np.ndarray, groups_per_micro: int | None) -> list[n
 def score_chains(scorer, ro: Rollout) -> ChainForward:
     """Teacher-forced pass over prompt + chain + close for all N chains of `ro` (gradients if enabled)."""
     return scorer.chain_forward(ro.chains, ro.pixels)
-
-
-def distribution_rewards(level_logits: torch.Tensor, levels: torch.Tensor, mos: torch.Tensor,
-                         target: torch.Tensor | None = None, kind: str = "neg_abs") -> torch.Tensor:
-    """GDSO reward of each chain from the score distribution read after it (no gradient).
-
-    Args:
-        level_logits: (N, L) level logits after each chain.
-        levels: (L,) level values.
-        mos: (N,) label mean of the chain's (image, dim).
-        target: (N, L) label distributions (needed for kind="neg_kl").
-        kind: "neg_abs" −|μ − MOS|, "neg_sq" −(μ − MOS)², "neg_kl" −KL(target ‖ p).
-
-    Returns:
-        (N,) float32 rewards.
-
-    >>> lg = torch.log(torch.tensor([[0.5, 0.5], [1.0, 1e-9]])); lv = torch.tensor([1.0, 2.0])
-    >>> distribution_rewards(lg, lv, torch.tensor([2.0, 1.0])).tolist()
-    [-0.5, -0.0]
-    """
-    if kind not in DIST_REWARDS:
-        raise ValueError(f"reward kind {kind!r}: expected one of {DIST_REWARDS}")
-    with torch.no_grad():
-        logp = torch.log_softmax(level_logits.detach().float(), -1)
-        mu = expectation(logp.exp(), levels.to(logp.device))
-        mos = mos.to(mu)
-        if kind == "neg_abs":
-            return -(mu - mos).abs()
-        if kind == "neg_sq":
-            return -(mu - mos) ** 2
-        if target is None:
-            raise ValueError("distribution_rewards: kind='neg_kl' needs the target distributions (N, L)")
-        t = target.to(logp)
-        return -(torch.xlogy(t, t) - t * logp).sum(-1)
-
-
-def sampled_level_rewards(level_logits: torch.Tensor, levels: torch.Tensor, mos: torch.Tensor,
-                          mode: str = "sample", kind: str = "neg_abs", tol: float = 0.25,
-                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO scalar reward on one level per chain.
-
-    Args:
-        level_logits: (N, L) level logits after each chain.  levels: (L,).  mos: (N,) label means.
-        mode: "sample" (draw from the restricted level softmax) or "argmax".
-        kind: "neg_abs" −|level − MOS| or "exact" 1[|level − MOS| ≤ tol].
-        generator: torch RNG for the draw (None: the global one).
-
-    Returns:
-        rewards (N,) float32, level index (N,) long of the chosen level.
-    """
-    if mode not in ("sample", "argmax"):
-        raise ValueError(f"level choice mode {mode!r}: expected 'sample' or 'argmax'")
-    if kind not in LEVEL_REWARDS:
-        raise ValueError(f"reward kind {kind!r}: expected one of {LEVEL_REWARDS}")
-    with torch.no_grad():
-        p = torch.softmax(level_logits.detach().float(), -1)
-        if mode == "sample":
-            idx = torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(p.device)
-        else:
-            idx = p.argmax(-1)
-        err = (levels.to(p.device)[idx] - mos.to(p)).abs()
-        r = -err if kind == "neg_abs" else (err <= tol + 1e-6).float()
-    return r, idx
-
-
-def masked_advantages(rewards: torch.Tensor, labelled: torch.Tensor, group_size: int,
-                      scale: str = "group") -> torch.Tensor:
-    """Group-relative advantages; chains of unlabelled (image, dim) groups get reward 0 and advantage 0.
-
-    Args:
-        rewards: (N,) per chain, groups of G contiguous.  labelled: (N,) bool, constant within a group.
-    """
-    r = torch.where(labelled, rewards, torch.zeros_like(rewards))
-    adv = group_relative_advantages(r, group_size, scale=scale)
-    return torch.where(labelled, adv, torch.zeros_like(adv))
 
 
 def with_score_token(token_logprobs: torch.Tensor, token_mask: torch.Tensor, level_logits: torch.Tensor,
