@@ -140,3 +140,11 @@ def test_serve_limits_must_be_positive(flag, value, capsys):
     with pytest.raises(SystemExit) as e:  # refused before any model is loaded
         serve_main(["--model", "nowhere", flag, value])
     assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_convert_limit_must_be_positive(limit, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # --limit 0 used to convert nothing and exit 0
+        cli(["data", "convert", "--format", "hpdv2", "--src", str(tmp_path), "--out", str(tmp_path / "o"),
+             "--limit", limit])
+    assert e.value.code == 2 and "--limit: expected ≥ 1" in capsys.readouterr().err

@@ -102,7 +102,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        parser.error(f"--limit: expected ≥ 1 (omit it to convert every record), got {args.limit}")
     if args.cmd == "formats":
         for k, (_, h) in FORMATS.items():
             print(f"{k:<20} {h}")

@@ -9,6 +9,7 @@
 - `scorer_config`: `zreward.json` and the per-dimension weight lookup.
 - `scorer`: the `Scorer` (the one scoring contract used by trainers, eval, align and serve), `load_scorer`.
 - `yesno`: the Scorer's yes/no (RewardDance) mode: the pairwise question, answer tokens, P(yes) readout.
+- `input_checks`: what must hold before a model call (prompt text, reserved tokens, token counts, image size).
 """
 from __future__ import annotations
 
