@@ -109,6 +109,7 @@ def test_std_floor_keeps_advantages_proportional_to_reward_differences():
     # batch scale: floor on the batch std (here std ≈ 0.5 > floor: unchanged)
     b = masked_advantages(r, torch.ones(4, dtype=torch.bool), 2, scale="batch", std_floor=0.1)
     sb = r.std().item()
-    assert b.tolist() == pytest.approx([-0.001 / (sb + 1e-4), 0.001 / (sb + 1e-4), -0.5 / (sb + 1e-4), 0.5 / (sb + 1e-4)])
+    d = sb + 1e-4
+    assert b.tolist() == pytest.approx([-0.001 / d, 0.001 / d, -0.5 / d, 0.5 / d])
     with pytest.raises(ValueError, match="std_floor"):
         masked_advantages(r, torch.ones(4, dtype=torch.bool), 2, std_floor=-1.0)
