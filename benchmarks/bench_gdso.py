@@ -6,8 +6,9 @@ Usage: python benchmarks/bench_gdso.py [--family qwen2_vl] [--preset tiny] [--pr
 Builds a random model (`zreward.models.tiny.init_tiny`) unless `--init` names a scorer dir, then runs `--steps`
 GDSO steps with the trainer's own stage functions on random 64-px images with random labels (prompts × per-prompt
 images, so within-prompt pairs exist): `rollout.rollout` (one batched KV-cached generate call; EOS is suppressed
-so every chain has exactly --think tokens and timings do not depend on when a random model stops), then
-`gdso.gdso_losses` (one teacher-forced forward over all chains: "scoring"), then backward + AdamW step ("update").
+so every chain has exactly --think tokens and timings do not depend on when a random model stops; the PG chains,
+then the chains at `gdso.eval_temperature` the distribution and pair terms read), then `gdso.gdso_losses` (one
+teacher-forced forward per rollout: "scoring"), then backward + AdamW step ("update").
 Prints one JSON line per step and the mean over steps after the first (warm-up).
 """
 from __future__ import annotations
@@ -67,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         lab = R.Labels(mos, torch.ones(b, d), target, torch.ones(b, d, dtype=torch.bool))
         t0 = time.perf_counter()
         ro = R.rollout(sc, prompts, images, dims, args.group_size, args.think, 1.0)
+        ro_eval = eval_rollout(sc, cfg, prompts, images, dims, cfg.dist_samples)
         _sync(args.device)
         t_roll = time.perf_counter() - t0
         t0 = time.perf_counter()
-        mb = MicroBatch(ro, eval_rollout(sc, cfg, prompts, images, dims, cfg.dist_samples), lab, group_ids)
-        loss, st, _ = gdso.gdso_losses(cfg, sc, mb, None, None)
+        loss, st, _ = gdso.gdso_losses(cfg, sc, MicroBatch(ro, ro_eval, lab, group_ids), None, None)
         _sync(args.device)
         t_score = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -325,12 +325,13 @@ def config_help(cls: type, prefix: str = "") -> str:
 
 
 def parse_cli(cls: type[T], argv: list[str], prog: str, description: str = "") -> T:
-    """The `[--config FILE] [key.path=value ...] [--help]` front end for a trainer's `main(argv)`.
+    """The `[--config FILE] [--resume-with-changes] [key.path=value ...] [--help]` front end for a trainer's
+    `main(argv)`; `--resume-with-changes` is `run.resume_with_changes=true`.
 
     Prints help and raises SystemExit(0) on -h/--help; prints the error and raises SystemExit(2) on bad
     arguments or a config error (argparse's convention).
     """
-    usage = f"usage: {prog} [--config FILE] [key.path=value ...]"
+    usage = f"usage: {prog} [--config FILE] [--resume-with-changes] [key.path=value ...]"
     yaml_path: str | None = None
     overrides: list[str] = []
     it = iter(argv)
@@ -338,7 +339,9 @@ def parse_cli(cls: type[T], argv: list[str], prog: str, description: str = "") -
         if arg in ("-h", "--help"):
             print("\n".join(x for x in (usage, description, "", "config fields:", config_help(cls)) if x is not None))
             raise SystemExit(0)
-        if arg == "--config" or arg.startswith("--config="):
+        if arg == "--resume-with-changes":  # a run section flag: resume although settings changed, on record
+            overrides.append("run.resume_with_changes=true")
+        elif arg == "--config" or arg.startswith("--config="):
             yaml_path = arg.partition("=")[2] if "=" in arg else next(it, None)
             if not yaml_path:
                 print(f"{usage}\n{prog}: error: --config needs a file", file=sys.stderr)

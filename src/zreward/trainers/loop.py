@@ -12,6 +12,8 @@ A trainer file holds its Config, its batch preparation and its loss; it drives a
     return loop.save_final(scorer, mode)          # atomic `run_dir/final`
 
 What the loop owns, the same for every trainer:
+- **resume**: from the latest intact checkpoint with the saved settings (`zreward.trainers.resume`: a changed
+  setting is refused unless `--resume-with-changes`, which keeps both configs and records the step).
 - **cadences**: metrics every `run.log_every` steps (0: only at the last step), on the last step and on every
   evaluation step; held-out evaluation every `data.eval_every` steps (0: only at the end) on the main process,
   with the plain module and the training RNG untouched (`unwrapped`); a checkpoint every `run.save_every` steps
@@ -20,10 +22,10 @@ What the loop owns, the same for every trainer:
 - **clipping**: `optim.grad_clip` > 0 clips the gradient norm to it; 0 means no clipping (the norm is still
   measured, logged as `grad_norm` and checked by the guard).
 - **NaN guard** (`NonFiniteGuard`): a step with a non-finite loss or gradient norm is skipped, on every rank.
-- **distribution**, two strategies: `RunLoop(..., ddp=True)` (default) wraps the model with `accelerate.prepare` (DDP, mixed
-  precision through accelerate; micro-batches use `loop.sync`); `ddp=False` keeps the plain module (the RL trainers
-  generate with it and run several forwards per backward) and averages gradients with one all-reduce per
-  parameter before clipping, mixed precision through `loop.autocast()` (bf16 only).
+- **distribution**, two strategies: `RunLoop(..., ddp=True)` (default) wraps the model with `accelerate.prepare`
+  (DDP, mixed precision through accelerate; micro-batches use `loop.sync`); `ddp=False` keeps the plain module (the
+  RL trainers generate with it and run several forwards per backward) and averages gradients with one all-reduce
+  per parameter before clipping, mixed precision through `loop.autocast()` (bf16 only).
   `accelerator.gradient_accumulation_steps` = k splits a step into k micro-batches of whole prompt groups in the
   trainers that can (`RunLoop(..., accumulation=True)`); the others (OPD, RewardDance) refuse k > 1 at start.
 """
@@ -39,6 +41,7 @@ import torch
 from zreward.trainers.checkpoint import atomic_dir, gather_rng_states, load_checkpoint, save_checkpoint
 from zreward.trainers.common import build_optimizer, trainable_parameters
 from zreward.trainers.config import dump_config
+from zreward.trainers.resume import check_resume_config
 from zreward.trainers.run_utils import (
     MetricsLogger,
     NonFiniteGuard,
@@ -156,6 +159,8 @@ class RunLoop:
         self.params = trainable_parameters(model)
         self.opt, self.sched = build_optimizer(self.params, cfg.optim, total_steps or cfg.run.max_steps)
         self.guard, self.start_step = resume_or_seed(self.ckpt, model, self.opt, self.sched, cfg, self.rank)
+        if self.ckpt is not None:  # the same settings, or the change on record (`zreward.trainers.resume`)
+            check_resume_config(cfg, self.run_dir.config, self.start_step, cfg.run.resume_with_changes, self.is_main)
         if self.ddp:  # not the scheduler (accelerate would step it once per process)
             scorer.model, self.opt = self.acc.prepare(model, self.opt)
         if self.is_main:

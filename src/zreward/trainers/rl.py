@@ -156,12 +156,11 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
                           world_size=loop.world, max_per_prompt=cfg.data.max_per_prompt)
         sdims = R.step_dims(dims, g.dims_per_step, cfg.run.seed, step)
         lab = R.batch_labels(data, idx, data.dim_index(sdims), scorer.levels)
-        prompts, groups = [data.prompts[i] for i in idx], data.group[idx]
+        prompts, images, groups = [data.prompts[i] for i in idx], data.image_batch(idx), data.group[idx]
         t0 = time.perf_counter()
         with loop.autocast():
-            ro = R.rollout(scorer, prompts, data.image_batch(idx), sdims, g.group_size, g.max_new_tokens,
-                           g.temperature)
-            ro_eval = (eval_rollout(scorer, g, prompts, data.image_batch(idx), sdims, eval_samples_per_item)
+            ro = R.rollout(scorer, prompts, images, sdims, g.group_size, g.max_new_tokens, g.temperature)
+            ro_eval = (eval_rollout(scorer, g, prompts, images, sdims, eval_samples_per_item)
                        if eval_samples_per_item is not None else None)
         t_rollout = time.perf_counter() - t0
         micro = micro_batches(groups, g, ga)

@@ -34,6 +34,7 @@ import torch
 
 from zreward.atomic import atomic_write_text
 from zreward.trainers.checkpoint import latest_checkpoint
+from zreward.trainers.resume import latest_intact_checkpoint, sweep_debris
 
 
 @dataclass
@@ -46,7 +47,8 @@ class RunConfig:
     log_every: int = field(default=1, metadata={"help": "write metrics every N steps (0: only at the last step and at evaluations)"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     keep_last: int | None = field(default=2, metadata={"help": "checkpoints to keep (null: all)"})
-    resume: str = field(default="auto", metadata={"help": "auto (latest checkpoint if any), never, or a checkpoint dir"})
+    resume: str = field(default="auto", metadata={"help": "auto (latest intact checkpoint if any), never, or a checkpoint dir"})
+    resume_with_changes: bool = field(default=False, metadata={"help": "resume even though settings changed (--resume-with-changes): both configs are kept and the change is recorded"})
     overwrite: bool = field(default=False, metadata={"help": "delete an existing run dir that has checkpoints"})
     max_nonfinite_skips: int = field(default=3, metadata={"help": "consecutive non-finite steps skipped before stopping"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (also off without a TTY or with ZREWARD_NO_PROGRESS=1)"})
@@ -107,7 +109,8 @@ def prepare_run_dir(output_dir: str | Path, *, resume: str = "auto", overwrite: 
     """Decide fresh start vs resume and create the directory (on the main process).
 
     Args:
-        resume: "auto" resumes from the latest checkpoint if there is one; "never" starts fresh (an existing
+        resume: "auto" resumes from the latest intact checkpoint if there is one (a truncated newer one is named
+            and skipped; debris of interrupted saves is swept first); "never" starts fresh (an existing
             run with checkpoints is then an error unless `overwrite`); anything else is a checkpoint directory.
         overwrite: with resume="never", delete an existing run dir first.
 
@@ -118,9 +121,11 @@ def prepare_run_dir(output_dir: str | Path, *, resume: str = "auto", overwrite: 
         FileExistsError / FileNotFoundError with the path and what to do.
     """
     run = RunDir(Path(output_dir))
+    if is_main:
+        sweep_debris(run.root)
     latest = latest_checkpoint(run.root)
     if resume == "auto":
-        ckpt = latest
+        ckpt = latest_intact_checkpoint(run.root, is_main) if latest is not None else None
     elif resume == "never":
         ckpt = None
         if latest is not None and not overwrite:
