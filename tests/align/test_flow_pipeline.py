@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from zreward import load_scorer
 from zreward.align.audit import ScorerJudge, hacking_warning
 from zreward.align.flow_pipeline import PipelineSampling, load_pipeline_generator
 from zreward.align.tiny_pipelines import FAMILIES, build_tiny_pipeline
@@ -51,8 +52,6 @@ def prompt_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorer(tiny_scorer_dir):
-    from zreward.serve.scorer import load_scorer
-
     s = load_scorer(tiny_scorer_dir)
     s.model.requires_grad_(False)
     return s

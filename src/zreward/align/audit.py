@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zreward import load_scorer
 from zreward.align.perceive import perceived_scores
 from zreward.data.shapes_world.oracle import DIMS, MEAN_WEIGHTS
 from zreward.eval.runner import parse_model_spec, resolve_mode
@@ -67,8 +68,6 @@ def load_scorer_judges(specs: list[str], reasoning: bool = False, samples: int =
     Without a suffix, a judge whose zreward.json mode is "reasoning" (a teacher) judges in reasoning mode with
     `samples` chains when `reasoning` is set, every other judge in direct mode.
     """
-    from zreward.serve.scorer import load_scorer
-
     judges = []
     for text in specs:
         spec = parse_model_spec(text)

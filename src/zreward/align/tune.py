@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zreward import load_scorer  # the public entry point (the Scorer's module moves to zreward.models)
 from zreward.align.audit import OracleJudge, audit_row, hacking_warning, load_scorer_judges, plot_audit
 from zreward.align.flow_pipeline import PipelineSampling, is_pipeline_dir, load_pipeline_generator
 from zreward.align.generator import T2IGenerator, load_generator
@@ -284,8 +285,6 @@ def tune(cfg: TuneConfig, judges: list | None = None) -> Path:
     Args:
         judges: audit judges (callables, see `audit.py`); default: the oracle for ShapesWorld plus `cfg.judges`.
     """
-    from zreward.serve.scorer import load_scorer
-
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
