@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
     from zreward.trainers import gdso
     from zreward.trainers import rollout as R
+    from zreward.trainers.rl import MicroBatch, eval_rollout
 
     tmp = tempfile.TemporaryDirectory()
     path = args.init
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         _sync(args.device)
         t_roll = time.perf_counter() - t0
         t0 = time.perf_counter()
-        loss, st = gdso.gdso_losses(cfg, sc, ro, lab, group_ids, {}, None)
+        mb = MicroBatch(ro, eval_rollout(sc, cfg, prompts, images, dims, cfg.dist_samples), lab, group_ids)
+        loss, st, _ = gdso.gdso_losses(cfg, sc, mb, None, None)
         _sync(args.device)
         t_score = time.perf_counter() - t0
         t0 = time.perf_counter()

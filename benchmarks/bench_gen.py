@@ -44,7 +44,7 @@ def main() -> None:
     from zreward.align.perceive import perception_agreement
     from zreward.align.pretrain import flow_matching_loss, split_dir
     from zreward.align.tune import TuneConfig, reward_step
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     res: dict = {"threads": torch.get_num_threads()}
     gcfg = GeneratorConfig()

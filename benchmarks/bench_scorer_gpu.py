@@ -3,12 +3,13 @@
 Usage (one GPU):  python benchmarks/bench_scorer_gpu.py --arch qwen3_vl_8b --batch 16 64 --dims 1 4
 CPU smoke run:    python benchmarks/bench_scorer_gpu.py --arch qwen3_vl_8b --smoke   (scaled-down config, CPU)
 
-Builds the architecture from config on the device (no download), wraps it in `zreward.serve.scorer.Scorer` with the
+Builds the architecture from config on the device (no download), wraps it in `zreward.models.scorer.Scorer` with the
 locally trained tiny tokenizer (its ids are a subset of the real vocabulary), and times `Scorer.score` on 448-px
 images (28×28 patches of 16 px → 196 image tokens per image after the 2×2 merge). Reported: img/s and the prefill
-roofline img/s = peak_flops / (2 · N_params_LM · tokens_per_image_scored) (LM without embeddings/lm_head), where tokens_per_image_scored is the
-sequence length summed over the scored dims, plus the vision tower's 2 · N_vision · patches per sequence.
-Reference (../shared/NOTES.md, HF eager, H200): Qwen3-VL-8B, batch 64, 448 px → 86 img/s ≈ 57% of 152 img/s.
+roofline img/s = peak_flops / (2 · N_params_LM · tokens_per_image_scored) (LM without embeddings/lm_head), where
+tokens_per_image_scored is the sequence length summed over the scored dims, plus the vision tower's
+2 · N_vision · patches per sequence.
+Reference (measured earlier with HF eager on an H200): Qwen3-VL-8B, batch 64, 448 px → 86 img/s ≈ 57% of 152 img/s.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def build(arch: str, device: str, smoke: bool):
     from zreward.models.preprocess import PixelSpec
     from zreward.models.scorer_config import ScorerConfig
     from zreward.models.tiny_tokenizer import build_tiny_tokenizer
-    from zreward.serve.scorer import Scorer
+    from zreward.models.scorer import Scorer
 
     family, text, vision = ARCHS[arch]
     text, vision = dict(text), dict(vision)

@@ -38,8 +38,8 @@ server torch threads 1; 16 closed-loop clients x 1 image per request; batched = 
 0 errors everywhere; every returned `probs` within 1e-7 of local `Scorer.score` (batch composition only); RSS flat
 over the run. On this CPU a forward costs nearly the same per image at any batch size (micro-batching saves only
 10-20 % CPU per image) and the batched server's model thread competes with its event loop for the GIL, so wall
-throughput does not improve. With a GPU-like cost (19 ms + 11.3 ms per image: a line through the H200 Qwen3-VL-8B
-points in shared/NOTES.md) micro-batching gives 2.2x throughput and halves p50 latency. With max-batch >= the
+throughput does not improve. With a GPU-like cost (19 ms + 11.3 ms per image: a line through H200 Qwen3-VL-8B
+timings measured earlier, HF eager) micro-batching gives 2.2x throughput and halves p50 latency. With max-batch >= the
 number of closed-loop clients the batches run back to back with nothing queued behind them (synthetic, max-batch 16,
 16 clients: 1.41x); a max-batch of about half the concurrent clients keeps the next batch filling while one runs.
 """
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from zreward.data.images import load_image
     from zreward.models.tiny import init_tiny
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     tmp = tempfile.mkdtemp(prefix="bench_serve_")
     model = str(init_tiny(args.family, os.path.join(tmp, "scorer"), preset=args.preset))

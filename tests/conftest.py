@@ -19,3 +19,28 @@ def small_world(tmp_path_factory):
     from zreward.data.shapes_world.build import build_world
 
     return build_world(tmp_path_factory.mktemp("world") / "sw", prompts=40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_factory(tmp_path_factory):
+    """tiny_factory(family="qwen2_vl", seed=0, **scorer_kwargs) -> Path of a saved random tiny Scorer (preset "tiny"),
+    built once per distinct arguments and shared by the whole session: tests read it, never write into it (a test
+    that changes weights or files builds its own with `init_tiny`)."""
+    from zreward.models.tiny import init_tiny  # here, not at the top: OMP_NUM_THREADS is set before torch loads
+
+    cache = {}
+
+    def get(family: str = "qwen2_vl", seed: int = 0, **scorer_kwargs):
+        key = (family, seed, repr(sorted(scorer_kwargs.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"tiny_{family}_s{seed}")
+            cache[key] = init_tiny(family, out, preset="tiny", seed=seed, **scorer_kwargs)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_factory):
+    """The default tiny Scorer directory (qwen2_vl, preset tiny, seed 0), shared read-only by the session."""
+    return tiny_factory()

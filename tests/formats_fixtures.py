@@ -161,6 +161,26 @@ def write_imagerewarddb(root: Path, variant: str = "ok") -> Fixture:
     return Fixture(src, 5, 3, err, 4, 2)
 
 
+def write_imagereward_bench(root: Path, variant: str = "ok") -> Fixture:
+    """ImageReward's data/test.json as the repository ships it; images in data/test_images/<id>/<k>.webp."""
+    d = root / "ImageReward" / "data"
+    recs = [{"id": "000864-0061", "prompt": "a red fox in the snow",
+             "generations": ["000864-0061/0.webp", "000864-0061/1.webp", "000864-0061/2.webp"], "ranking": [1, 2, 2]},
+            {"id": "001007-0012", "prompt": "a lighthouse at dusk",
+             "generations": ["001007-0012/0.webp", "001007-0012/1.webp"], "ranking": [2, 1]}]
+    for k, g in enumerate(g for r in recs for g in r["generations"]):
+        if not (variant == "missing" and g == "001007-0012/1.webp"):
+            save(d / "test_images" / g, k, "WEBP")
+    if variant == "bad":
+        recs[1]["ranking"] = [2]
+    (d / "test.json").write_text(json.dumps(recs, indent=4))
+    if variant == "ok":
+        return Fixture(d / "test.json", 5, 4)
+    err = r"test\.json:record 1: ranking: expected a list of 2 integer ranks" if variant == "bad" else \
+        r"test\.json:record 1: generations\[1\]: expected an existing image file, not found: .*test_images/001007"
+    return Fixture(d / "test.json", 5, 4, err, 3, 3)
+
+
 # ------------------------------------------------------------------------------------------------ GenAI-Bench
 
 
@@ -252,5 +272,6 @@ def write_mmrb2(root: Path, variant: str = "ok") -> Fixture:
 
 
 BUILDERS = {"hpdv2": write_hpdv2, "hpdv3": write_hpdv3, "pickapic": write_pickapic,
-            "imagerewarddb": write_imagerewarddb, "genai_bench": write_genai_bench,
+            "imagerewarddb": write_imagerewarddb, "imagereward_bench": write_imagereward_bench,
+            "genai_bench": write_genai_bench,
             "genai_bench_ratings": write_genai_bench_ratings, "agiqa3k": write_agiqa3k, "mmrb2": write_mmrb2}

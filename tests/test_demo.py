@@ -10,7 +10,10 @@ import shlex
 import pytest
 
 import zreward.demo as demo
-from zreward.demo import PROFILES, Ctx, Stage, run_demo, stage_key
+import zreward.demo_stages as demo_stages
+from zreward.demo import run_demo
+from zreward.demo_stages import PROFILES, Ctx, Stage, digest, stage_parts
+from zreward.eval import demo_report
 from zreward.eval.demo_report import GEN_KEYS, write_demo_report
 
 _DATA = (("data.train", "world:train"), ("data.val", "world:val"))
@@ -92,11 +95,11 @@ def test_reuse_rebuild_and_resume(tmp_path, configs, monkeypatch):
 def test_key_ignores_output_dir_but_not_seed_or_upstream(tmp_path, configs):
     st = _stages()[2]
     base = dict(keys={"init_student": "k1", "world": "w"})
-    k = stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=0, **base))
-    assert stage_key(st, Ctx(out=tmp_path / "elsewhere", profile="test", seed=0, **base)) == k
-    assert stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=1, **base)) != k
-    assert stage_key(st, Ctx(out=tmp_path / "x", profile="test", seed=0,
-                             keys={"init_student": "k2", "world": "w"})) != k
+    k = digest(stage_parts(st, Ctx(out=tmp_path / "x", profile="test", seed=0, **base)))
+    assert digest(stage_parts(st, Ctx(out=tmp_path / "elsewhere", profile="test", seed=0, **base))) == k
+    assert digest(stage_parts(st, Ctx(out=tmp_path / "x", profile="test", seed=1, **base))) != k
+    assert digest(stage_parts(st, Ctx(out=tmp_path / "x", profile="test", seed=0,
+                             keys={"init_student": "k2", "world": "w"}))) != k
 
 
 def test_missing_trainer_and_failure_block_only_dependents(tmp_path, configs):
@@ -120,11 +123,18 @@ def test_missing_config_fails_clearly(tmp_path, configs):
     assert ctx.status["g"]["state"] == "failed" and "gdso/tiny_cpu.yaml not found" in ctx.status["g"]["reason"]
 
 
-def test_default_stage_list_wiring():
-    names = [s.name for s in demo.STAGES]
+@pytest.mark.parametrize("from_scratch", [False, True])
+def test_default_stage_list_wiring(from_scratch):
+    stages = demo.demo_stages(from_scratch)
+    names = [s.name for s in stages]
     assert len(set(names)) == len(names)
-    for s in demo.STAGES:  # every dependency comes earlier
+    for s in stages:  # every dependency comes earlier
         assert all(names.index(d) < names.index(s.name) for d in s.deps + s.optional)
+    by = {s.name: s for s in stages}
+    # the base every method starts from: the shipped one by default, captioning pretraining with --from-scratch
+    expected = ("train", "caption") if from_scratch else ("init", "shipped")
+    assert (by["pretrain"].kind, by["pretrain"].method) == expected
+    assert ("pretrain_world" in by) == ("init_base" in by) == from_scratch
     by = {s.name: s for s in demo.STAGES}
     assert dict(by["risd_student"].links)["teacher.path"] == "gdso_teacher"
     assert dict(by["opd_student"].links)["teacher.path"] == "gdso_teacher"
@@ -140,7 +150,7 @@ def test_default_stage_list_wiring():
     assert set(by["gen_eval"].deps) == {"gen_pretrain", "gen_tune", "world"}
     assert dict(by["gen_eval"].links)["a"] == "gen_tune" and dict(by["gen_eval"].links)["b"] == "gen_pretrain"
     for name, prof in PROFILES.items():  # no typo in a profile's generator settings
-        assert set(prof.get("gen", {})) <= set(demo.GEN_DEFAULTS), name
+        assert set(prof.get("gen", {})) <= set(demo_stages.GEN_DEFAULTS), name
 
 
 def test_report_keys_without_results(tmp_path, configs):
@@ -158,6 +168,25 @@ def test_report_keys_without_results(tmp_path, configs):
     assert set(rep["generator"]) == set(GEN_KEYS) | {"status"}
     assert all(rep["generator"][k] is None for k in GEN_KEYS) and rep["generator"]["status"] == "not run"
     assert "## Reward-guided generation" in md and "Not available: gen_eval not run" in md
+
+
+def test_report_budgets_side_by_side(tmp_path, configs):
+    ctx = Ctx(out=tmp_path, profile="test", seed=0)
+    configs = {"sft": "run: {max_steps: 300}\ndata: {images_per_batch: 32}\noptim: {lr: 0.0003}\n",
+               "risd_student": ("run: {max_steps: 200}\ndata: {prompts_per_batch: 4, max_images: 400, "
+                                "extra_unlabelled: /x}\nrisd: {human_weight: 0.0}\noptim: {lr: 0.001}\n")}
+    for name, cfg in configs.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.yaml").write_text(cfg)
+        ctx.status[name] = {"state": "done", "seconds": 120.0, "cpu_s": 60.0}
+    ctx.status["world"] = {"state": "done", "seconds": 5.0}  # no run dir: not a trained stage
+    rows = {b["stage"]: b for b in demo_report.budgets(ctx)}
+    assert set(rows) == {"sft", "risd_student"}
+    assert (rows["sft"]["steps"], rows["sft"]["batch"], rows["sft"]["train_images"], rows["sft"]["labels"],
+            rows["sft"]["lr"]) == (300, "32 images", "all", True, 0.0003)
+    r = rows["risd_student"]
+    assert (r["batch"], r["train_images"], r["extra_unlabelled"], r["labels"]) == ("4 prompts", 400, True, False)
+    assert (r["wall_s"], r["cpu_s"]) == (120.0, 60.0)
 
 
 _GEN = [s for s in demo.STAGES if s.kind == "gen"]
@@ -178,27 +207,26 @@ def test_failed_risd_student_skips_gen_tune_and_eval(tmp_path, configs):
 def test_gen_profile_settings_change_the_key(tmp_path, configs, monkeypatch):
     st = _GEN[0]
     ctx = Ctx(out=tmp_path, profile="test", seed=0, keys={"world": "w"})
-    k = stage_key(st, ctx)  # a profile without "gen" works (defaults)
+    k = digest(stage_parts(st, ctx))  # a profile without "gen" works (defaults)
     monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_steps": 7})
-    assert stage_key(st, ctx) != k
+    assert digest(stage_parts(st, ctx)) != k
     monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_step": 7})
-    with pytest.raises(demo.StageError, match="unknown key"):
-        stage_key(st, ctx)
+    with pytest.raises(demo_stages.StageError, match="unknown key"):
+        digest(stage_parts(st, ctx))
 
 
-def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, small_world):
+def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, small_world, tiny_model):
     """The three generator stages for real (tiny generator, a random tiny Scorer as the RISD student's stand-in)."""
     from zreward.align.cli import main as gen_main
-    from zreward.models.tiny import init_tiny
 
-    scorer = init_tiny("qwen2_vl", tmp_path / "scorer", preset="tiny", seed=0)
+    scorer = tiny_model
     monkeypatch.setitem(PROFILES["test"], "gen", {"arch": "tiny", "pretrain_steps": 3, "pretrain_batch_size": 4,
                                                   "tune_steps": 2, "tune_batch_size": 2, "audit_every": 2,
                                                   "eval_prompts": 4})
     given = {"world": small_world, "risd_student": scorer}
 
     def runner(stage, ctx, resume):
-        return given[stage.name] if stage.name in given else demo.run_stage(stage, ctx, resume)
+        return given[stage.name] if stage.name in given else demo_stages.run_stage(stage, ctx, resume)
 
     stages = [Stage("world", "world"), Stage("risd_student", "init", "student"), *_GEN]
     out = tmp_path / "d"
@@ -226,3 +254,14 @@ def test_gen_stages_run_and_fill_the_report(tmp_path, configs, monkeypatch, smal
     # a second run reuses all three stages
     ctx2 = _run(out, runner, stages)
     assert all(ctx2.status[s.name]["state"] == "reused" for s in _GEN)
+
+
+def test_shipped_base_stage_copies_the_packaged_model(tmp_path):
+    from zreward.models.shipped import BASE_DIR, base_card
+
+    ctx = Ctx(out=tmp_path, profile="quick", seed=0)
+    stage = demo.SHIPPED_BASE[0]
+    out = demo_stages.run_stage(stage, ctx, resume=False)
+    assert (out / "model.safetensors").read_bytes() == (BASE_DIR / "model.safetensors").read_bytes()
+    assert ctx.commands["pretrain"] == f"zreward model init --from base --out {out}"
+    assert stage_parts(stage, ctx)["config"] == digest(base_card())  # a new base rebuilds its users

@@ -256,3 +256,25 @@ def test_jsonl_source_bad_line_and_id_collision(tmp_path):
     ids = sorted(r.id for r in split.images)
     assert ids[0] == "images__a_b" and ids[1].startswith("images__a_b-") and ids[2] == "images__c"
     assert split.pairs[1].votes == {"a": 3, "b": 3} and split.pairs[1].b == split.pairs[0].a
+
+
+@pytest.mark.parametrize("fmt", ["imagereward_bench", "imagerewarddb"])
+def test_imagereward_benchmark_test_json_all_pairs_ties_and_image_prefix(fmt, tmp_path):
+    # ImageReward's own data/test.json, read under both names; images resolved as its test.py does
+    fx = BUILDERS["imagereward_bench"](tmp_path / "src")
+    counts, _ = _convert(fmt, fx, tmp_path / "out")
+    assert (counts["images"], counts["pairs"]) == (5, 4)
+    split = read_split(tmp_path / "out")
+    by = split.by_id()
+    got = {(by[p.a].meta["source_path"], by[p.b].meta["source_path"]): p.label for p in split.pairs}
+    assert got == {("000864-0061/0.webp", "000864-0061/1.webp"): "a",
+                   ("000864-0061/0.webp", "000864-0061/2.webp"): "a",
+                   ("000864-0061/1.webp", "000864-0061/2.webp"): "tie",
+                   ("001007-0012/0.webp", "001007-0012/1.webp"): "b"}
+    assert all(p.dim == "overall" for p in split.pairs)
+    # the stored bytes are the files under data/test_images/ (the prefix ImageReward's test.py uses)
+    src_img = fx.src.parent / "test_images" / "001007-0012" / "1.webp"
+    rec = next(r for r in split.images if r.meta["source_path"] == "001007-0012/1.webp")
+    assert split.image_path(rec).read_bytes() == src_img.read_bytes()
+    info = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert info["format"] == fmt and "test_images" in info["images"]

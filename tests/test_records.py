@@ -5,7 +5,8 @@ import json
 import pytest
 
 from zreward.data.records import (DIMS, LEVELS, DatasetInfo, DimLabel, ImageRecord, PairRecord, RecordError,
-                                  SplitWriter, read_split, skip_summary, write_split)
+                                  read_split, skip_summary)
+from zreward.data.split_writer import SplitWriter, write_split
 
 
 def _rec(i: int) -> ImageRecord:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zreward.models.scorer_config import dim_weights
 from zreward.align.harness import as_flow_grpo_reward, as_trl_reward
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -201,8 +202,11 @@ class RewardClient:
             dims / weights / uncertainty_lambda / image_size: as in `ScorerRewardFn` (weights default to the
                 server scorer's `reward_weights` for the dims used; no resize by default).
         """
+        # deferred: the client needs torch only for this helper (`score` works without it)
         import torch
         import torch.nn.functional as F
+
+        from zreward.models.level_readout import overall, reward_from_readout
 
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] == 3:  # (B, H, W, 3)
             images = torch.from_numpy(images).permute(0, 3, 1, 2).float() / (255.0 if images.dtype == np.uint8 else 1.0)
@@ -215,16 +219,10 @@ class RewardClient:
             images = images.clamp(0, 1)
         out = self.score(prompts, images, dims=dims)
         if weights is None:
-            wmap = dict(zip(self.info()["dims"], self.info()["reward_weights"]))
-            weights = [wmap.get(d, 1.0) for d in out["dims"]]
+            weights = dim_weights(out["dims"], self.info()["dims"], self.info()["reward_weights"])
         if len(weights) != len(out["dims"]):
             raise ValueError(f"weights: expected {len(out['dims'])} values (one per dim {out['dims']}), "
                              f"got {len(weights)}")
         w = torch.tensor(weights, dtype=torch.float32)
-        w = w / w.sum()
         mean, std = torch.from_numpy(out["mean"]), torch.from_numpy(out["std"])
-        return ((mean - uncertainty_lambda * std) * w).sum(-1).float(), (std * w).sum(-1).float()
-
-    def as_reward_fn(self, **kwargs):
-        """A plain `reward_fn(prompts, images)` callable with fixed options (drop-in for `ScorerRewardFn`)."""
-        return lambda prompts, images: self.reward_fn(prompts, images, **kwargs)
+        return reward_from_readout(mean, std, w, uncertainty_lambda).float(), overall(std, w).float()

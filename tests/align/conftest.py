@@ -9,13 +9,6 @@ TINY_GEN = ARCHS["tiny"]
 
 
 @pytest.fixture(scope="session")
-def tiny_scorer_dir(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("scorer") / "tiny", preset="tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
 def tiny_gen_dir(tmp_path_factory, small_world):
     """A generator pretrained for a few steps on the small world (weights barely trained: plumbing only)."""
     from zreward.align.pretrain import PretrainConfig, pretrain

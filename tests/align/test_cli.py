@@ -8,7 +8,7 @@ import pytest
 from zreward.align.cli import main
 
 
-def test_gen_cli_pretrain_tune_eval(small_world, tiny_scorer_dir, tmp_path, capsys):
+def test_gen_cli_pretrain_tune_eval(small_world, tiny_model, tmp_path, capsys):
     sft = tmp_path / "sft"
     assert main(["pretrain", "--data", str(small_world), "--out", str(sft), "--steps", "2", "--batch-size", "2",
                  "--arch", "tiny"]) == 0
@@ -17,7 +17,7 @@ def test_gen_cli_pretrain_tune_eval(small_world, tiny_scorer_dir, tmp_path, caps
     assert meta["config"]["gen"]["image_size"] == 16
     assert (sft / "samples.png").is_file() and (sft / "transformer" / "config.json").is_file()
     tuned = tmp_path / "tuned"
-    assert main(["tune", "--generator", str(sft), "--reward", str(tiny_scorer_dir), "--method", "refl",
+    assert main(["tune", "--generator", str(sft), "--reward", str(tiny_model), "--method", "refl",
                  "--out", str(tuned), "--data", str(small_world), "--steps", "1", "--batch-size", "2",
                  "--audit-every", "1", "--full-ft", "--reg", "0.1"]) == 0
     cfg = json.loads((tuned / "tune.json").read_text())["config"]

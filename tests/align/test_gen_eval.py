@@ -50,10 +50,10 @@ def test_evaluate_same_generator_pairs_identically(tiny_gen_dir, small_world, tm
     assert gen_eval.GOAL_NET_GSB == 0.413
 
 
-def test_reward_fn_matches_scorer_reward(tiny_scorer_dir):
+def test_reward_fn_matches_scorer_reward(tiny_model):
     from zreward.align.reward_fn import ScorerRewardFn
 
-    fn = ScorerRewardFn(tiny_scorer_dir, uncertainty_lambda=0.5)
+    fn = ScorerRewardFn(tiny_model, uncertainty_lambda=0.5)
     imgs = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     prompts = ["a red circle", "two blue squares", "a green triangle on top of a yellow square"]
     scores, stds = fn(prompts, imgs)

@@ -1,7 +1,6 @@
 """Perception: rendered ShapesWorld scenes are read back (objects, boxes, ground) and score like the truth."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,12 +19,14 @@ def _obj(shape, color, size, x, y, warp=0.0):
 
 
 CLEAN = [
-    _scene([_obj("circle", "red", 12, 14, 46), _obj("square", "blue", 10, 32, 47), _obj("triangle", "green", 12, 50, 46)]),
+    _scene([_obj("circle", "red", 12, 14, 46), _obj("square", "blue", 10, 32, 47),
+            _obj("triangle", "green", 12, 50, 46)]),
     _scene([_obj("square", "orange", 12, 30, 46), _obj("circle", "purple", 10, 30.5, 35)]),  # circle on square
     _scene([_obj("triangle", "yellow", 14, 20, 45), _obj("triangle", "yellow", 9, 44, 47.5),
             _obj("square", "red", 8, 56, 48)]),
     _scene([_obj("circle", "blue", 11, 24, 30.5)]),  # floating
-    _scene([_obj("square", "green", 10, 20, 47), _obj("square", "green", 10, 40, 47), _obj("circle", "orange", 9, 8, 47.5)]),
+    _scene([_obj("square", "green", 10, 20, 47), _obj("square", "green", 10, 40, 47),
+            _obj("circle", "orange", 9, 8, 47.5)]),
 ]
 
 

@@ -13,10 +13,10 @@ from zreward.align.tune import TuneConfig, apply_lora, merge_lora, reward_step, 
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_scorer_dir):
-    from zreward.serve.scorer import load_scorer
+def scorer(tiny_model):
+    from zreward.models.scorer import load_scorer
 
-    s = load_scorer(tiny_scorer_dir)
+    s = load_scorer(tiny_model)
     for p in s.model.parameters():
         p.requires_grad_(False)
     return s
@@ -79,9 +79,9 @@ def test_merge_lora_keeps_outputs(tiny_gen_dir):
     assert torch.allclose(before, gen.generate(["a red circle"], [0]), atol=1e-5)
 
 
-def test_short_tune_raises_heldout_reward(tiny_gen_dir, tiny_scorer_dir, small_world, tmp_path):
+def test_short_tune_raises_heldout_reward(tiny_gen_dir, tiny_model, small_world, tmp_path):
     """A few DRaFT steps on train prompts raise the reward on the audit's held-out (val) prompts."""
-    out = tune(TuneConfig(generator=str(tiny_gen_dir), reward=str(tiny_scorer_dir), out=str(tmp_path / "tuned"),
+    out = tune(TuneConfig(generator=str(tiny_gen_dir), reward=str(tiny_model), out=str(tmp_path / "tuned"),
                           data=str(small_world), method="draft", k=1, steps=6, batch_size=4, lr=3e-2, lora=False,
                           sample_steps=4, audit_every=6, audit_prompts=6, seed=0))
     rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zreward.data.records import DatasetInfo, DimLabel, ImageRecord, PairRecord, read_split, write_split
+from zreward.data.records import DatasetInfo, DimLabel, ImageRecord, PairRecord, read_split
+from zreward.data.split_writer import write_split
 from zreward.eval.cli import main
 from zreward.eval.model_metrics import compute_metrics, mos_pairs
 from zreward.eval.runner import ModelScores, load_eval_data, parse_model_spec, resolve_mode
@@ -21,19 +22,9 @@ LEVELS = np.array([1.0 + 0.5 * i for i in range(9)])
 
 
 @pytest.fixture(scope="module")
-def tiny_scorer(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("tiny") / "tiny_direct", preset="tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_reasoner(tmp_path_factory):
+def tiny_reasoner(tiny_factory):
     """A random reasoning-mode scorer with short chains (8 tokens) to keep generation cheap."""
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("tiny") / "tiny_reasoner", preset="tiny", seed=1,
-                     mode="reasoning", max_new_tokens=8)
+    return tiny_factory(seed=1, mode="reasoning", max_new_tokens=8)
 
 
 def _png(color) -> bytes:
@@ -141,12 +132,12 @@ def _check_model_report(r: dict, n_pairs: int, dims) -> None:
     assert r["img_per_s"] > 0 and r["peak_memory_mb"] > 0
 
 
-def test_cli_on_shapes_world(small_world, tiny_scorer, tiny_reasoner, tmp_path):
+def test_cli_on_shapes_world(small_world, tiny_model, tiny_reasoner, tmp_path):
     split_dir = small_world / "test"
     out = tmp_path / "ev"
     n_img = 12
     # --reasoning switches the reasoning-mode model only; the direct model stays direct.
-    rc = main(["--model", str(tiny_scorer), "--model", f"teach={tiny_reasoner}", "--reasoning", "--samples", "2",
+    rc = main(["--model", str(tiny_model), "--model", f"teach={tiny_reasoner}", "--reasoning", "--samples", "2",
                "--data", str(split_dir), "--out", str(out), "--n-boot", "200", "--max-images", str(n_img),
                "--batch-size", "6"])
     assert rc == 0
@@ -155,23 +146,24 @@ def test_cli_on_shapes_world(small_world, tiny_scorer, tiny_reasoner, tmp_path):
     ids = {r.id for r in split.images[:n_img]}
     n_overall = sum(p.dim == "overall" and p.a in ids and p.b in ids for p in split.pairs)
     assert n_overall > 0 and rep["n_images"] == n_img
-    assert set(rep["models"]) == {"tiny_direct", "teach"}
+    direct = tiny_model.name  # a --model without a name is named after its directory
+    assert set(rep["models"]) == {direct, "teach"}
     for r in rep["models"].values():
         _check_model_report(r, n_overall, split.info.dims)
         assert all(r["per_dim_detail"][d]["source"] == "pairs" for d in split.info.dims)
-    assert rep["models"]["tiny_direct"]["mode"] == "direct" and rep["models"]["tiny_direct"]["tokens_per_image"] is None
+    assert rep["models"][direct]["mode"] == "direct" and rep["models"][direct]["tokens_per_image"] is None
     teach = rep["models"]["teach"]
     assert teach["mode"] == "reasoning" and teach["samples"] == 2 and teach["tokens_per_image"] > 0
     assert 0.5 <= rep["ceiling"]["accuracy"] <= 1.0  # ShapesWorld oracle present
     md = (out / "report.md").read_text()
-    for png in ("accuracy_vs_cost.png", "reliability_tiny_direct.png", "reliability_teach.png", "examples.png"):
+    for png in ("accuracy_vs_cost.png", f"reliability_{direct}.png", "reliability_teach.png", "examples.png"):
         assert (out / png).stat().st_size > 1000 and f"({png})" in md
     pred = np.load(out / "predictions" / "teach.npz")
     assert pred["probs"].shape == (n_img, 4, 9) and np.allclose(pred["probs"].sum(-1), 1, atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", ["hpdv3", "agiqa3k"])
-def test_cli_on_converted_public_fixture(fmt, tiny_scorer, tmp_path):
+def test_cli_on_converted_public_fixture(fmt, tiny_model, tmp_path):
     import formats_fixtures as ff
     from zreward.data.convert import convert
 
@@ -179,8 +171,8 @@ def test_cli_on_converted_public_fixture(fmt, tiny_scorer, tmp_path):
     split_dir = tmp_path / "split"
     convert(fmt, fx.src, split_dir)
     out = tmp_path / "ev"
-    assert main(["--model", str(tiny_scorer), "--data", str(split_dir), "--out", str(out), "--n-boot", "50"]) == 0
-    r = json.loads((out / "report.json").read_text())["models"]["tiny_direct"]
+    assert main(["--model", str(tiny_model), "--data", str(split_dir), "--out", str(out), "--n-boot", "50"]) == 0
+    r = json.loads((out / "report.json").read_text())["models"][tiny_model.name]
     assert r["n_pairs"] == fx.n_pairs and r["img_per_s"] > 0
     if fmt == "hpdv3":  # pairs only, no per-image labels
         assert 0 <= r["accuracy"] <= 1 and r["kl"] is None and r["srcc"] is None
@@ -196,7 +188,7 @@ def test_cli_rejects_non_scorer_dir(tmp_path, small_world, capsys):
     assert rc == 2 and "zreward.json" in capsys.readouterr().err
 
 
-def test_temperature_overrides_reasoning_models_only(monkeypatch, small_world, tiny_scorer, tiny_reasoner, tmp_path,
+def test_temperature_overrides_reasoning_models_only(monkeypatch, small_world, tiny_model, tiny_reasoner, tmp_path,
                                                      capsys):
     from zreward.eval import runner
 
@@ -209,9 +201,9 @@ def test_temperature_overrides_reasoning_models_only(monkeypatch, small_world, t
 
     monkeypatch.setattr(runner, "score_model", spy)
     data = load_eval_data(small_world / "test", max_images=4)
-    specs = [parse_model_spec(f"d={tiny_scorer}"), parse_model_spec(f"t={tiny_reasoner}")]
+    specs = [parse_model_spec(f"d={tiny_model}"), parse_model_spec(f"t={tiny_reasoner}")]
     runner.evaluate(specs, data, reasoning=True, samples=2, n_boot=20, temperature=0.3, log=lambda *a: None)
-    direct_t = json.loads((tiny_scorer / "zreward.json").read_text())["temperature"]
+    direct_t = json.loads((tiny_model / "zreward.json").read_text())["temperature"]
     assert seen == [(False, 1, direct_t), (True, 2, 0.3)]
     seen.clear()
     runner.evaluate(specs[1:], data, reasoning=True, samples=2, n_boot=20, log=lambda *a: None)

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from zreward.losses import generalized_jsd, kl_div_levels, mean_over_chains, risd_kl
+from zreward.losses import generalized_jsd, kl_div_levels, risd_kl
+from zreward.models.level_readout import mean_over_chains
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

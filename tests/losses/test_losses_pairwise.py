@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from zreward.losses import bradley_terry, score_gap_huber, thurstone_fidelity
+from zreward.losses import (bradley_terry, pair_target_thurstone, pair_target_win_prob, score_gap_huber,
+                            thurstone_fidelity)
 
 PHI1 = 0.5 * (1 + math.erf(1 / math.sqrt(2)))  # Φ(1) = 0.8413447...
 
@@ -86,3 +87,16 @@ def test_score_gap_huber_hand_values_and_grad():
     torch.testing.assert_close(pred.grad, _t(1.0, 0.5, 0.0))  # clipped slope δ, then x
     with pytest.raises(ValueError, match="delta"):
         score_gap_huber(pred, target, delta=0.0)
+
+
+def test_pair_targets_hand_values_and_they_differ():
+    # win prob: a = 1.0 w.p. ½ / 2.0 w.p. ½, b = 1.0 surely: P(a > b) = ½, P(tie) = ½ -> ½ + ¼ = 0.75
+    pa, pb = torch.tensor([[0.5, 0.5], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert torch.allclose(pair_target_win_prob(pa, pb), torch.tensor([0.75, 0.5]))
+    assert torch.allclose(pair_target_win_prob(pb, pa), torch.tensor([0.25, 0.5]))  # swapping a, b gives 1 − P
+    # Thurstone on the same labels' moments: MOS 1.5 vs 1.0, std 0.5 vs 0 -> Φ(0.5 / √(0.25 + ε)) ≈ Φ(1)
+    t = pair_target_thurstone(torch.tensor([1.5]), torch.tensor([0.5]), torch.tensor([1.0]), torch.tensor([0.0]))
+    assert t.item() == pytest.approx(PHI1, abs=1e-5)
+    assert abs(t.item() - 0.75) > 0.05  # the two targets are different quantities
+    # point masses with equal MOS: a tie, 0.5 (var_eps keeps it finite)
+    assert pair_target_thurstone(*(torch.tensor([3.0]), torch.tensor([0.0])) * 2).item() == 0.5

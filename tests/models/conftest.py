@@ -6,19 +6,9 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """tiny_dir(family) -> Path of a saved tiny scorer directory (built on first use, seed 0)."""
-    from zreward.models.tiny import init_tiny
-
-    cache = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = init_tiny(family, tmp_path_factory.mktemp(f"tiny_{family}"), preset="tiny", seed=0,
-                                   max_new_tokens=12)  # short chains keep reasoning tests fast
-        return cache[family]
-
-    return get
+def tiny_dir(tiny_factory):
+    """tiny_dir(family) -> Path of a saved tiny scorer directory (seed 0; short chains keep reasoning tests fast)."""
+    return lambda family: tiny_factory(family, max_new_tokens=12)
 
 
 @pytest.fixture(scope="session")

@@ -5,21 +5,14 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def serve_scorer_dir(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
+def scorer(tiny_model):
+    from zreward.models.scorer import load_scorer
 
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("serve_scorer") / "tiny", preset="tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
-def scorer(serve_scorer_dir):
-    from zreward.serve.scorer import load_scorer
-
-    return load_scorer(serve_scorer_dir)
+    return load_scorer(tiny_model)
 
 
 @pytest.fixture
-def start(scorer, serve_scorer_dir):
+def start(scorer, tiny_model):
     """start(**ServeConfig fields) → a running ServerHandle; all are stopped at teardown."""
     from zreward.serve.app import ServeConfig
     from zreward.serve.serve_cli import start_server_thread
@@ -27,7 +20,7 @@ def start(scorer, serve_scorer_dir):
     handles = []
 
     def _start(**kw):
-        h = start_server_thread(scorer, ServeConfig(model=str(serve_scorer_dir), **kw))
+        h = start_server_thread(scorer, ServeConfig(model=str(tiny_model), **kw))
         handles.append(h)
         return h
 

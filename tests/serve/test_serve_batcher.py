@@ -94,19 +94,58 @@ def test_cancelled_jobs_are_dropped_or_ignored_without_breaking_the_batch():
     assert mb.stats.dropped_jobs == 1
 
 
-def test_a_failing_batch_fails_its_jobs_only():
+def test_a_failing_batch_is_rerun_one_job_at_a_time():
     async def main():
         mb = MicroBatcher(FakeScorer(fail_first=True), max_batch=8, max_wait_ms=20)
         mb.start()
         f1, f2 = mb.submit(["1"], [None], A), mb.submit(["2"], [None], A)
-        errs = await asyncio.gather(f1, f2, return_exceptions=True)
+        got = await asyncio.gather(f1, f2, return_exceptions=True)
         ok = await mb.submit(["3"], [None], A)
         await mb.close()
-        return mb, errs, ok
+        return mb, got, ok
 
-    mb, errs, ok = _run(main())
-    assert all(isinstance(e, RuntimeError) and "out of memory" in str(e) for e in errs)
-    assert ok.overall.tolist() == [3.0] and mb.stats.failed_batches == 1
+    mb, got, ok = _run(main())
+    # the batch failed once (a transient failure); re-run alone, both jobs got their own results
+    assert [g.overall.tolist() for g in got] == [[1.0], [2.0]] and [g.batch_images for g in got] == [1, 1]
+    assert ok.overall.tolist() == [3.0]
+    assert (mb.stats.failed_batches, mb.stats.isolated_jobs, mb.stats.failed_jobs) == (1, 2, 0)
+
+
+def test_a_poisoned_job_fails_alone_with_its_own_error():
+    class Poisonable(FakeScorer):
+        def score(self, prompts, images, **kw):
+            bad = [p for p in prompts if not p.isdigit()]
+            if bad:
+                raise ValueError(f"cannot score {bad[0]!r}")
+            return super().score(prompts, images, **kw)
+
+    async def main():
+        mb = MicroBatcher(Poisonable(), max_batch=8, max_wait_ms=50)
+        mb.start()
+        futs = [mb.submit([p], [None], A) for p in ["1", "2", "poison", "4"]]
+        got = await asyncio.gather(*futs, return_exceptions=True)
+        await mb.close()
+        return mb, got
+
+    mb, got = _run(main())
+    assert [g.overall.tolist() for i, g in enumerate(got) if i != 2] == [[1.0], [2.0], [4.0]]
+    assert isinstance(got[2], ValueError) and str(got[2]) == "cannot score 'poison'"
+    assert (mb.stats.failed_batches, mb.stats.isolated_jobs, mb.stats.failed_jobs) == (2, 4, 1)
+
+
+def test_batches_respect_max_batch_tokens():
+    async def main():
+        sc = FakeScorer()
+        mb = MicroBatcher(sc, max_batch=8, max_wait_ms=50, max_batch_tokens=10)
+        mb.start()
+        futs = [mb.submit([str(k)], [None], A, tokens=t) for k, t in ((1, 6), (2, 4), (3, 4), (4, 20))]
+        await asyncio.gather(*futs)
+        await mb.close()
+        return sc
+
+    sc = _run(main())
+    # 6 + 4 fit in 10 tokens; 4 more would not; a single 20-token job runs alone
+    assert [c[0] for c in sc.calls] == [["1", "2"], ["3"], ["4"]]
 
 
 def test_queue_limit_and_close_finishes_queued_jobs():

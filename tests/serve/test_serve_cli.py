@@ -30,9 +30,9 @@ def test_token_file_and_flag_checks(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_subprocess_serves_and_shuts_down_gracefully_on_sigterm(serve_scorer_dir, tmp_path):
+def test_subprocess_serves_and_shuts_down_gracefully_on_sigterm(tiny_model, tmp_path):
     (tmp_path / "tok").write_text("tok\n")
-    proc = subprocess.Popen([sys.executable, "-m", "zreward.cli", "serve", "--model", str(serve_scorer_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "zreward.cli", "serve", "--model", str(tiny_model),
                              "--port", "0", "--token-file", str(tmp_path / "tok"), "--max-wait-ms", "1500",
                              "--log-level", "warning"], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

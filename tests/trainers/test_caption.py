@@ -12,13 +12,6 @@ from zreward.trainers import caption as cap
 from zreward.trainers.run_utils import read_metrics
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("caption_model") / "m", preset="tiny", seed=0)
-
-
 def _cfg(tiny_model, world, out, **over) -> cap.Config:
     cfg = cap.Config()
     cfg.model.init_from = str(tiny_model)
@@ -42,7 +35,7 @@ def _mean_ce(scorer, data: cap.CaptionData, n: int) -> float:
 def test_caption_forward_is_the_next_token_ce_over_caption_and_eos(tiny_model):
     """CE = −Σ_j log p(c_j | prompt, c_<j) − log p(EOS | prompt, c), summed over images of different caption lengths
     (right padding must not change it); the accuracy counts argmax hits over the same positions."""
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     sc = load_scorer(tiny_model)
     tok = sc.tokenizer
@@ -69,7 +62,7 @@ def test_caption_forward_is_the_next_token_ce_over_caption_and_eos(tiny_model):
 
 
 def test_short_run_learns_to_caption_and_saves_an_init_scorer(tiny_model, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     cfg = _cfg(tiny_model, small_world, tmp_path / "run", run__max_steps=40, data__eval_every=20,
                caption__val_generate=2)
@@ -117,7 +110,8 @@ def test_gradient_accumulation_gives_the_same_steps(tiny_model, small_world, tmp
 
 def _split_with(out, src, metas_scenes):
     """A split (no labels) of the first images of split `src` whose records carry the given (meta, scene) pairs."""
-    from zreward.data.records import DatasetInfo, ImageRecord, write_split
+    from zreward.data.records import DatasetInfo, ImageRecord
+    from zreward.data.split_writer import write_split
 
     recs = [(ImageRecord(id=f"img{k}", prompt="x", image="", meta=meta, scene=scene),
              src.image_path(src.images[k]).read_bytes()) for k, (meta, scene) in enumerate(metas_scenes)]

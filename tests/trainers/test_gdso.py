@@ -5,23 +5,16 @@ import numpy as np
 import pytest
 import torch
 
+from zreward.losses import distribution_rewards, masked_advantages
 from zreward.trainers import gdso
 from zreward.trainers import rollout as R
+from zreward.trainers.rl import MicroBatch
 from zreward.trainers.run_utils import read_metrics
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    out = tmp_path_factory.mktemp("tiny_gdso")
-    init_tiny("qwen2_vl", out, preset="tiny", seed=0)
-    return out
-
-
-def _cfg(tiny_dir, world, out, steps=6, **g):
+def _cfg(tiny_model, world, out, steps=6, **g):
     cfg = gdso.Config()
-    cfg.model.init_from = str(tiny_dir)
+    cfg.model.init_from = str(tiny_model)
     cfg.data.train, cfg.data.val = str(world / "train"), str(world / "val")
     cfg.data.prompts_per_batch, cfg.data.val_max_images, cfg.data.max_per_prompt = 2, 12, 3
     cfg.optim.lr = 3e-3
@@ -32,10 +25,10 @@ def _cfg(tiny_dir, world, out, steps=6, **g):
     return cfg
 
 
-def test_gdso_short_run_learns_and_saves(tiny_dir, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+def test_gdso_short_run_learns_and_saves(tiny_model, small_world, tmp_path):
+    from zreward.models.scorer import load_scorer
 
-    final = gdso.train(_cfg(tiny_dir, small_world, tmp_path / "run", steps=8))
+    final = gdso.train(_cfg(tiny_model, small_world, tmp_path / "run", steps=8))
     m = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [e["step"] for e in m] == list(range(1, 9))
     for key in ("pg_loss", "dist_loss", "pair_loss", "reward_mean", "t_rollout", "t_score", "t_update",
@@ -51,14 +44,14 @@ def test_gdso_short_run_learns_and_saves(tiny_dir, small_world, tmp_path):
     assert out.probs.shape == (1, 4, 9) and torch.allclose(out.probs.sum(-1), torch.ones(1, 4), atol=1e-5)
 
 
-def test_gdso_resume_gives_identical_losses(tiny_dir, small_world, tmp_path):
+def test_gdso_resume_gives_identical_losses(tiny_model, small_world, tmp_path):
     straight = tmp_path / "straight"
     kw = dict(kl_coef=0.1, ppo_epochs=2, dims_per_step=1, groups_per_micro=1)
-    cfg = _cfg(tiny_dir, small_world, straight, steps=2, **kw)
+    cfg = _cfg(tiny_model, small_world, straight, steps=2, **kw)
     cfg.data.val = None
     gdso.train(cfg)
     half = tmp_path / "half"
-    cfg = _cfg(tiny_dir, small_world, half, steps=1, **kw)
+    cfg = _cfg(tiny_model, small_world, half, steps=1, **kw)
     cfg.data.val = None
     gdso.train(cfg)
     cfg.run.max_steps = 2
@@ -71,35 +64,35 @@ def test_gdso_resume_gives_identical_losses(tiny_dir, small_world, tmp_path):
     assert a[-1]["ratio_mean"] != 1.0  # the second PPO epoch is off-policy
 
 
-def _one_micro(tiny_dir, small_world, mask_value: bool, **g):
+def _one_micro(tiny_model, small_world, mask_value: bool, **g):
     from zreward.trainers.data import load_train_data
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
-    cfg = _cfg(tiny_dir, small_world, "unused", **g).gdso
+    cfg = _cfg(tiny_model, small_world, "unused", **g).gdso
     cfg.max_new_tokens = 4
-    sc = load_scorer(tiny_dir)
+    sc = load_scorer(tiny_model)
     data = load_train_data(small_world / "train", max_images=8)
     idx = np.arange(8)
     lab = R.batch_labels(data, idx, [0, 1], sc.levels)
     lab.mask[:] = mask_value
     torch.manual_seed(0)
     ro = R.rollout(sc, [data.prompts[i] for i in idx], data.image_batch(idx), data.dims[:2], 2, 4, 1.0)
-    loss, st = gdso.gdso_losses(cfg, sc, ro, lab, data.group[idx], {}, None)
+    loss, st, _ = gdso.gdso_losses(cfg, sc, MicroBatch(ro, None, lab, data.group[idx]), None, None)
     return sc, loss, st, lab, ro
 
 
-def test_unlabelled_items_get_no_loss_or_gradient(tiny_dir, small_world):
-    sc, loss, st, *_ = _one_micro(tiny_dir, small_world, False)
+def test_unlabelled_items_get_no_loss_or_gradient(tiny_model, small_world):
+    sc, loss, st, *_ = _one_micro(tiny_model, small_world, False)
     loss.backward()
     assert loss.item() == 0.0
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in sc.model.parameters())
 
 
-def test_terms_match_the_loss_functions(tiny_dir, small_world):
+def test_terms_match_the_loss_functions(tiny_model, small_world):
     from zreward.losses import kl_div_levels, score_gap_huber
     from zreward.trainers.data import within_group_pairs
 
-    sc, loss, st, lab, ro = _one_micro(tiny_dir, small_world, True)
+    sc, loss, st, lab, ro = _one_micro(tiny_model, small_world, True)
     with torch.no_grad():
         cf = R.score_chains(sc, ro)
         mos_c, target_c, mask_c = lab.per_chain(2)
@@ -112,9 +105,9 @@ def test_terms_match_the_loss_functions(tiny_dir, small_world):
     assert loss.item() == pytest.approx((st["pg_loss"] + st["dist_loss"] + st["pair_loss"]).item(), rel=1e-5)
 
 
-def test_pg_term_only_touches_chain_tokens(tiny_dir, small_world, monkeypatch):
+def test_pg_term_only_touches_chain_tokens(tiny_model, small_world, monkeypatch):
     """PG term alone: d loss / d logp[i, t] = −A_i / |chain_i| on real chain tokens, 0 on pads and level logits."""
-    from zreward.serve.scorer import ChainForward
+    from zreward.models.scorer import ChainForward
 
     captured = {}
     real = R.score_chains
@@ -127,17 +120,56 @@ def test_pg_term_only_touches_chain_tokens(tiny_dir, small_world, monkeypatch):
         return leaves
 
     monkeypatch.setattr(R, "score_chains", leafy)
-    sc, loss, st, lab, ro = _one_micro(tiny_dir, small_world, True, dist_weight=0.0, pair_weight=0.0)
+    sc, loss, st, lab, ro = _one_micro(tiny_model, small_world, True, dist_weight=0.0, pair_weight=0.0)
     cf = captured["cf"]
     loss.backward()
     assert cf.level_logits.grad is None or cf.level_logits.grad.abs().max() == 0
     m = cf.token_mask.float()
-    rewards = R.distribution_rewards(cf.level_logits, sc.levels, lab.per_chain(2)[0])
-    adv = R.masked_advantages(rewards, torch.ones_like(rewards, dtype=torch.bool), 2)
+    rewards = distribution_rewards(cf.level_logits, sc.levels, lab.per_chain(2)[0])
+    adv = masked_advantages(rewards, torch.ones_like(rewards, dtype=torch.bool), 2, std_floor=0.1)
     n = m.shape[0]
     expected = -adv.unsqueeze(1) * m / m.sum(1, keepdim=True).clamp(min=1) / n
     assert torch.allclose(cf.token_logprobs.grad, expected, atol=1e-6)
     assert cf.token_logprobs.grad[m == 0].eq(0).all() and cf.token_logprobs.grad.abs().sum() > 0
+
+
+def test_distribution_and_pair_terms_read_the_eval_chains(tiny_dir, small_world):
+    """With eval chains, L_dist and L_pair are computed on them (greedy here), L_PG on the rollout chains."""
+    from zreward.losses import kl_div_levels, score_gap_huber
+    from zreward.trainers.data import load_train_data, within_group_pairs
+
+    sc, _, st_pg, lab, ro = _one_micro(tiny_dir, small_world, True)
+    data_idx = np.arange(8)
+    data = load_train_data(small_world / "train", max_images=8)
+    ev = R.rollout(sc, [data.prompts[i] for i in data_idx], data.image_batch(data_idx), data.dims[:2], 1, 4, 1.0,
+                   do_sample=False)
+    cfg = _cfg(tiny_dir, small_world, "unused").gdso
+    cfg.max_new_tokens = 4
+    _, st, _ = gdso.gdso_losses(cfg, sc, MicroBatch(ro, ev, lab, data.group[data_idx]), None, None)
+    with torch.no_grad():
+        ce = R.score_chains(sc, ev)
+        _, target_e, _ = lab.per_chain(1)
+        assert st["dist_loss"].item() == pytest.approx(kl_div_levels(ce.level_logits, target_e).item(), rel=1e-5)
+        mu, _ = R.group_moments(ce.level_logits, sc.levels, 8, 2, 1)
+        ia, ib = within_group_pairs(data.group[data_idx])
+        exp = score_gap_huber(mu[ia] - mu[ib], lab.mos[ia] - lab.mos[ib])
+        assert st["pair_loss"].item() == pytest.approx(exp.item(), rel=1e-5)
+    assert st["pg_loss"].item() == pytest.approx(st_pg["pg_loss"].item(), abs=1e-6)  # PG term: same rollout
+
+
+def test_pair_outcome_reward_enters_the_advantages(tiny_dir, small_world):
+    from zreward.trainers.data import load_train_data
+
+    sc, _, _, lab, ro = _one_micro(tiny_dir, small_world, True)
+    data = load_train_data(small_world / "train", max_images=8)
+    cfg = _cfg(tiny_dir, small_world, "unused", pair_reward_weight=2.0).gdso
+    cfg.max_new_tokens = 4
+    _, _, state = gdso.gdso_losses(cfg, sc, MicroBatch(ro, None, lab, data.group[np.arange(8)]), None, None)
+    with torch.no_grad():
+        cf = R.score_chains(sc, ro)
+    base = distribution_rewards(cf.level_logits, sc.levels, lab.per_chain(2)[0])
+    extra = state.rewards - base
+    assert extra.min() >= 0 and extra.max() <= 2.0 + 1e-6 and extra.abs().sum() > 0
 
 
 def test_config_rejects_bad_values():
@@ -145,3 +177,7 @@ def test_config_rejects_bad_values():
         gdso.GDSOConfig(reward="nope")
     with pytest.raises(ValueError, match="gdso.group_size"):
         gdso.GDSOConfig(group_size=0)
+    with pytest.raises(ValueError, match="gdso.eval_temperature"):
+        gdso.GDSOConfig(eval_temperature=-0.1)
+    with pytest.raises(ValueError, match="gdso.adv_std_floor"):
+        gdso.GDSOConfig(adv_std_floor=-1.0)

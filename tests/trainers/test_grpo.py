@@ -8,21 +8,13 @@ import torch
 
 from zreward.trainers import grpo
 from zreward.trainers import rollout as R
+from zreward.trainers.rl import MicroBatch
 from zreward.trainers.run_utils import read_metrics
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    out = tmp_path_factory.mktemp("tiny_grpo")
-    init_tiny("qwen2_vl", out, preset="tiny", seed=0)
-    return out
-
-
-def _cfg(tiny_dir, world, out, steps=6, **g):
+def _cfg(tiny_model, world, out, steps=6, **g):
     cfg = grpo.Config()
-    cfg.model.init_from = str(tiny_dir)
+    cfg.model.init_from = str(tiny_model)
     cfg.data.train, cfg.data.val = str(world / "train"), None
     cfg.data.prompts_per_batch, cfg.data.max_per_prompt = 2, 3
     cfg.optim.lr = 1e-2
@@ -33,10 +25,10 @@ def _cfg(tiny_dir, world, out, steps=6, **g):
     return cfg
 
 
-def test_grpo_short_run_improves_reward_and_saves(tiny_dir, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+def test_grpo_short_run_improves_reward_and_saves(tiny_model, small_world, tmp_path):
+    from zreward.models.scorer import load_scorer
 
-    final = grpo.train(_cfg(tiny_dir, small_world, tmp_path / "run", steps=10))
+    final = grpo.train(_cfg(tiny_model, small_world, tmp_path / "run", steps=10))
     m = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert len(m) == 10 and all(np.isfinite(e["loss"]) for e in m)
     # MOS are mostly high (4-5); a random scorer's expectation sits near 3, so the error must shrink
@@ -48,10 +40,10 @@ def test_grpo_short_run_improves_reward_and_saves(tiny_dir, small_world, tmp_pat
     assert out.probs.shape == (1, 4, 9)
 
 
-def test_grpo_resume_gives_identical_losses(tiny_dir, small_world, tmp_path):
+def test_grpo_resume_gives_identical_losses(tiny_model, small_world, tmp_path):
     kw = dict(kl_coef=0.1, ppo_epochs=2, dims_per_step=1, reward="exact")
-    grpo.train(_cfg(tiny_dir, small_world, tmp_path / "a", steps=2, **kw))
-    cfg = _cfg(tiny_dir, small_world, tmp_path / "b", steps=1, **kw)
+    grpo.train(_cfg(tiny_model, small_world, tmp_path / "a", steps=2, **kw))
+    cfg = _cfg(tiny_model, small_world, tmp_path / "b", steps=1, **kw)
     grpo.train(cfg)
     cfg.run.max_steps = 2
     grpo.train(cfg)
@@ -60,9 +52,9 @@ def test_grpo_resume_gives_identical_losses(tiny_dir, small_world, tmp_path):
         assert [e[key] for e in a] == pytest.approx([e[key] for e in b], rel=1e-5, abs=1e-7), key
 
 
-def test_pg_covers_chain_and_score_token(tiny_dir, small_world, monkeypatch):
+def test_pg_covers_chain_and_score_token(tiny_model, small_world, monkeypatch):
     """d loss / d logp = −A_i / (|chain_i| + 1) on chain tokens; d loss / d level logits = that × (onehot − p)."""
-    from zreward.serve.scorer import ChainForward, load_scorer
+    from zreward.models.scorer import ChainForward, load_scorer
     from zreward.trainers.data import load_train_data
 
     captured = {}
@@ -75,25 +67,24 @@ def test_pg_covers_chain_and_score_token(tiny_dir, small_world, monkeypatch):
         return captured["cf"]
 
     monkeypatch.setattr(R, "score_chains", leafy)
-    sc = load_scorer(tiny_dir)
+    sc = load_scorer(tiny_model)
     data = load_train_data(small_world / "train", max_images=4)
     idx = np.arange(4)
     lab = R.batch_labels(data, idx, [0], sc.levels)
     torch.manual_seed(0)
     ro = R.rollout(sc, [data.prompts[i] for i in idx], data.image_batch(idx), data.dims[:1], 3, 4, 1.0)
-    cache: dict = {}
     g = grpo.GRPOConfig(max_new_tokens=4)
-    loss, _ = grpo.grpo_losses(g, sc, ro, lab, cache, None)
+    loss, _, state = grpo.grpo_losses(g, sc, MicroBatch(ro, None, lab, data.group[idx]), None, None)
     loss.backward()
     cf = captured["cf"]
     m = cf.token_mask.float()
     n = m.shape[0]
-    scale = -cache["adv"] / (m.sum(1) + 1) / n  # (N,): one score token per chain
+    scale = -state.advantages / (m.sum(1) + 1) / n  # (N,): one score token per chain
     assert torch.allclose(cf.token_logprobs.grad, scale.unsqueeze(1) * m, atol=1e-6)
-    onehot = torch.nn.functional.one_hot(cache["level"], 9).float()
+    onehot = torch.nn.functional.one_hot(state.level, 9).float()
     p = torch.softmax(cf.level_logits.detach(), -1)
     assert torch.allclose(cf.level_logits.grad, scale.unsqueeze(1) * (onehot - p), atol=1e-6)
-    assert cache["adv"].abs().sum() > 0  # the check is not vacuous
+    assert state.advantages.abs().sum() > 0  # the check is not vacuous
 
 
 def test_config_rejects_bad_values():

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from zreward.trainers import checkpoint as ck
-from zreward.trainers.checkpoint import (CheckpointError, atomic_write_text, capture_rng_state, latest_checkpoint,
+from zreward.atomic import atomic_write_text
+from zreward.trainers.checkpoint import (CheckpointError, capture_rng_state, latest_checkpoint,
                                          list_checkpoints, load_checkpoint, restore_rng_state, save_checkpoint)
 from zreward.trainers.run_utils import NonFiniteGuard, seed_everything
 

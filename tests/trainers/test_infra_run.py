@@ -32,7 +32,8 @@ def test_metrics_logger_resume_truncates(tmp_path):
     with MetricsLogger(path, resume_step=3) as log:
         assert [e["step"] for e in read_metrics(path)] == [1, 2, 3]
         log.log(4, {"loss": 9.0})
-        assert [(e["step"], e["loss"]) for e in read_metrics(path)][-2:] == [(3, pytest.approx(0.3)), (4, 9.0)]  # flushed
+        # flushed
+        assert [(e["step"], e["loss"]) for e in read_metrics(path)][-2:] == [(3, pytest.approx(0.3)), (4, 9.0)]
     MetricsLogger(path).close()  # a fresh run starts an empty file
     assert path.read_text() == ""
 
@@ -56,9 +57,11 @@ def test_nonfinite_guard():
     assert g.check(3, 0.3) is True and g.consecutive == 0 and g.total == 2  # a good step resets the count
     assert g.check(4, 1.0, torch.tensor(float("inf"))) is False  # finite loss, bad gradient norm
     assert g.check(5, torch.tensor([1.0, float("nan")])) is False
-    with pytest.raises(NonFiniteError, match=r"loss became non-finite at step 6 \(3 consecutive skipped steps, limit 2"):
+    with pytest.raises(NonFiniteError, match=r"loss became non-finite at step 6 \(3 consecutive skipped steps, "
+                                             r"limit 2"):
         g.check(6, float("nan"))
-    with pytest.raises(NonFiniteError, match=r"gradient norm became non-finite at step 0 \(1 consecutive skipped steps, limit 0"):
+    with pytest.raises(NonFiniteError, match=r"gradient norm became non-finite at step 0 \(1 consecutive skipped "
+                                             r"steps, limit 0"):
         NonFiniteGuard(0).check(0, 1.0, float("nan"))
     h = NonFiniteGuard(2)
     h.load_state_dict(json.loads(json.dumps(g.state_dict())))
@@ -87,7 +90,8 @@ def test_batch_indices():
     assert full[2] != full[0]  # a new permutation per epoch
     assert batch_indices(n, b, 3, seed=7) == full[3]  # pure function of (seed, step): resume needs no state
     for s in range(4):  # ranks' slices make up the global batch, in order
-        assert batch_indices(n, b, s, 7, rank=0, world_size=2) + batch_indices(n, b, s, 7, rank=1, world_size=2) == full[s]
+        halves = batch_indices(n, b, s, 7, rank=0, world_size=2) + batch_indices(n, b, s, 7, rank=1, world_size=2)
+        assert halves == full[s]
     with pytest.raises(ValueError, match="not divisible by 3"):
         batch_indices(n, b, 0, 7, world_size=3)
     with pytest.raises(ValueError, match=r"must be in \[1, 20\]"):

@@ -13,13 +13,9 @@ from zreward.trainers.run_utils import read_metrics
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_model, tiny_factory):
     """(student, teacher): two tiny random models of the same family with different seeds."""
-    from zreward.models.tiny import init_tiny
-
-    root = tmp_path_factory.mktemp("opd_models")
-    return (init_tiny("qwen2_vl", root / "student", preset="tiny", seed=0),
-            init_tiny("qwen2_vl", root / "teacher", preset="tiny", seed=1))
+    return tiny_model, tiny_factory(seed=1)
 
 
 def _cfg(models, world, out, **over) -> opd.Config:
@@ -65,7 +61,7 @@ def test_sampled_surrogate_value_and_unbiased_gradient():
 
 
 def test_distillation_run_moves_the_student_to_the_teacher(models, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
     from zreward.trainers.data import load_train_data
 
     final = opd.train(_cfg(models, small_world, tmp_path / "run", run__max_steps=12))
@@ -100,7 +96,7 @@ def test_sampled_estimator_also_learns(models, small_world, tmp_path):
 
 def test_teacher_must_match_levels_and_dims(models, tmp_path):
     from zreward.models.tiny import init_tiny
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     student = load_scorer(models[0])
     other = load_scorer(init_tiny("qwen2_vl", tmp_path / "t", preset="tiny", levels=[1.0, 2.0, 3.0, 4.0, 5.0]))
@@ -132,7 +128,7 @@ def test_resume_gives_identical_losses(models, small_world, tmp_path):
 
 def test_empty_chain_teacher_query_reads_the_score_after_reasoning_close(models):
     """empty_chain = logits at the end of reasoning_prompt + reasoning_close, i.e. a chain of zero tokens."""
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     t = load_scorer(models[1])
     torch.manual_seed(0)
@@ -142,7 +138,7 @@ def test_empty_chain_teacher_query_reads_the_score_after_reasoning_close(models)
     pix = t.prepare_images(ims)
     with torch.no_grad():
         batch, _ = t.encode_items(texts, [0, 0, 1, 1], pix)
-        full = t._logits_at(batch, batch.last_pos)[:, t.level_token_ids]
+        full = t.logits_at(batch, batch.last_pos)[:, t.level_token_ids]
     assert got.shape == (2, 2, 9) and torch.allclose(got.flatten(0, 1), full, atol=1e-4)
     direct = opd.teacher_level_logits(t, prompts, ims, dims, "direct")
     assert torch.allclose(direct, t.direct_logits(prompts, ims, dims)) and not torch.allclose(direct, got, atol=1e-3)

@@ -5,7 +5,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,13 +14,6 @@ from zreward.trainers.run_utils import read_metrics
 
 SCRIPT = Path(__file__).with_name("sft_ddp_script.py")
 STEPS, PPB = 4, 2
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("resume_model") / "m", preset="tiny", seed=0)
 
 
 def _cfg(model, world, out: Path) -> sft.Config:

@@ -7,21 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from zreward.serve import yesno
+from zreward.models import yesno
 from zreward.trainers import rewarddance as rd
 from zreward.trainers.run_utils import read_metrics
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("rd_model") / "m", preset="tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
 def scorer(tiny_model):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     return load_scorer(tiny_model)
 
@@ -69,7 +62,7 @@ def test_pair_logits_depend_on_which_image_is_first(scorer):
 
 
 def test_answer_tokens_are_added_once_and_single(tiny_model):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     sc = load_scorer(tiny_model)
     n0 = len(sc.tokenizer)
@@ -123,7 +116,7 @@ def test_pick_reference_median_and_blank():
 
 
 def test_training_learns_and_final_dir_is_a_yesno_scorer(tiny_model, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     cfg = _cfg(tiny_model, small_world, tmp_path / "run", run__max_steps=12)
     final = rd.train(cfg)
@@ -146,7 +139,8 @@ def test_training_learns_and_final_dir_is_a_yesno_scorer(tiny_model, small_world
     assert torch.allclose(out.probs[..., 0], 1 - p[:, None]) and torch.allclose(out.probs[..., -1], p[:, None])
     assert torch.allclose(out.mean, 1 + 4 * p[:, None].expand(3, 4), atol=1e-5)
     # the score is the symmetrised P(better than the stored reference), computed here by hand
-    yn = yesno.YesNoConfig(**{k: zr["yesno"][k] for k in ("question", "label_a", "label_b", "answer_prefix", "yes", "no")})
+    keys = ("question", "label_a", "label_b", "answer_prefix", "yes", "no")
+    yn = yesno.YesNoConfig(**{k: zr["yesno"][k] for k in keys})
     ref = yesno.decode_png(zr["yesno"]["reference_png"]).unsqueeze(0)
     pix = sc.prepare_images(torch.cat([ims[:1], ref]))
     with torch.no_grad():

@@ -49,7 +49,7 @@ def _cfg(models, world, out, **over) -> risd.Config:
 
 
 def test_risd_run_caches_teacher_once_and_student_learns(models, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
     from zreward.trainers.data import load_train_data
 
     cfg = _cfg(models, small_world, tmp_path / "run", risd__human_weight=0.5)
@@ -166,3 +166,19 @@ def test_step_losses_hand_values():
     assert float(terms["kl"]) == pytest.approx(math.log(9))
     assert float(terms["gap"]) == pytest.approx(1.5)
     assert float(terms["human_kl"]) == pytest.approx(math.log(9))
+
+
+def test_risd_resume_gives_identical_losses(models, small_world, tmp_path):
+    """2 steps straight = 1 step, stop, resume for the second (shared teacher cache, same batches and RNG)."""
+    def cfg(out, steps):
+        c = _cfg(models, small_world, tmp_path / out, run__max_steps=steps, run__save_every=1)
+        c.teacher.cache_dir = str(tmp_path / "cache")
+        return c
+
+    risd.train(cfg("straight", 3))
+    risd.train(cfg("half", 1))
+    risd.train(cfg("half", 3))  # resume="auto" picks up step_000001
+    a, b = read_metrics(tmp_path / "straight" / "metrics.jsonl"), read_metrics(tmp_path / "half" / "metrics.jsonl")
+    assert [e["step"] for e in b] == [1, 2, 3]
+    for key in ("loss", "kl", "gap", "grad_norm"):
+        assert [e[key] for e in a] == [e[key] for e in b], key

@@ -11,13 +11,6 @@ from zreward.trainers import sft
 from zreward.trainers.run_utils import read_metrics
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from zreward.models.tiny import init_tiny
-
-    return init_tiny("qwen2_vl", tmp_path_factory.mktemp("sft_model") / "m", preset="tiny", seed=0)
-
-
 def _cfg(tiny_model, world, out, **over) -> sft.Config:
     cfg = sft.Config()
     cfg.model.init_from = str(tiny_model)
@@ -32,7 +25,7 @@ def _cfg(tiny_model, world, out, **over) -> sft.Config:
 
 
 def test_direct_sft_learns_and_saves_a_direct_scorer(tiny_model, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
     from zreward.trainers.data import load_train_data
 
     cfg = _cfg(tiny_model, small_world, tmp_path / "run", sft__pair_weight=0.5, sft__expected_weight=0.5)
@@ -56,7 +49,7 @@ def test_direct_sft_learns_and_saves_a_direct_scorer(tiny_model, small_world, tm
 
 
 def test_reasoning_cold_start_saves_a_reasoning_scorer(tiny_model, small_world, tmp_path):
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     cfg = _cfg(tiny_model, small_world, tmp_path / "run", sft__mode="reasoning", sft__max_chain_tokens=24)
     cfg.data.val = None
@@ -74,7 +67,7 @@ def test_reasoning_cold_start_saves_a_reasoning_scorer(tiny_model, small_world, 
 
 def test_rationale_forward_targets_chain_tokens_and_eos_and_reads_the_inference_position(tiny_model):
     """CE = −Σ log p(chain_j | prefix) − log p(EOS | prompt+chain); score logits equal `chain_forward`'s."""
-    from zreward.serve.scorer import ChainBatch, load_scorer
+    from zreward.models.scorer import ChainBatch, load_scorer
 
     sc = load_scorer(tiny_model)
     torch.manual_seed(0)

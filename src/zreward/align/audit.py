@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zreward import load_scorer
 from zreward.align.perceive import perceived_scores
 from zreward.data.shapes_world.oracle import DIMS, MEAN_WEIGHTS
 from zreward.eval.runner import parse_model_spec, resolve_mode
+from zreward.models.scorer import load_scorer
 
 ORACLE_KEY = "oracle_overall"
 

@@ -23,6 +23,7 @@ import torch
 
 from zreward.align.generator import load_generator
 from zreward.align.perceive import perceived_scores
+from zreward.align.pretrain import save_grid
 from zreward.align.tune import prompts_of
 from zreward.data.shapes_world.annotators import RaterPool, pair_labels
 from zreward.data.shapes_world.oracle import DIMS
@@ -54,8 +55,6 @@ def rater_judgements(true_a: np.ndarray, true_b: np.ndarray, pool: RaterPool, rn
 def side_by_side(a: torch.Tensor, b: torch.Tensor, prompts: list[str], judg: np.ndarray, path: Path,
                  n: int = 8) -> Path:
     """Grid: for each of the first n prompts, B (baseline) then A (candidate), with the raters' verdict."""
-    from zreward.align.pretrain import save_grid
-
     n = min(n, len(prompts))
     verdict = {1: "Good", 0: "Same", -1: "Bad"}
     imgs = torch.stack([t for i in range(n) for t in (b[i], a[i])])

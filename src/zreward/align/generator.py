@@ -21,7 +21,7 @@ Everything is deterministic given seeds (noise is drawn from a seeded `torch.Gen
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch

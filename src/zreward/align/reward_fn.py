@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zreward.models.scorer import load_scorer
+from zreward.models.level_readout import overall, reward_from_readout
 from zreward.align.harness import as_flow_grpo_reward, as_trl_reward
 
 
@@ -54,13 +56,10 @@ class ScorerRewardFn:
     def __init__(self, scorer, dims: list[str] | None = None, weights: list[float] | None = None,
                  uncertainty_lambda: float = 0.0, image_size: int | None = None, batch_size: int = 16):
         if isinstance(scorer, (str, Path)):
-            from zreward.serve.scorer import load_scorer
-
-            scorer = load_scorer(scorer)
+            scorer = load_scorer(scorer, add_level_tokens=False)
         self.scorer = scorer
-        self.dims = scorer._dims(dims)
-        wmap = dict(zip(scorer.config.dims, scorer.config.reward_weights))
-        w = [wmap.get(d, 1.0) for d in self.dims] if weights is None else list(weights)
+        self.dims = scorer.resolve_dims(dims)
+        w = scorer.config.weights_for(self.dims) if weights is None else list(weights)
         if len(w) != len(self.dims):
             raise ValueError(f"weights: expected {len(self.dims)} values (one per dim {self.dims}), got {len(w)}")
         self.weights = torch.tensor(w, dtype=torch.float32)
@@ -96,7 +95,6 @@ class ScorerRewardFn:
         if len(imgs) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(imgs)} images")
         out = self.scorer.score(list(prompts), imgs, dims=self.dims, batch_size=self.batch_size)
-        w = self.weights / self.weights.sum()
-        scores = ((out.mean - self.lam * out.std) * w).sum(-1)
-        stds = (out.std * w).sum(-1)
+        scores = reward_from_readout(out.mean, out.std, self.weights, self.lam)
+        stds = overall(out.std, self.weights)
         return scores.float(), stds.float()

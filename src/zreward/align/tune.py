@@ -45,12 +45,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zreward import load_scorer  # the public entry point (the Scorer's module moves to zreward.models)
 from zreward.align.audit import OracleJudge, audit_row, hacking_warning, load_scorer_judges, plot_audit
 from zreward.align.flow_pipeline import PipelineSampling, is_pipeline_dir, load_pipeline_generator
 from zreward.align.generator import T2IGenerator, load_generator
 from zreward.align.pretrain import save_grid, split_dir
 from zreward.align.tune_state import EMA, load_tune_checkpoint, save_tune_checkpoint, trainable
+from zreward.models.scorer import load_scorer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 METHODS = ("refl", "draft", "alignprop")

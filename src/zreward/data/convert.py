@@ -18,7 +18,8 @@ from pathlib import Path
 
 from zreward.data.formats._common import ConvertOptions, Sink, convert_counts
 from zreward.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
-from zreward.data.records import DatasetInfo, RecordError, SplitWriter
+from zreward.data.records import DatasetInfo, RecordError
+from zreward.data.split_writer import SplitWriter
 
 # name -> (module, what --src is)
 FORMATS: dict[str, tuple[str, str]] = {
@@ -31,6 +32,9 @@ FORMATS: dict[str, tuple[str, str]] = {
     "imagerewarddb": ("zreward.data.formats.imagerewarddb",
                       "ImageRewardDB metadata-<split>.parquet (or a per-part JSON); image_path relative to "
                       "the repo root"),
+    "imagereward_bench": ("zreward.data.formats.imagereward_bench",
+                          "ImageReward's benchmark data/test.json (ranked generations per prompt); images in "
+                          "<dir>/test_images/ (also read by --format imagerewarddb)"),
     "genai_bench": ("zreward.data.formats.genai_bench",
                     "TIGER-Lab GenAI-Bench image_generation parquet file/dir (or JSON with image paths)"),
     "genai_bench_ratings": ("zreward.data.formats.genai_bench_ratings",

@@ -109,7 +109,12 @@ def load_image(src: str | os.PathLike | bytes, *, max_pixels: int | None = DEFAU
     label = _label(src, what)
     if not isinstance(src, (bytes, bytearray, memoryview)):
         p = Path(src)
-        if not p.is_file():
+        try:
+            is_file = p.is_file()
+        except (OSError, ValueError) as e:  # ENAMETOOLONG, a path that is not valid text, ...
+            raise ImageLoadError(f"{label}: expected a readable image path "
+                                 f"({e.strerror if isinstance(e, OSError) else type(e).__name__})") from None
+        if not is_file:
             raise ImageLoadError(f"{label}: expected an existing image file, "
                                  f"{'it is a directory' if p.is_dir() else 'file not found'}")
     elif len(src) == 0:

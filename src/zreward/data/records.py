@@ -1,22 +1,20 @@
 """Canonical preference records: the one on-disk format every loader writes and every command reads.
 
-A split directory holds `images.jsonl`, `pairs.jsonl`, `images/` and `dataset.json` (see the shared spec
-`records.md`). Every line is validated on read; a bad line fails with `file:line: field: expected ...`, or, with
+A split directory holds `images.jsonl`, `pairs.jsonl`, `images/` and `dataset.json` (see
+`docs/records.md`). Every line is validated on read; a bad line fails with `file:line: field: expected ...`, or, with
 `skip_bad=True`, is skipped and reported (count and reason) in `Split.skipped` — never silently.
 
-Writing is atomic: `SplitWriter` builds the split in a temporary sibling directory and renames it into place only
-when everything was written, so a failure never leaves a half-written split behind.
+Writing (atomic, with the same validation) is `zreward.data.split_writer`.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
 
 LEVELS: tuple[float, ...] = tuple(1.0 + 0.5 * i for i in range(9))
 DIMS: tuple[str, ...] = ("alignment", "realism", "aesthetics", "plausibility")
@@ -166,8 +164,8 @@ def parse_dim_label(v: Any, where: str, fld: str, n_levels: int) -> DimLabel:
     if hist is not None:
         if not isinstance(hist, list) or len(hist) != n_levels or not all(_is_num(h) and h >= 0 for h in hist):
             raise _fail(where, f"{fld}.hist", f"a list of {n_levels} non-negative numbers", hist)
-        if sum(hist) <= 0:
-            raise _fail(where, f"{fld}.hist", "a positive total", hist)
+        if not (0 < sum(hist) < math.inf):  # [1e308] * 9 passes the per-item check but its sum overflows
+            raise _fail(where, f"{fld}.hist", "a positive, finite total", hist)
     mos, std = v.get("mos"), v.get("std")
     if mos is not None and not (_is_num(mos) and 1.0 <= mos <= 5.0):
         raise _fail(where, f"{fld}.mos", "a number in [1, 5]", mos)
@@ -175,8 +173,9 @@ def parse_dim_label(v: Any, where: str, fld: str, n_levels: int) -> DimLabel:
         raise _fail(where, f"{fld}.std", "a non-negative number", std)
     ratings = v.get("ratings")
     if ratings is not None:
-        if not isinstance(ratings, list) or not ratings or not all(_is_num(r) for r in ratings):
-            raise _fail(where, f"{fld}.ratings", "a non-empty list of numbers", ratings)
+        if (not isinstance(ratings, list) or not ratings or not all(_is_num(r) for r in ratings)
+                or not math.isfinite(sum(ratings))):
+            raise _fail(where, f"{fld}.ratings", "a non-empty list of numbers with a finite sum", ratings)
     return DimLabel(hist=hist, mos=mos, std=std, ratings=ratings)
 
 
@@ -249,18 +248,29 @@ def parse_info(obj: Any, where: str) -> DatasetInfo:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+def _utf8_line(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[e.start:e.start + 1]
+        raise _fail(where, "line", f"UTF-8 text (invalid byte {bad!r} at byte {e.start})") from None
+
+
 def _read_jsonl(path: Path, parse, skip_bad: bool, skipped: list[str]) -> list:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
             where = f"{path}:{i}"
             try:
+                line = _utf8_line(raw, where)
+                if not line.strip():
+                    continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise _fail(where, "line", f"valid JSON ({e.msg} at column {e.colno})") from None
+                except RecursionError:
+                    raise _fail(where, "line", "JSON nested less deeply (too deep to parse)") from None
                 out.append(parse(obj, where))
             except RecordError as e:
                 if not skip_bad:
@@ -286,9 +296,11 @@ def read_split(split_dir: str | os.PathLike, *, skip_bad: bool = False) -> Split
     if not info_path.is_file():
         raise RecordError(f"{info_path}: file: expected {INFO_FILE} in the split directory")
     try:
-        info_obj = json.loads(info_path.read_text(encoding="utf-8"))
+        info_obj = json.loads(_utf8_line(info_path.read_bytes(), str(info_path)))
     except json.JSONDecodeError as e:
         raise RecordError(f"{info_path}:{e.lineno}: dataset: expected valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise RecordError(f"{info_path}: dataset: expected JSON nested less deeply (too deep to parse)") from None
     info = parse_info(info_obj, str(info_path))
     images_path = root / IMAGES_FILE
     if not images_path.is_file():
@@ -322,126 +334,3 @@ def skip_summary(skipped: list[str]) -> str:
         reason = parts[1] if len(parts) == 2 else msg
         counts[reason] = counts.get(reason, 0) + 1
     return "\n".join(f"{n} x {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-# ----------------------------------------------------------------------------------------------- writing
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temp file in the same directory, then os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def prepare_target(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing non-empty directory unless `overwrite`."""
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path}: expected a directory path, found a file")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path}: directory exists and is not empty (pass overwrite to replace it)")
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a fully written temp directory into place, replacing `target` (already checked by prepare_target)."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
-class SplitWriter:
-    """Write a split directory atomically.
-
-    Example:
-        with SplitWriter(out, DatasetInfo(name="x")) as w:
-            w.add_image(ImageRecord(id="i0", prompt="a red circle", image=""), png_bytes)
-            w.add_pair(PairRecord(a="i0", b="i1", label="a"))
-    The directory appears only when the `with` block exits without an exception. Records are validated on add.
-    """
-
-    def __init__(self, split_dir: str | os.PathLike, info: DatasetInfo, *, overwrite: bool = False):
-        self.target = Path(split_dir)
-        prepare_target(self.target, overwrite)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.info = info
-        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.tmp-"))
-        (self.tmp / IMAGES_DIR).mkdir()
-        self._images = open(self.tmp / IMAGES_FILE, "w", encoding="utf-8")
-        self._pairs = open(self.tmp / PAIRS_FILE, "w", encoding="utf-8")
-        self._ids: set[str] = set()
-        self.n_images = self.n_pairs = 0
-        self._closed = False
-
-    def add_image(self, rec: ImageRecord, data: bytes | None = None, *, ext: str = ".png") -> None:
-        """Add an image record; with `data`, the bytes are written to images/<id><ext> and `rec.image` set."""
-        where = f"{self.target / IMAGES_FILE}:{self.n_images + 1}"
-        if rec.id in self._ids:
-            raise RecordError(f"{where}: id: expected unique ids, {rec.id!r} was already added")
-        if data is not None:
-            if "/" in rec.id or "\\" in rec.id or rec.id.startswith("."):
-                raise RecordError(f"{where}: id: expected a file-name-safe id, got {rec.id!r}")
-            rel = f"{IMAGES_DIR}/{rec.id}{ext}"
-            with open(self.tmp / rel, "wb") as f:
-                f.write(data)
-            rec.image = rel
-        obj = rec.to_json()
-        parse_image_record(obj, where, self.info)  # same validation as the reader
-        self._images.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self._ids.add(rec.id)
-        self.n_images += 1
-
-    def add_pair(self, pair: PairRecord) -> None:
-        where = f"{self.target / PAIRS_FILE}:{self.n_pairs + 1}"
-        obj = pair.to_json()
-        parse_pair_record(obj, where, self.info, self._ids)
-        self._pairs.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self.n_pairs += 1
-
-    def close(self) -> Path:
-        if self._closed:
-            return self.target
-        self._images.close()
-        self._pairs.close()
-        (self.tmp / INFO_FILE).write_text(json.dumps(self.info.to_json(), indent=1) + "\n", encoding="utf-8")
-        replace_dir(self.tmp, self.target)
-        self._closed = True
-        return self.target
-
-    def abort(self) -> None:
-        if self._closed:
-            return
-        self._images.close()
-        self._pairs.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self._closed = True
-
-    def __enter__(self) -> SplitWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-def write_split(split_dir: str | os.PathLike, info: DatasetInfo,
-                images: Iterable[tuple[ImageRecord, bytes | None]], pairs: Iterable[PairRecord] = (),
-                *, overwrite: bool = False) -> Path:
-    """Write a whole split at once (atomic). `images` are (record, bytes or None) pairs."""
-    with SplitWriter(split_dir, info, overwrite=overwrite) as w:
-        for rec, data in images:
-            w.add_image(rec, data)
-        for p in pairs:
-            w.add_pair(p)
-    return Path(split_dir)

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return perception_main(argv[1:])
     args = _parser().parse_args(argv)
+    # deferred (torch + transformers): `zreward eval --help` and bad arguments answer without loading them
     from zreward.eval.report import write_eval_report
     from zreward.eval.runner import ceiling_metrics, evaluate, load_eval_data, parse_model_spec
 

@@ -17,10 +17,12 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+
 from zreward.eval.report import fmt, fmt_ci, plot_training_curves, read_metrics_jsonl, software_versions
 from zreward.eval.runner import json_clean
 
-__all__ = ["GEN_KEYS", "ROWS", "generator_summary", "goals", "write_demo_report"]
+__all__ = ["GEN_KEYS", "ROWS", "budgets", "generator_summary", "goals", "write_demo_report"]
 
 # (method key, label) in table order; the teacher's cold start is shown in the training curves only.
 ROWS = [("sft", "SFT"), ("grpo", "GRPO"), ("rewarddance", "RewardDance"), ("gdso_teacher", "GDSO teacher"),
@@ -67,6 +69,31 @@ def goals(methods: dict, ceiling: float | None) -> list[dict]:
                 "value": None if not ti or si is None else si / ti, "target": 20.0,
                 "holds": None if not ti or si is None else si / ti >= 20.0})
     return out
+
+
+# What each trainer reads from labels: the teacher-distilled students read none (RISD with human_weight 0; OPD).
+_LABELS = {"risd_student": lambda c: (c.get("risd") or {}).get("human_weight", 0) > 0, "opd_student": lambda c: False}
+
+
+def budgets(ctx) -> list[dict]:
+    """Each trained stage's budget side by side, from its run's config.yaml and the stage record: optimizer steps,
+    the batch (images or prompts per step), the training images it may read, whether it reads human labels, the
+    learning rate, and the stage's wall and CPU seconds (0 CPU s for a stage reused from an earlier run)."""
+    rows = []
+    for name, st in ctx.status.items():
+        cfg_file = ctx.out / "runs" / name / "config.yaml"
+        if not cfg_file.is_file():
+            continue
+        c = yaml.safe_load(cfg_file.read_text()) or {}
+        data, run = c.get("data") or {}, c.get("run") or {}
+        batch = (f"{data['images_per_batch']} images" if data.get("images_per_batch")
+                 else f"{data['prompts_per_batch']} prompts" if data.get("prompts_per_batch") else "–")
+        extra = data.get("extra_unlabelled")
+        rows.append({"stage": name, "steps": run.get("max_steps"), "batch": batch,
+                     "train_images": data.get("max_images") or "all", "extra_unlabelled": bool(extra),
+                     "labels": _LABELS.get(name, lambda _: name != "pretrain")(c),
+                     "lr": (c.get("optim") or {}).get("lr"), "wall_s": st.get("seconds"), "cpu_s": st.get("cpu_s")})
+    return rows
 
 
 def _finished_output(ctx, stage: str) -> Path | None:
@@ -150,7 +177,7 @@ def write_demo_report(ctx, wall_s: float, command: str, machine: dict | None = N
         "dataset_dir": str(out / "world"),
         "cost_ratio": cost_ratio, "goals": goals(methods, ceiling),
         "eval": {s: {"n_images": (ev[s] or {}).get("n_images"), "pairs": (ev[s] or {}).get("pairs")} for s in ev},
-        "generator": generator,
+        "generator": generator, "budgets": budgets(ctx),
         "stages": ctx.status, "commands": {"demo": command, **ctx.commands}, "software": software_versions(),
         "plots": plots})
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -176,7 +203,8 @@ def _table(methods: dict, split: str, ceiling: dict | None, dims: list[str]) -> 
     if ceiling:
         ci = ceiling.get("accuracy_ci") or [None, None]
         L.append(f"| annotator ceiling | oracle | {fmt(100 * ceiling['accuracy'], 1)} "
-                 f"[{fmt(100 * ci[0], 1)}, {fmt(100 * ci[1], 1)}] (n={ceiling.get('n_non_tie')}) |" + " |" * (5 + len(dims)))
+                 f"[{fmt(100 * ci[0], 1)}, {fmt(100 * ci[1], 1)}] (n={ceiling.get('n_non_tie')}) |"
+                 + " |" * (5 + len(dims)))
     return L
 
 
@@ -245,10 +273,19 @@ def _markdown(rep: dict, ev: dict, gen_detail: dict | None = None) -> list[str]:
     for g in rep["goals"]:
         L.append(f"| {g['claim']} | {fmt(g['value'], 2)} | {g['target']} | "
                  f"{'–' if g['holds'] is None else 'yes' if g['holds'] else 'no'} |")
+    L += ["", "## Budgets (from each run's config.yaml; wall / CPU minutes of the stage on this machine)", "",
+          "| stage | steps | batch | train images | + unlabelled | human labels | lr | wall min | CPU min |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for b in rep.get("budgets", []):
+        L.append(f"| {b['stage']} | {b['steps']} | {b['batch']} | {b['train_images']} | "
+                 f"{'yes' if b['extra_unlabelled'] else 'no'} | {'yes' if b['labels'] else 'no'} | {b['lr']} | "
+                 f"{fmt(None if b['wall_s'] is None else b['wall_s'] / 60, 1)} | "
+                 f"{fmt(None if b['cpu_s'] is None else b['cpu_s'] / 60, 1)} |")
     p = rep["plots"]
     L += ["", "## Plots", ""]
     if "training_curves" in p:
-        L += ["Training curves (loss; held-out accuracy where logged):", "", "![training curves](training_curves.png)", ""]
+        L += ["Training curves (loss; held-out accuracy where logged):", "",
+              "![training curves](training_curves.png)", ""]
     for s in ("test", "ood"):
         if f"{s}/accuracy_vs_cost" in p:
             L += [f"Accuracy vs cost ({s}):", "", f"![accuracy vs cost {s}](eval/{s}/accuracy_vs_cost.png)", ""]
@@ -266,7 +303,8 @@ def _markdown(rep: dict, ev: dict, gen_detail: dict | None = None) -> list[str]:
                                                            "| stage | state | wall s | CPU s | cache key |",
                                                            "|---|---|---|---|---|"]
     for n, s in rep["stages"].items():
-        L.append(f"| {n} | {s['state']} | {fmt(s.get('seconds'), 0)} | {fmt(s.get('cpu_s'), 0)} | {s.get('key', '–')} |")
+        L.append(f"| {n} | {s['state']} | {fmt(s.get('seconds'), 0)} | {fmt(s.get('cpu_s'), 0)} | "
+                 f"{s.get('key', '–')} |")
     L += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in rep["software"].items()) + "."]
     return L
 

@@ -25,9 +25,11 @@ Every metric takes `weights` (N,) or (R, N) item multiplicities and then returns
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from zreward.data.records import LEVELS
 from zreward.eval.bootstrap import as_array, as_weights, finish
+from zreward.losses.distribution import kl_rows
 
 __all__ = [
     "label_signs",
@@ -230,10 +232,12 @@ def _row_mean(per_row: np.ndarray, m: np.ndarray, weights, reduction: str, what:
 
 
 def _kl_rows(p: np.ndarray, q: np.ndarray, eps: float) -> np.ndarray:
-    # 0·log 0 = 0; q floored at eps so a zero predicted mass gives a large finite value, not inf.
-    logp = np.log(np.where(p > 0, p, 1.0))
+    """Per-row KL(p ‖ q) through the one KL formula (`zreward.losses.kl_rows`), in float64.
+
+    q is floored at eps so a zero predicted mass gives a large finite value, not inf; where p = 0 the term is 0.
+    """
     logq = np.log(np.where(p > 0, np.maximum(q, eps), 1.0))
-    return np.sum(np.where(p > 0, p * (logp - logq), 0.0), axis=1)
+    return kl_rows(torch.from_numpy(p), torch.from_numpy(logq)).numpy()
 
 
 def kl(p_target, q_pred, mask=None, weights=None, eps: float = 1e-12, reduction: str = "mean"):

@@ -18,6 +18,8 @@ import warnings
 
 import numpy as np
 
+from zreward.data.shapes_world.oracle import MEAN_WEIGHTS
+
 from zreward.eval.bootstrap import bootstrap_ci
 from zreward.eval.calibration import Calibration, calibration, ece, thurstone_prob
 from zreward.eval.metrics import accuracy_with_ties, js, kl, pairwise_accuracy, plcc, srcc, w1
@@ -171,8 +173,6 @@ def ceiling_metrics(data, *, n_boot: int = 1000, seed: int = 0) -> dict | None:
     """Annotator ceiling on the overall pairs (ShapesWorld oracle available), else None."""
     if data.oracle is None or not (data.pdim == "overall").any():
         return None
-    from zreward.data.shapes_world.oracle import MEAN_WEIGHTS
-
     h = np.flatnonzero(data.pdim == "overall")
     d = np.round((data.oracle[data.pa[h]] - data.oracle[data.pb[h]]) @ np.asarray(MEAN_WEIGHTS), 9)
     lab = data.plabel[h]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zreward.serve.scorer import load_scorer
+from zreward.models.scorer import load_scorer
 from zreward.trainers.caption import CaptionConfig, caption_images, load_caption_data
 
 QUALITY_KEYS = ("noise", "blur", "warp", "cut", "low contrast", "crowded", "unbalanced", "clash")

@@ -207,10 +207,12 @@ def model_tables(results: dict[str, dict], dims: list[str]) -> list[str]:
         L.append(f"| {n} | {fmt_ci(r, 'kl')} | {fmt_ci(r, 'js')} | {fmt_ci(r, 'w1')} | {fmt_ci(r, 'srcc')} | "
                  f"{fmt_ci(r, 'plcc')} | {fmt_ci(r, 'ece')} |")
     L += ["", "### Cost (this machine, one process, models one after another)", "",
-          "| model | images/s | generated tokens / image | peak memory (MiB) | scoring time (s) |", "|---|---|---|---|---|"]
+          "| model | images/s | generated tokens / image | peak memory (MiB) | scoring time (s) |",
+          "|---|---|---|---|---|"]
     for n, r in results.items():
         L.append(f"| {n} | {fmt(r.get('img_per_s'), 2)} | {fmt(r.get('tokens_per_image'), 1)} | "
-                 f"{fmt(r.get('peak_memory_mb'), 0)} ({r.get('memory_kind', '?')}) | {fmt(r.get('score_seconds'), 1)} |")
+                 f"{fmt(r.get('peak_memory_mb'), 0)} ({r.get('memory_kind', '?')}) | "
+                 f"{fmt(r.get('score_seconds'), 1)} |")
     return L
 
 
@@ -239,7 +241,8 @@ def write_eval_report(out: str | Path, data: EvalData, results: dict, cals: dict
          f"{len(data.ids)} images, {report['n_prompts']} prompts, pairs per dim: {data.pair_counts() or 'none'}.",
          f"Command: `{meta.get('command', '')}`", ""]
     if ceiling:
-        L += [f"Annotator ceiling (ShapesWorld oracle on the overall pairs): {fmt_ci(ceiling | {'accuracy_n': ceiling['n_non_tie']}, 'accuracy')}", ""]
+        ceil = fmt_ci(ceiling | {"accuracy_n": ceiling["n_non_tie"]}, "accuracy")
+        L += [f"Annotator ceiling (ShapesWorld oracle on the overall pairs): {ceil}", ""]
     L += model_tables(results, sorted({d for r in results.values() for d in r.get("per_dim", {})},
                                       key=lambda d: (d not in data.dims, d)))
     L += ["", "## Plots", "", "![accuracy vs cost](accuracy_vs_cost.png)", ""]

@@ -31,12 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from zreward.data.images import load_image
 from zreward.data.labels import dist_mean_std, label_dist
 from zreward.data.records import Split, read_split
 from zreward.eval.calibration import pair_outcome
 from zreward.eval.cost import Timer, peak_memory_bytes, reset_peak_memory
+from zreward.data.shapes_world.oracle import DIMS as ODIMS
 from zreward.eval.model_metrics import ceiling_metrics, compute_metrics
+from zreward.models.scorer import load_scorer
 
 __all__ = ["ModelSpec", "parse_model_spec", "resolve_mode", "EvalData", "load_eval_data", "ModelScores",
            "score_model", "evaluate", "json_clean", "compute_metrics", "ceiling_metrics"]
@@ -136,8 +140,6 @@ def load_eval_data(split_dir: str | Path, *, max_images: int | None = None) -> E
     Args:
         split_dir: split directory.  max_images: keep only the first N images (and the pairs among them).
     """
-    from zreward.data.images import load_image
-
     split = read_split(split_dir)
     recs = split.images[:max_images] if max_images else split.images
     if not recs:
@@ -159,8 +161,6 @@ def load_eval_data(split_dir: str | Path, *, max_images: int | None = None) -> E
             mos[i, j] = lab.mos if lab.mos is not None else float(dist_mean_std(p, levels)[0])
     oracle = None
     if all(isinstance(r.meta.get("oracle"), dict) for r in recs):
-        from zreward.data.shapes_world.oracle import DIMS as ODIMS
-
         if all(all(k in r.meta["oracle"] for k in ODIMS) for r in recs):
             oracle = np.array([[float(r.meta["oracle"][k]) for k in ODIMS] for r in recs])
     images = [load_image(split.image_path(r), what=f"{split.root}: image {r.id!r}") for r in recs]
@@ -236,13 +236,13 @@ def score_model(scorer, data: EvalData, *, reasoning: bool, samples: int, batch_
         texts = [c for per_image in chains for c in per_image]
         ids = scorer.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         tokens = sum(len(x) for x in ids) / n
-    cat = {k: np.concatenate([getattr(o, k).double().numpy() for o in outs]) for k in ("probs", "mean", "std", "overall")}
+    cat = {k: np.concatenate([getattr(o, k).double().numpy() for o in outs])
+           for k in ("probs", "mean", "std", "overall")}
     per_img = np.array(sec)
     total = float(per_img @ np.array([len(o.overall) for o in outs]))
-    wmap = dict(zip(scorer.config.dims, scorer.config.reward_weights))
     return ModelScores(cat["probs"], cat["mean"], cat["std"], cat["overall"], list(dims),
-                       np.array([wmap[d] for d in dims], np.float64), reasoning, samples, total, tokens, peak, kind,
-                       chains[:8], 1.0 / float(np.median(per_img)))
+                       np.array(scorer.config.weights_for(list(dims)), np.float64), reasoning, samples, total, tokens,
+                       peak, kind, chains[:8], 1.0 / float(np.median(per_img)))
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -258,10 +258,6 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
     Returns:
         (results {name: report dict}, calibrations {name: Calibration | None}, scores {name: ModelScores}).
     """
-    import torch
-
-    from zreward.serve.scorer import load_scorer
-
     names = [s.name for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -273,7 +269,7 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
         if not (spec.path / "zreward.json").is_file():
             raise FileNotFoundError(f"--model {spec.path}: expected a Scorer directory with zreward.json")
         torch.manual_seed(seed)  # reasoning chains are sampled: same seed → same report
-        scorer = load_scorer(spec.path, device=device)
+        scorer = load_scorer(spec.path, device=device, add_level_tokens=False)
         use_r, m = resolve_mode(spec, scorer.config.mode, reasoning, samples)
         if use_r and temperature is not None:
             scorer.config.temperature = temperature

@@ -3,13 +3,15 @@
 - distribution: KL / cross-entropy / EMD / JS between level logits and a target distribution, expected-score
   regression.
 - pairwise: Thurstone fidelity, Bradley–Terry (with margin), score-gap Huber.
-- policy: GRPO group-relative advantages, clipped policy-gradient loss with k3 KL.
-- distill: TRL-compatible generalized JSD (GKD / OPD), RISD KL(p̄_T ‖ p_S), chain averaging.
+- policy: GRPO group-relative advantages (std floor / Dr. GRPO), clipped policy-gradient loss with k3 KL.
+- rewards: the RL rewards (distribution, sampled level, within-prompt pair outcome).
+- distill: TRL-compatible generalized JSD (GKD / OPD), RISD KL(p̄_T ‖ p_S) (the chain average p̄_T is
+  `zreward.models.level_readout.mean_over_chains`).
 - rewarddance: cross-entropy on P("yes").
 """
 from __future__ import annotations
 
-from zreward.losses.distill import generalized_jsd, mean_over_chains, risd_kl
+from zreward.losses.distill import generalized_jsd, risd_kl
 from zreward.losses.distribution import (
     cross_entropy_levels,
     emd_levels,
@@ -18,9 +20,16 @@ from zreward.losses.distribution import (
     kl_div_levels,
     masked_reduce,
 )
-from zreward.losses.pairwise import bradley_terry, score_gap_huber, thurstone_fidelity
-from zreward.losses.policy import clipped_pg_loss, group_relative_advantages, k3_kl
+from zreward.losses.pairwise import (
+    bradley_terry,
+    pair_target_thurstone,
+    pair_target_win_prob,
+    score_gap_huber,
+    thurstone_fidelity,
+)
+from zreward.losses.policy import clipped_pg_loss, group_relative_advantages, k3_kl, masked_advantages
 from zreward.losses.rewarddance import yes_no_ce, yes_probability
+from zreward.losses.rewards import distribution_rewards, pair_outcome_rewards, sampled_level_rewards
 
 __all__ = [
     "kl_div_levels",
@@ -32,12 +41,17 @@ __all__ = [
     "thurstone_fidelity",
     "bradley_terry",
     "score_gap_huber",
+    "pair_target_win_prob",
+    "pair_target_thurstone",
     "group_relative_advantages",
+    "masked_advantages",
+    "distribution_rewards",
+    "sampled_level_rewards",
+    "pair_outcome_rewards",
     "clipped_pg_loss",
     "k3_kl",
     "generalized_jsd",
     "risd_kl",
-    "mean_over_chains",
     "yes_no_ce",
     "yes_probability",
 ]

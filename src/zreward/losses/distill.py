@@ -11,7 +11,6 @@ Implemented:
   elementwise (N, V) or (B, T, V) tensor). Deviation: with every position masked, "mean" returns 0 (TRL: NaN).
 - `risd_kl`: RISD (Z-Reward) — KL(p̄_T ‖ p_S) between the teacher's reasoning-conditioned level distribution,
   averaged over M sampled teacher chains, and the student's direct (no-reasoning) level distribution.
-- `mean_over_chains`: p̄_T = mean over the M chains, optionally skipping failed chains.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from zreward.losses.distribution import _kl_levels
 
-__all__ = ["generalized_jsd", "risd_kl", "mean_over_chains"]
+__all__ = ["generalized_jsd", "risd_kl"]
 
 _GKD_REDUCTIONS = ("batchmean", "sum", "mean", "none")
 
@@ -95,36 +94,13 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return jsd
 
 
-def mean_over_chains(probs: torch.Tensor, chain_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Average teacher level distributions over M sampled reasoning chains: p̄_T = (1/M') Σ_m p_T^(m).
-
-    Args:
-        probs: (B, M, ..., L) per-chain level distributions (e.g. (B, M, L) or (B, M, D, L)).
-        chain_mask: (B, M) bool, False for chains to skip (failed parse, truncated). None = all valid.
-
-    Returns:
-        (B, ..., L). A sample with no valid chain gets an all-zero row: mask it out in `risd_kl`
-        (mask = chain_mask.any(1)).
-    """
-    if probs.dim() < 3:
-        raise ValueError(f"mean_over_chains: probs has shape {tuple(probs.shape)}, expected (B, M, ..., L)")
-    if chain_mask is None:
-        return probs.mean(dim=1)
-    if tuple(chain_mask.shape) != tuple(probs.shape[:2]):
-        raise ValueError(f"mean_over_chains: chain_mask has shape {tuple(chain_mask.shape)}, expected "
-                         f"{tuple(probs.shape[:2])} (B, M)")
-    w = chain_mask.to(probs.dtype).view(*chain_mask.shape, *([1] * (probs.dim() - 2)))
-    # where, so that NaN in a skipped chain cannot leak into the average.
-    summed = torch.where(w > 0, probs, torch.zeros_like(probs)).sum(dim=1)
-    return summed / w.sum(dim=1).clamp(min=1)
-
-
 def risd_kl(teacher_probs: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor | None = None,
             reduction: str = "mean") -> torch.Tensor:
     """RISD distillation loss KL(p̄_T ‖ p_S), p_S = softmax(student_logits) over the levels.
 
     Args:
-        teacher_probs: (B, L) or (B, D, L) teacher distribution already averaged over chains (`mean_over_chains`);
+        teacher_probs: (B, L) or (B, D, L) teacher distribution already averaged over chains
+            (`zreward.models.level_readout.mean_over_chains`);
             treated as a constant (detached).
         student_logits: same shape, the student's level logits from a direct (no-reasoning) forward.
         mask: (B,) or (B, D) bool, False = no teacher target for that row.

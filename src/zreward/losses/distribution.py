@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from zreward.models.level_readout import expectation
+
 __all__ = [
     "masked_reduce",
     "check_mask",
@@ -30,6 +32,7 @@ __all__ = [
     "emd_levels",
     "js_levels",
     "expected_score_loss",
+    "kl_rows",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -112,10 +115,22 @@ def kl_div_levels(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 def _kl_levels(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, reduction: str,
                what: str) -> torch.Tensor:
     m, t = _check_pair(logits, target, mask, what)
-    logp = F.log_softmax(logits, dim=-1)
-    # xlogy: 0·log 0 = 0 for empty target levels.
-    per_row = (torch.xlogy(t, t) - t * logp).sum(-1)
-    return masked_reduce(per_row, m, reduction, what)
+    return masked_reduce(kl_rows(t, F.log_softmax(logits, dim=-1)), m, reduction, what)
+
+
+def kl_rows(target: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(target ‖ q) per row, natural log: Σ_k t_k·(log t_k − log q_k); the one KL formula of the package.
+
+    Args:
+        target: (..., L) distribution (zeros allowed: 0·log 0 = 0 via xlogy).  log_q: (..., L) log-probabilities.
+
+    Returns:
+        (...) per-row KL, no validation (the public losses check their inputs first).
+
+    >>> kl_rows(torch.tensor([0.5, 0.5]), torch.log(torch.tensor([0.5, 0.5]))).item()
+    0.0
+    """
+    return (torch.xlogy(target, target) - target * log_q).sum(-1)
 
 
 def cross_entropy_levels(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
@@ -179,7 +194,7 @@ def js_levels(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     logt = torch.log(t)  # -inf where t == 0; only used inside logsumexp and xlogy-guarded terms
     log_mix = torch.logsumexp(torch.stack([logp, logt]), dim=0) - math.log(2.0)
     kl_p = (logp.exp() * (logp - log_mix)).sum(-1)
-    kl_t = (torch.xlogy(t, t) - t * log_mix).sum(-1)
+    kl_t = kl_rows(t, log_mix)
     per_row = 0.5 * (kl_p + kl_t)
     return masked_reduce(per_row, m, reduction, "js_levels")
 
@@ -210,7 +225,7 @@ def expected_score_loss(logits: torch.Tensor, target_mean: torch.Tensor, levels:
     if kind not in ("mse", "huber"):
         raise ValueError(f"expected_score_loss: kind={kind!r}, expected 'mse' or 'huber'")
     m = check_mask(mask, logits.shape[:-1], "expected_score_loss", logits)
-    pred = F.softmax(logits, dim=-1) @ levels.to(logits)
+    pred = expectation(F.softmax(logits, dim=-1), levels)
     y = torch.where(m, target_mean.to(pred), pred.detach())  # masked targets may be NaN
     if kind == "mse":
         per_row = (pred - y).pow(2)

@@ -11,7 +11,13 @@ Implemented:
 - `score_gap_huber`: Huber loss between a predicted and a target score gap (Z-Reward's pairwise supervision on
   score gaps; RISD's score-gap distillation).
 
-Targets: P = 1 means a is preferred, 0 means b, 0.5 a tie. Shapes (B,) throughout (any equal shape works);
+Targets: P = 1 means a is preferred, 0 means b, 0.5 a tie. Two label-derived targets P(a ≻ b), which differ and
+so have different names (`pair_loss=fidelity` of a trainer says which one it uses):
+- `pair_target_win_prob(p_a, p_b)`: P(a ≻ b) + ½·P(tie) of two independent label distributions (exact
+  for the discrete histograms).
+- `pair_target_thurstone(mos_a, std_a, mos_b, std_b)`: Φ((MOS_a − MOS_b)/√(std_a² + std_b²)), the Thurstone
+  Case V probability of the label moments (the same model as the prediction side of `thurstone_fidelity`).
+ Shapes (B,) throughout (any equal shape works);
 mask (B,) bool, masked pairs contribute nothing.
 """
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch.nn.functional as F
 
 from zreward.losses.distribution import check_mask, masked_reduce
 
-__all__ = ["thurstone_fidelity", "bradley_terry", "score_gap_huber"]
+__all__ = ["thurstone_fidelity", "bradley_terry", "score_gap_huber", "pair_target_win_prob", "pair_target_thurstone"]
 
 
 def _same_shape(what: str, **tensors: torch.Tensor) -> torch.Size:
@@ -45,6 +51,44 @@ def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """√x with gradient 0 at x == 0 (e.g. (1 − P̂)·(1 − P) with P = 1), where plain sqrt gives inf·0 = NaN."""
     pos = x > 0
     return torch.where(pos, torch.where(pos, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
+
+
+def pair_target_win_prob(p_a: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor:
+    """P(a ≻ b) + ½·P(tie) for independent level distributions (a target for the pairwise losses).
+
+    Args:
+        p_a, p_b: (..., L) label distributions over the same ascending levels.
+
+    Returns:
+        (...,) probabilities in [0, 1].
+
+    >>> pair_target_win_prob(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5])).item()
+    0.75
+    """
+    joint = p_a.unsqueeze(-1) * p_b.unsqueeze(-2)  # (..., L_a, L_b)
+    n = p_a.shape[-1]
+    above = torch.tril(torch.ones(n, n, dtype=p_a.dtype, device=p_a.device), diagonal=-1)  # level_a > level_b
+    weight = above + 0.5 * torch.eye(n, dtype=p_a.dtype, device=p_a.device)
+    # label distributions sum to 1 only up to float round-off (e.g. 7-rater histograms / 7 in float32): keep the
+    # result a probability, as the pairwise losses require
+    return (joint * weight).sum((-1, -2)).clamp(0.0, 1.0)
+
+
+def pair_target_thurstone(mos_a: torch.Tensor, std_a: torch.Tensor, mos_b: torch.Tensor, std_b: torch.Tensor,
+                          var_eps: float = 1e-6) -> torch.Tensor:
+    """Thurstone Case V target Φ((MOS_a − MOS_b)/√(std_a² + std_b² + var_eps)) from the label moments.
+
+    Args:
+        mos_a, std_a, mos_b, std_b: (B,) label mean scores and spreads.
+        var_eps: keeps two point-mass labels (std 0) finite: equal MOS → 0.5, else → 0 or 1.
+
+    Returns:
+        (B,) probabilities in [0, 1].
+
+    >>> pair_target_thurstone(torch.tensor([3.0]), torch.tensor([0.5]), torch.tensor([3.0]), torch.tensor([0.5])).item()
+    0.5
+    """
+    return torch.special.ndtr((mos_a - mos_b) / (std_a.pow(2) + std_b.pow(2) + var_eps).sqrt())
 
 
 def thurstone_fidelity(mu_a: torch.Tensor, sigma_a: torch.Tensor, mu_b: torch.Tensor, sigma_b: torch.Tensor,

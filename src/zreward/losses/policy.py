@@ -1,12 +1,16 @@
 """Policy-gradient pieces for GRPO-style training (https://arxiv.org/abs/2402.03300), following TRL v1.16 GRPO.
 
 Implemented:
-- `group_relative_advantages`: A_i = (r_i − mean_group) / (std + eps), std Bessel-corrected, per group
-  ("group", TRL default), over the whole batch ("batch", as in TRL `scale_rewards="batch"`, still subtracting
-  the *group* mean), or no division ("none", Dr. GRPO https://arxiv.org/abs/2503.20783). A group whose rewards
-  are all equal (including a group of 1) gets advantage exactly 0. Deviation from TRL: TRL gives tiny
-  non-zero values there when r − mean is not exactly 0 in floating point; NaN rewards are rejected rather than
-  treated as "unscorable".
+- `group_relative_advantages`: A_i = (r_i − mean_group) / max(std + eps, std_floor), std Bessel-corrected, per
+  group ("group", TRL default), over the whole batch ("batch", as in TRL `scale_rewards="batch"`, still
+  subtracting the *group* mean), or no division ("none", Dr. GRPO https://arxiv.org/abs/2503.20783). A group
+  whose rewards are all equal (including a group of 1) gets advantage exactly 0. `std_floor` (0: TRL's formula)
+  keeps advantages proportional to the real reward differences in near-flat groups: without it a group whose
+  rewards differ by 1e-3 gets unit-size advantages, like a group that differs by a whole level. Deviation from
+  TRL: TRL gives tiny non-zero values for flat groups when r − mean is not exactly 0 in floating point; NaN
+  rewards are rejected rather than treated as "unscorable".
+- `masked_advantages`: the same with unlabelled groups forced to reward 0 and advantage 0 — the one advantage
+  function of both RL trainers (`gdso`, `grpo`), so that their comparison stays matched.
 - `clipped_pg_loss`: PPO clipped surrogate −min(ρA, clip(ρ, 1 − ε_low, 1 + ε_high)A) per token, ρ =
   exp(logp − old_logp) (token-level importance sampling), plus optional kl_coef · k3 KL to a reference policy,
   k3 = exp(ref − logp) − (ref − logp) − 1 (http://joschu.net/blog/kl-approx.html). Token aggregation
@@ -25,14 +29,14 @@ import torch
 
 from zreward.losses.distribution import check_mask
 
-__all__ = ["group_relative_advantages", "clipped_pg_loss", "k3_kl"]
+__all__ = ["group_relative_advantages", "masked_advantages", "clipped_pg_loss", "k3_kl", "ADV_SCALES"]
 
-_SCALES = ("group", "batch", "none")
+ADV_SCALES = ("group", "batch", "none")
 _AGGREGATIONS = ("seq_mean", "token_mean", "fixed_norm")
 
 
 def group_relative_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
-                              eps: float = 1e-4) -> torch.Tensor:
+                              eps: float = 1e-4, std_floor: float = 0.0) -> torch.Tensor:
     """GRPO group-relative advantages.
 
     Args:
@@ -41,6 +45,7 @@ def group_relative_advantages(rewards: torch.Tensor, group_size: int, scale: str
         group_size: G ≥ 1.
         scale: "group" (divide by the group's std), "batch" (divide by the std of all N rewards) or "none".
         eps: added to the std before dividing (TRL: 1e-4).
+        std_floor: the divisor is at least this (in reward units; 0: TRL's std + eps). Ignored for "none".
 
     Returns:
         (N,) advantages, same dtype as `rewards` (differentiable, though rewards normally carry no grad).
@@ -50,8 +55,10 @@ def group_relative_advantages(rewards: torch.Tensor, group_size: int, scale: str
     if group_size < 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"group_relative_advantages: {rewards.numel()} rewards cannot be split into groups of "
                          f"group_size={group_size} (expected N divisible by group_size >= 1)")
-    if scale not in _SCALES:
-        raise ValueError(f"group_relative_advantages: scale={scale!r}, expected one of {_SCALES}")
+    if scale not in ADV_SCALES:
+        raise ValueError(f"group_relative_advantages: scale={scale!r}, expected one of {ADV_SCALES}")
+    if not std_floor >= 0:
+        raise ValueError(f"group_relative_advantages: std_floor={std_floor}, expected >= 0")
     if not torch.isfinite(rewards).all():
         i = int((~torch.isfinite(rewards)).nonzero()[0])
         raise ValueError(f"group_relative_advantages: rewards[{i}] = {float(rewards[i])}, expected a finite value")
@@ -63,15 +70,28 @@ def group_relative_advantages(rewards: torch.Tensor, group_size: int, scale: str
     flat = (r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True))
     if scale == "group":
         std = r.std(dim=1, keepdim=True, correction=1) if group_size > 1 else torch.zeros_like(r[:, :1])
-        adv = centred / (std + eps)
+        adv = centred / ((std + eps).clamp(min=std_floor) if std_floor else std + eps)
     elif scale == "batch":
         # numel 1: no spread to measure; the group is flat anyway, so the value is irrelevant.
         std = rewards.std(correction=1) if rewards.numel() > 1 else rewards.new_zeros(())
-        adv = centred / (std + eps)
+        adv = centred / ((std + eps).clamp(min=std_floor) if std_floor else std + eps)
     else:
         adv = centred
     adv = torch.where(flat, torch.zeros_like(adv), adv)
     return adv.reshape(-1)
+
+
+def masked_advantages(rewards: torch.Tensor, labelled: torch.Tensor, group_size: int, scale: str = "group",
+                      std_floor: float = 0.0) -> torch.Tensor:
+    """`group_relative_advantages` where chains of unlabelled groups get reward 0 and advantage 0.
+
+    Args:
+        rewards: (N,) per chain, groups of G contiguous.  labelled: (N,) bool, constant within a group.
+        scale, std_floor: as in `group_relative_advantages`.
+    """
+    r = torch.where(labelled, rewards, torch.zeros_like(rewards))
+    adv = group_relative_advantages(r, group_size, scale=scale, std_floor=std_floor)
+    return torch.where(labelled, adv, torch.zeros_like(adv))
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,9 @@
 - `batch`: batched model inputs with per-family padding rules.
 - `load`: load model/tokenizer/preprocessing with dtype / LoRA / checkpointing, single-token level check.
 - `tiny`, `tiny_tokenizer`: random small models for tests and the embedded demo (`zreward model init`).
-- `scorer_config`: `zreward.json`.
-The `Scorer` itself lives in `zreward.serve.scorer`.
+- `scorer_config`: `zreward.json` and the per-dimension weight lookup.
+- `scorer`: the `Scorer` (the one scoring contract used by trainers, eval, align and serve), `load_scorer`.
+- `yesno`: the Scorer's yes/no (RewardDance) mode: the pairwise question, answer tokens, P(yes) readout.
 """
 from __future__ import annotations
 

@@ -48,14 +48,6 @@ class EncodedBatch:
                             self.padding_side)
 
 
-def expand_image_placeholder(text: str, spec: FamilySpec, n_tokens: int, where: str = "prompt") -> str:
-    """Replace the single image placeholder in `text` by the family's expanded image-token run."""
-    if text.count(spec.placeholder) != 1:
-        raise ValueError(f"{where}: expected exactly one image placeholder {spec.placeholder!r} in the rendered chat "
-                         f"text, found {text.count(spec.placeholder)}: {text[:200]!r}")
-    return text.replace(spec.placeholder, spec.expand.format(tokens=spec.image_token * n_tokens), 1)
-
-
 def expand_image_placeholders(text: str, spec: FamilySpec, n_tokens: list[int], where: str = "prompt") -> str:
     """Replace the k image placeholders in `text`, in order, by runs of `n_tokens[0]`, ..., `n_tokens[k-1]` tokens."""
     parts = text.split(spec.placeholder)

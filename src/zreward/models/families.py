@@ -4,8 +4,8 @@ All families load through `AutoModelForImageTextToText` (transformers v5); what 
 - how an image appears in the text (a placeholder the chat template emits, expanded to N image tokens),
 - how pixels become `pixel_values` ("qwen": smart-resize + flat patches + `image_grid_thw`; "clip": square resize,
   normalise, `(B, 3, S, S)`),
-- extra per-token inputs (`mm_token_type_ids` for the Qwen families' M-RoPE in transformers v5, `token_type_ids` for Gemma 3's
-  bidirectional image attention).
+- extra per-token inputs (`mm_token_type_ids` for the Qwen families' M-RoPE in transformers v5, `token_type_ids`
+  for Gemma 3's bidirectional image attention).
 
 Family names (command line and configs): qwen3_5, qwen3_vl, qwen2_5_vl, qwen2_vl, llava, gemma3.
 """

@@ -94,9 +94,41 @@ def readout(full_logits: torch.Tensor, level_token_ids: torch.Tensor | list[int]
     """
     lv_logits = level_logits(full_logits, level_token_ids)
     out = readout_from_level_logits(lv_logits, levels)
-    full = full_logits.float()
-    out.in_level_mass = torch.exp(torch.logsumexp(lv_logits.float(), -1) - torch.logsumexp(full, -1))
+    out.in_level_mass = in_level_mass(lv_logits, torch.logsumexp(full_logits.float(), -1))
     return out
+
+
+def mean_over_chains(probs: torch.Tensor, chain_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Average level distributions over M sampled reasoning chains: p̄ = (1/M') Σ_m p^(m) (the one chain average).
+
+    Args:
+        probs: (B, M, ..., L) per-chain level distributions (e.g. (B, M, L) or (B, M, D, L)).
+        chain_mask: (B, M) bool, False for chains to skip (failed parse, truncated). None = all valid.
+
+    Returns:
+        (B, ..., L). A sample with no valid chain gets an all-zero row: mask it out in `zreward.losses.risd_kl`
+        (mask = chain_mask.any(1)).
+    """
+    if probs.dim() < 3:
+        raise ValueError(f"mean_over_chains: probs has shape {tuple(probs.shape)}, expected (B, M, ..., L)")
+    if chain_mask is None:
+        return probs.mean(dim=1)
+    if tuple(chain_mask.shape) != tuple(probs.shape[:2]):
+        raise ValueError(f"mean_over_chains: chain_mask has shape {tuple(chain_mask.shape)}, expected "
+                         f"{tuple(probs.shape[:2])} (B, M)")
+    w = chain_mask.to(probs.dtype).view(*chain_mask.shape, *([1] * (probs.dim() - 2)))
+    # where, so that NaN in a skipped chain cannot leak into the average.
+    summed = torch.where(w > 0, probs, torch.zeros_like(probs)).sum(dim=1)
+    return summed / w.sum(dim=1).clamp(min=1)
+
+
+def in_level_mass(level_logits: torch.Tensor, log_normaliser: torch.Tensor) -> torch.Tensor:
+    """Probability of the level tokens under the full softmax: exp(logsumexp(level logits) − log Z).
+
+    Args:
+        level_logits: (..., L).  log_normaliser: (...,) logsumexp of the full-vocabulary logits (float32).
+    """
+    return torch.exp(torch.logsumexp(level_logits.float(), -1) - log_normaliser.float())
 
 
 def overall(mean: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -105,7 +137,8 @@ def overall(mean: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (mean * w).sum(-1) / w.sum()
 
 
-def reward_from_readout(mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor, uncertainty_lambda: float = 0.0) -> torch.Tensor:
+def reward_from_readout(mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor,
+                        uncertainty_lambda: float = 0.0) -> torch.Tensor:
     """Scalar reward per image: Σ_d w_d·(mean_d − λ·std_d) / Σ_d w_d.
 
     Args:

@@ -99,10 +99,24 @@ def pil_to_tensor(img) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+# Qwen2-VL's processor refuses images whose long side is more than 200× the short side; zreward applies the same
+# bound to every family (a CLIP-style shortest-edge resize of a 1×16M image would allocate gigabytes).
+MAX_ASPECT_RATIO = 200
+
+
+def check_image_size(height: int, width: int) -> None:
+    """Raise ValueError when preprocessing cannot take an image of `height`×`width` pixels (checked before any
+    model call, so that a server can refuse one request instead of failing a whole batch)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"image size: expected at least 1×1 pixels, got {width}×{height} (width×height)")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"image aspect ratio: expected at most {MAX_ASPECT_RATIO}:1, got {width}×{height} "
+                         f"(width×height)")
+
+
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """Qwen2-VL's target size: multiples of `factor`, area within [min_pixels, max_pixels], aspect kept."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"image aspect ratio must be below 200, got {height}x{width}")
+    check_image_size(height, width)
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -157,6 +171,7 @@ def qwen_pixels(images: torch.Tensor, spec: PixelSpec) -> tuple[torch.Tensor, to
 def clip_pixels(images: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     """CLIP / SigLIP-style pixels: (B, 3, H, W) in [0, 1] → (B, 3, height, width) normalised."""
     _, _, h, w = images.shape
+    check_image_size(h, w)
     if spec.shortest_edge is not None:
         # CLIP: shortest edge → shortest_edge (HF rounds the long edge with int()), then centre crop.
         s = spec.shortest_edge
@@ -184,7 +199,8 @@ class PixelInputs:
     n_tokens: list[int]
 
 
-def prepare_pixels(images: torch.Tensor | list[torch.Tensor], spec: PixelSpec, tokens_per_image: int | None = None) -> PixelInputs:
+def prepare_pixels(images: torch.Tensor | list[torch.Tensor], spec: PixelSpec,
+                   tokens_per_image: int | None = None) -> PixelInputs:
     """Preprocess images (a same-size batch is done in one vectorised call; a list may mix sizes).
 
     Args:

@@ -8,6 +8,7 @@ score position), the default mode and the reward weights. Plain JSON — loading
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -22,6 +23,16 @@ DEFAULT_RUBRICS = {
 }
 # ShapesWorld's default dimension weights (alignment counts double).
 DEFAULT_WEIGHTS = [0.4, 0.2, 0.2, 0.2]
+
+
+def dim_weights(dims: list[str], weight_dims: list[str], weights: list[float]) -> list[float]:
+    """The weight of each of `dims`, looked up in per-dim `weights` listed for `weight_dims` (same order).
+
+    A dim without a listed weight (a rubric outside the scorer's `dims`) weighs 1. The one lookup used by the
+    Scorer, the reward function, the evaluation runner and the HTTP client.
+    """
+    wmap = dict(zip(weight_dims, weights))
+    return [float(wmap.get(d, 1.0)) for d in dims]
 
 
 @dataclass
@@ -84,14 +95,26 @@ class ScorerConfig:
     yesno: dict | None = None
 
     def __post_init__(self):
-        if not self.level_strings:
+        if not self.level_strings and isinstance(self.levels, list) and all(_finite(v) for v in self.levels):
             self.level_strings = [f"{v:.1f}" for v in self.levels]
         self.validate()
 
     def validate(self, where: str = CONFIG_NAME) -> None:
-        """Raise ValueError naming the field when the config is inconsistent."""
-        if len(self.levels) < 2 or sorted(self.levels) != list(self.levels):
-            raise ValueError(f"{where}: levels: expected ≥ 2 ascending values, got {self.levels}")
+        """Raise ValueError naming the field when the config is inconsistent (or would give NaN scores)."""
+        if (not isinstance(self.levels, list) or len(self.levels) < 2 or not all(_finite(v) for v in self.levels)
+                or any(b <= a for a, b in zip(self.levels, self.levels[1:]))):
+            raise ValueError(f"{where}: levels: expected ≥ 2 finite, strictly ascending numbers, got {self.levels}")
+        w = self.reward_weights
+        if not isinstance(w, list) or not all(_finite(x) and x >= 0 for x in w) or not sum(w) > 0:
+            raise ValueError(f"{where}: reward_weights: expected finite non-negative numbers with a positive sum, "
+                             f"got {w}")
+        if not (_finite(self.uncertainty_lambda) and self.uncertainty_lambda >= 0):
+            raise ValueError(f"{where}: uncertainty_lambda: expected a finite number ≥ 0, "
+                             f"got {self.uncertainty_lambda}")
+        if not (_finite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"{where}: temperature: expected a finite number > 0, got {self.temperature}")
+        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
+            raise ValueError(f"{where}: max_new_tokens: expected an integer ≥ 1, got {self.max_new_tokens}")
         if len(self.level_strings) != len(self.levels):
             raise ValueError(f"{where}: level_strings: expected {len(self.levels)} strings, got {self.level_strings}")
         if self.level_token_ids and len(self.level_token_ids) != len(self.levels):
@@ -109,6 +132,10 @@ class ScorerConfig:
             if not isinstance(self.yesno, dict) or any(k not in self.yesno for k in need):
                 raise ValueError(f"{where}: yesno: mode 'yesno' needs a yesno section with {need}")
 
+    def weights_for(self, dims: list[str]) -> list[float]:
+        """`reward_weights` of `dims` (see `dim_weights`)."""
+        return dim_weights(dims, self.dims, self.reward_weights)
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -122,8 +149,16 @@ class ScorerConfig:
             raise ValueError(f"{where}: family: missing (expected one of the zreward family names)")
         d = dict(d)
         if isinstance(d.get("templates"), dict):
+            extra = sorted(set(d["templates"]) - {f.name for f in fields(Templates)})
+            if extra:
+                raise ValueError(f"{where}: templates: unknown fields {extra}")
             d["templates"] = Templates(**d["templates"])
-        cfg = cls(**d)
+        try:
+            cfg = cls(**d)
+        except ValueError as e:
+            raise ValueError(str(e).replace(CONFIG_NAME, where, 1)) from None
+        except TypeError as e:
+            raise ValueError(f"{where}: a field has the wrong type ({e})") from None
         cfg.validate(where)
         return cfg
 
@@ -135,8 +170,21 @@ class ScorerConfig:
     @classmethod
     def load(cls, directory: str | Path) -> ScorerConfig:
         path = Path(directory) / CONFIG_NAME
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from e
-        return cls.from_json(data, where=str(path))
+        return cls.from_json(read_config_json(path), where=str(path))
+
+
+def read_config_json(path: str | Path) -> dict:
+    """Read a `zreward.json` file → its object; ValueError naming the file for bad UTF-8, bad JSON or a non-object."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: expected UTF-8 text, invalid byte at offset {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: expected valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

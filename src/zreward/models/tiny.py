@@ -87,8 +87,11 @@ def _qwen_vision(p: Preset, family: str, out_hidden: int) -> dict:
     return v
 
 
-def build_config(family: str, preset: str, tokenizer):
-    """HF config for a tiny model of `family` whose special token ids come from `tokenizer`."""
+def build_config(family: str, preset: str, tokenizer, vocab_size: int | None = None):
+    """HF config for a tiny model of `family` whose special token ids come from `tokenizer`.
+
+    vocab_size: pad the model's vocabulary to this many rows (≥ the tokenizer's; memory tests use ~150k).
+    """
     from transformers import AutoConfig
 
     if preset not in PRESETS:
@@ -96,6 +99,10 @@ def build_config(family: str, preset: str, tokenizer):
     p = PRESETS[preset]
     spec = get_family(family)
     vocab = int(math.ceil(len(tokenizer) / 64) * 64)
+    if vocab_size is not None:
+        if vocab_size < len(tokenizer):
+            raise ValueError(f"vocab_size {vocab_size} is below the tokenizer's {len(tokenizer)} tokens")
+        vocab = vocab_size
     t2i = tokenizer.convert_tokens_to_ids
     ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id}
     if spec.pixels == "qwen":
@@ -152,7 +159,8 @@ def build_image_processor(family: str):
                                    image_std=half)
 
 
-def init_tiny(family: str, out: str | Path, preset: str = "tiny", seed: int = 0, **scorer_kwargs) -> Path:
+def init_tiny(family: str, out: str | Path, preset: str = "tiny", seed: int = 0, vocab_size: int | None = None,
+              **scorer_kwargs) -> Path:
     """Write a randomly initialised tiny scorer directory.
 
     Args:
@@ -160,6 +168,7 @@ def init_tiny(family: str, out: str | Path, preset: str = "tiny", seed: int = 0,
         out: output directory (created).
         preset: tiny | 1m | 10m | 50m.
         seed: torch seed for the weights.
+        vocab_size: pad the vocabulary to this size (default: the tokenizer's, rounded up to 64).
         **scorer_kwargs: ScorerConfig overrides (dims, rubrics, levels, reward_weights, ...).
 
     Returns:
@@ -170,7 +179,7 @@ def init_tiny(family: str, out: str | Path, preset: str = "tiny", seed: int = 0,
 
     cfg = ScorerConfig(family=get_family(family).name, **scorer_kwargs)
     tok = build_tiny_tokenizer(get_family(family), cfg.level_strings)
-    config = build_config(family, preset, tok)
+    config = build_config(family, preset, tok, vocab_size)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     if family == "gemma3":

@@ -27,7 +27,8 @@ _CORPUS = [
     "Realism: does the image look real and clean, free of artifacts?",
     "Aesthetics: is the image well composed, with harmonious colours, pleasant to look at?",
     "Plausibility: are shapes, sizes, occlusions and shadows physically possible?",
-    "user assistant system Rate the image from 1.0 to 5.0. Describe the image. Is image A better than image B for this prompt? yes no",
+    "user assistant system Rate the image from 1.0 to 5.0. Describe the image. "
+    "Is image A better than image B for this prompt? yes no",  # (one corpus line)
     # ShapesWorld rationales and captions (zreward.data.shapes_world): short sequences = cheaper training on CPU
     "want 2 blue square: see 2. want 1 yellow triangle: see 0. left: no. right: yes. on: no. extra: none.",
     "3 objects: blue square, yellow triangle on blue square, red circle floating. 1 object: green circle.",

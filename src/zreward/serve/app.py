@@ -12,21 +12,30 @@ Routes:
 Safety (each violation is a 4xx whose `detail` names the field and index; the server keeps serving):
 - bearer token compared with `hmac.compare_digest` when configured (401 otherwise);
 - request body limit: 413 from `Content-Length` before reading, or as soon as a streamed body exceeds it;
-- JSON syntax → 400; schema (types, missing fields, extra fields) → 422; empty `prompts`, length mismatch, too many
-  images, over-long prompts, unknown dims, reasoning not allowed → 422; bad base64, undecodable image, too many
-  pixels in one image (checked from the header by `load_image`, before decoding) → 400; more than
-  `max_request_pixels` decoded pixels in one request (a tiny PNG can decode to a huge image) → 413; a path outside
-  the allowed root (after resolving symlinks and `..`) or paths disabled → 403; queue full (images or decoded
-  pixels) → 429 with Retry-After; shutting down → 503 (uvicorn's `limit_concurrency` also answers 503 beyond N
-  open connections); a failed model call → 500 for the requests of that batch only.
-Decoding runs in a worker thread so that the event loop keeps serving while images are decoded. A client that
-disconnects while its job waits has the job cancelled (the batcher drops it; logged as 499 in the counters).
+- JSON syntax, invalid UTF-8 or nesting too deep to parse → 400; schema (types, missing fields, extra fields) →
+  422; empty `prompts`, length mismatch, too many images, unknown dims, reasoning not allowed → 422;
+- everything that could fail inside the batched model call is checked before the job joins a batch
+  (`zreward.models.input_checks`): a prompt that is not valid Unicode (a lone surrogate), empty, over
+  `max_prompt_chars` characters or `max_prompt_tokens` tokens, or holding a reserved (special) token of the model's
+  tokenizer (`<|image_pad|>`, chat markers, ...) → 422 naming `prompts[i]`; more than `max_request_tokens` prompt
+  tokens in one request → 422; an image the preprocessing cannot take (aspect ratio over 200:1) → 422 naming
+  `images[i]` / `paths[i]`;
+- bad base64, undecodable image, too many pixels in one image (checked from the header by `load_image`, before
+  decoding), an unusable path (too long, a symlink loop, not valid text) → 400; more than `max_request_pixels`
+  decoded pixels in one request (a tiny PNG can decode to a huge image) → 413; a path outside the allowed root
+  (after resolving symlinks and `..`) or paths disabled → 403; a body not received within `body_timeout_s` → 408;
+  queue full (images or decoded pixels) → 429 with Retry-After; shutting down, more than `limit_concurrency`
+  requests in flight, or more than `max_client_connections` connections from one address → 503 (`/health` is
+  always answered; see `zreward.serve.connection_guard`);
+- a batch whose model call fails anyway is re-run one request at a time (`MicroBatcher`), so only the culprit gets
+  an error, with its own message: 422 when the scorer refused its input (ValueError), 500 for any other failure.
+The request's inputs are checked and decoded by `zreward.serve.request_inputs`. Decoding runs in a worker thread so
+that the event loop keeps serving while images are decoded. A client that disconnects while its job waits has the
+job cancelled (the batcher drops it; logged as 499 in the counters).
 """
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import json
 from contextlib import asynccontextmanager
@@ -39,8 +48,10 @@ from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zreward import __version__
-from zreward.data.images import ImageLoadError, load_image
+from zreward.models.input_checks import reserved_tokens
 from zreward.serve.batcher import BatcherClosed, BatchKey, MicroBatcher, QueueFull
+from zreward.serve.connection_guard import RequestLimits
+from zreward.serve.request_inputs import bad, error, prepare
 
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
@@ -54,8 +65,14 @@ class ServeConfig:
         token: bearer token (None = no authentication).  allowed_root: directory that `paths` must resolve into
             (None = `paths` disabled).  max_body_bytes: request body limit.  max_pixels: per-image pixel limit.
         max_request_pixels: decoded pixels per request.  max_queue_pixels: decoded pixels waiting in the batcher.
-        max_images: images per request.  max_prompt_chars: characters per prompt.  allow_reasoning: accept
-            `reasoning: true`.  max_samples: chains per (image, dim) in reasoning mode.
+        max_images: images per request.  max_prompt_chars: characters per prompt.  max_prompt_tokens: tokens per
+            prompt (the scorer's tokenizer).  max_request_tokens: prompt tokens per request.  max_batch_tokens:
+            prompt tokens per forward batch (see `MicroBatcher`).  allow_reasoning: accept `reasoning: true`.
+            max_samples: chains per (image, dim) in reasoning mode.
+        body_timeout_s: seconds to receive a request body (408 after).  header_timeout_s: seconds a connection
+            may take to send a complete request head (closed after).  keep_alive_s: idle seconds between
+            requests on a kept-alive connection.  limit_concurrency: requests in flight (503 beyond; /health
+            exempt).  max_client_connections: open connections per client address (503 beyond; /health exempt).
     """
 
     model: str = ""
@@ -70,8 +87,16 @@ class ServeConfig:
     max_queue_pixels: int = 256_000_000
     max_images: int = 256
     max_prompt_chars: int = 4000
+    max_prompt_tokens: int = 512
+    max_request_tokens: int = 16384
+    max_batch_tokens: int = 8192
     allow_reasoning: bool = False
     max_samples: int = 8
+    body_timeout_s: float = 60.0
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 10.0
+    limit_concurrency: int = 512
+    max_client_connections: int = 64
 
 
 class ScoreRequest(BaseModel):
@@ -99,50 +124,20 @@ class ScoreResponse(BaseModel):
     results: list[ImageScore]
 
 
-def _bad(status: int, field: str, msg: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=f"{field}: {msg}")
-
-
-def _b64decode(s: str, field: str) -> bytes:
-    if s.startswith("data:"):
-        head, sep, s = s.partition(",")
-        if not sep or not head.endswith(";base64"):
-            raise _bad(400, field, "expected a base64 data URL (data:image/png;base64,...)")
-    try:
-        return base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise _bad(400, field, f"expected base64-encoded image bytes ({e})") from None
-
-
-def resolve_under(root: Path, rel: str, field: str) -> Path:
-    """Resolve a client path inside `root` (symlinks and `..` resolved first); 403 when it escapes."""
-    if "\x00" in rel or not rel:
-        raise _bad(400, field, "expected a non-empty path without NUL bytes")
-    real_root = root.resolve()
-    p = (real_root / rel).resolve()  # an absolute `rel` replaces the root here and is then checked like any other
-    if not p.is_relative_to(real_root):
-        raise _bad(403, field, "path is outside the server's allowed root")
-    return p
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     """Read the body, stopping with 413 as soon as it is known to exceed `limit` bytes."""
     cl = request.headers.get("content-length")
     if cl is not None:
         if not cl.isdigit():
-            raise _bad(400, "Content-Length", f"expected a byte count, got {cl!r}")
+            raise bad(400, "Content-Length", f"expected a byte count, got {cl!r}")
         if int(cl) > limit:
-            raise _bad(413, "body", f"{cl} bytes exceeds the limit of {limit} bytes")
+            raise bad(413, "body", f"{cl} bytes exceeds the limit of {limit} bytes")
     chunks, n = [], 0
     try:
         async for chunk in request.stream():
             n += len(chunk)
             if n > limit:
-                raise _bad(413, "body", f"more than the limit of {limit} bytes")
+                raise bad(413, "body", f"more than the limit of {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:  # gone mid-body: nothing to answer, and not a server error
         raise HTTPException(499, "client disconnected while sending the body") from None
@@ -153,69 +148,34 @@ def _validate(req: ScoreRequest, scorer, cfg: ServeConfig) -> BatchKey:
     """Semantic checks beyond the schema; returns the batch key."""
     b = len(req.prompts)
     if b == 0:
-        raise _bad(422, "prompts", "expected at least one prompt, got an empty list")
+        raise bad(422, "prompts", "expected at least one prompt, got an empty list")
     if b > cfg.max_images:
-        raise _bad(422, "prompts", f"expected at most {cfg.max_images} images per request, got {b}")
+        raise bad(422, "prompts", f"expected at most {cfg.max_images} images per request, got {b}")
     for i, p in enumerate(req.prompts):
-        if not p.strip():
-            raise _bad(422, f"prompts[{i}]", "expected a non-empty prompt")
         if len(p) > cfg.max_prompt_chars:
-            raise _bad(422, f"prompts[{i}]", f"expected at most {cfg.max_prompt_chars} characters, got {len(p)}")
+            raise bad(422, f"prompts[{i}]", f"expected at most {cfg.max_prompt_chars} characters, got {len(p)}")
     if (req.images is None) == (req.paths is None):
-        raise _bad(422, "images", "expected exactly one of `images` (base64) or `paths` (server-side)")
+        raise bad(422, "images", "expected exactly one of `images` (base64) or `paths` (server-side)")
     field = "images" if req.images is not None else "paths"
     n = len(req.images if req.images is not None else req.paths)
     if n != b:
-        raise _bad(422, field, f"expected {b} entries (one per prompt), got {n}")
+        raise bad(422, field, f"expected {b} entries (one per prompt), got {n}")
     known = list(scorer.dims)
     dims = known if req.dims is None else list(req.dims)
     if not dims:
-        raise _bad(422, "dims", f"expected a non-empty subset of {known} (or omit it)")
+        raise bad(422, "dims", f"expected a non-empty subset of {known} (or omit it)")
     for i, d in enumerate(dims):
         if d not in scorer.config.rubrics:
-            raise _bad(422, f"dims[{i}]", f"unknown dimension {d!r}; this scorer knows {known}")
+            raise bad(422, f"dims[{i}]", f"unknown dimension {d!r}; this scorer knows {known}")
     if len(set(dims)) != len(dims):
-        raise _bad(422, "dims", f"expected distinct dimensions, got {dims}")
+        raise bad(422, "dims", f"expected distinct dimensions, got {dims}")
     if req.reasoning and not cfg.allow_reasoning:
-        raise _bad(422, "reasoning", "reasoning mode is disabled on this server (start it with --allow-reasoning)")
+        raise bad(422, "reasoning", "reasoning mode is disabled on this server (start it with --allow-reasoning)")
     if req.samples > cfg.max_samples:
-        raise _bad(422, "samples", f"expected at most {cfg.max_samples}, got {req.samples}")
+        raise bad(422, "samples", f"expected at most {cfg.max_samples}, got {req.samples}")
     if not req.reasoning and req.samples != 1:
-        raise _bad(422, "samples", "expected 1 without reasoning (direct mode reads one distribution)")
+        raise bad(422, "samples", "expected 1 without reasoning (direct mode reads one distribution)")
     return BatchKey(tuple(dims), bool(req.reasoning), int(req.samples))
-
-
-def _check_total(out: list, cfg: ServeConfig, what: str) -> None:
-    total = sum(im.width * im.height for im in out)
-    if total > cfg.max_request_pixels:
-        raise _bad(413, what, f"the request's images decode to more than {cfg.max_request_pixels} pixels "
-                              f"(max_request_pixels); send fewer or smaller images per request")
-
-
-def _decode_images(req: ScoreRequest, cfg: ServeConfig) -> list:
-    """Decode all images of a request (runs in a worker thread); raises HTTPException naming the index."""
-    out = []
-    if req.images is not None:
-        for i, s in enumerate(req.images):
-            what = f"images[{i}]"
-            data = _b64decode(s, what)
-            try:
-                out.append(load_image(data, max_pixels=cfg.max_pixels, what=what))
-            except ImageLoadError as e:
-                raise HTTPException(400, str(e)) from None
-            _check_total(out, cfg, what)
-        return out
-    if cfg.allowed_root is None:
-        raise _bad(403, "paths", "server-side paths are disabled on this server (start it with --allowed-root)")
-    for i, rel in enumerate(req.paths):
-        what = f"paths[{i}]"
-        p = resolve_under(cfg.allowed_root, rel, what)
-        try:
-            out.append(load_image(p, max_pixels=cfg.max_pixels, what=what))
-        except ImageLoadError as e:  # name the client's path, not the server's absolute one
-            raise HTTPException(400, str(e).replace(str(p), rel)) from None
-        _check_total(out, cfg, what)
-    return out
 
 
 async def _disconnected(request: Request) -> None:
@@ -260,7 +220,9 @@ class AuthAndCount:
 
 def create_app(scorer, cfg: ServeConfig) -> FastAPI:
     """Build the FastAPI app; the batcher starts and stops with the app's lifespan (graceful shutdown)."""
-    batcher = MicroBatcher(scorer, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, cfg.max_queue_pixels)
+    batcher = MicroBatcher(scorer, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, cfg.max_queue_pixels,
+                           cfg.max_batch_tokens)
+    reserved = reserved_tokens(scorer.tokenizer, scorer.family)
     token = cfg.token.encode() if cfg.token else None
     counters = {"requests": 0, "ok": 0, "client_errors": 0, "server_errors": 0}
 
@@ -277,6 +239,8 @@ def create_app(scorer, cfg: ServeConfig) -> FastAPI:
     app.state.batcher, app.state.config, app.state.counters = batcher, cfg, counters
 
     app.add_middleware(AuthAndCount, token=token, counters=counters)
+    app.add_middleware(RequestLimits, limit_concurrency=cfg.limit_concurrency,
+                       max_client_connections=cfg.max_client_connections)
 
     @app.get("/health")
     async def health() -> dict:
@@ -291,6 +255,11 @@ def create_app(scorer, cfg: ServeConfig) -> FastAPI:
                            "max_body_bytes": cfg.max_body_bytes, "max_pixels": cfg.max_pixels,
                            "max_request_pixels": cfg.max_request_pixels, "max_queue_pixels": cfg.max_queue_pixels,
                            "max_images": cfg.max_images, "max_prompt_chars": cfg.max_prompt_chars,
+                           "max_prompt_tokens": cfg.max_prompt_tokens, "max_request_tokens": cfg.max_request_tokens,
+                           "max_batch_tokens": cfg.max_batch_tokens, "body_timeout_s": cfg.body_timeout_s,
+                           "header_timeout_s": cfg.header_timeout_s, "keep_alive_s": cfg.keep_alive_s,
+                           "limit_concurrency": cfg.limit_concurrency,
+                           "max_client_connections": cfg.max_client_connections,
                            "allow_reasoning": cfg.allow_reasoning, "max_samples": cfg.max_samples,
                            "paths_enabled": cfg.allowed_root is not None, "auth": token is not None},
                 "stats": {**counters, **batcher.stats.as_dict(), "queued_images": batcher.queued_images}}
@@ -303,23 +272,28 @@ def create_app(scorer, cfg: ServeConfig) -> FastAPI:
     async def score(request: Request):
         # The body is read and parsed by hand: the size limit must act before the whole body is in memory, and
         # every error must name its field.
-        body = await _read_body(request, cfg.max_body_bytes)
+        try:
+            body = await asyncio.wait_for(_read_body(request, cfg.max_body_bytes), cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise bad(408, "body", f"not received within {cfg.body_timeout_s} s (body_timeout_s)") from None
         try:
             raw = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise _bad(400, "body", f"expected a JSON object, malformed JSON ({e})") from None
+            raise bad(400, "body", f"expected a JSON object, malformed JSON ({e})") from None
+        except RecursionError:
+            raise bad(400, "body", "expected a JSON object, nested too deeply to parse") from None
         if not isinstance(raw, dict):
-            raise _bad(422, "body", f"expected a JSON object, got {type(raw).__name__}")
+            raise bad(422, "body", f"expected a JSON object, got {type(raw).__name__}")
         try:
             req = ScoreRequest.model_validate(raw)
         except ValidationError as e:
             err = e.errors()[0]
             loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-            raise _bad(422, loc or "body", err["msg"] + (f" ({len(e.errors())} errors)" if len(e.errors()) > 1 else ""))
+            raise bad(422, loc or "body", err["msg"] + (f" ({len(e.errors())} errors)" if len(e.errors()) > 1 else ""))
         key = _validate(req, scorer, cfg)
-        images = await asyncio.to_thread(_decode_images, req, cfg)
+        images, tokens = await asyncio.to_thread(prepare, req, cfg, scorer.tokenizer, reserved)
         try:
-            fut = batcher.submit(req.prompts, images, key, sum(im.width * im.height for im in images))
+            fut = batcher.submit(req.prompts, images, key, sum(im.width * im.height for im in images), sum(tokens))
         except QueueFull as e:
             raise HTTPException(429, f"queue: {e}", headers={"Retry-After": "1"}) from None
         except BatcherClosed as e:
@@ -337,8 +311,10 @@ def create_app(scorer, cfg: ServeConfig) -> FastAPI:
             return JSONResponse({"detail": "client disconnected"}, status_code=499)
         try:
             res = fut.result()
-        except Exception as e:  # the model call failed: this batch's requests get a 500, the server keeps going
-            raise HTTPException(500, f"scorer: {type(e).__name__}: {e}") from None
+        except ValueError as e:  # failed alone (the batcher re-ran it on its own): the scorer refused this input
+            raise error(422, f"scorer: refused this request's input: {e}") from None
+        except Exception as e:  # failed alone for another reason: a server error, the server keeps going
+            raise error(500, f"scorer: {type(e).__name__}: {e}") from None
         results = [{"probs": p, "mean": m, "std": s, "overall": o} for p, m, s, o in
                    zip(res.probs.tolist(), res.mean.tolist(), res.std.tolist(), res.overall.tolist())]
         return JSONResponse({"dims": list(key.dims), "levels": [float(v) for v in scorer.levels.tolist()],

@@ -10,6 +10,11 @@ What is implemented: `MicroBatcher`, an asyncio queue with one worker coroutine.
   `batch_size`).
 - The batch runs as ONE `Scorer.score` call in a dedicated single thread (torch releases the GIL, so the event
   loop keeps accepting and decoding requests meanwhile); each job's future gets its slice of the output.
+- **Isolation**: when a batch's score call raises, each of its jobs is re-run on its own, so a request that still
+  fails the model call (after the server's input checks) gets its own error and its batch mates their results; no
+  job ever receives another job's error.
+- Besides `max_batch` images, a batch holds at most `max_batch_tokens` prompt tokens (`Job.tokens`), unless a
+  single job alone holds more.
 - A job whose future was cancelled (its client went away) before the batch ran is dropped; one cancelled after
   the batch started is simply not resolved — it never disturbs the other jobs of the batch.
 - `close()` (server shutdown) stops accepting, lets the worker finish every queued job, then stops it.
@@ -71,6 +76,7 @@ class Job:
     key: BatchKey
     future: asyncio.Future
     pixels: int = 0
+    tokens: int = 0  # prompt tokens (for max_batch_tokens)
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
@@ -85,7 +91,9 @@ class BatcherStats:
     Attributes:
         jobs: jobs submitted.  images: images submitted.  batches: `Scorer.score` calls.  batched_images: images
         scored.  max_batch_images: largest batch.  batch_hist: batch size (images) → count.  dropped_jobs: jobs whose
-        client had gone before their batch ran.  failed_batches: batches whose score call raised.
+        client had gone before their batch ran.  failed_batches: score calls that raised (each failed batch of
+        several jobs is then re-run one job at a time).  isolated_jobs: jobs re-run alone after their batch failed.
+        failed_jobs: jobs answered with an error.
         rejected_full: submissions refused with QueueFull.  busy_s: seconds spent inside score calls.
     """
 
@@ -97,6 +105,8 @@ class BatcherStats:
     batch_hist: dict[int, int] = field(default_factory=dict)
     dropped_jobs: int = 0
     failed_batches: int = 0
+    isolated_jobs: int = 0
+    failed_jobs: int = 0
     rejected_full: int = 0
     busy_s: float = 0.0
 
@@ -111,15 +121,16 @@ class MicroBatcher:
     """Collect concurrent jobs into batches for one scorer; see the module docstring.
 
     Args:
-        scorer: a `zreward.serve.scorer.Scorer` (or anything with the same `score` signature).
+        scorer: a `zreward.models.scorer.Scorer` (or anything with the same `score` signature).
         max_batch: images per forward batch (also the scorer's `batch_size` for a single oversized job).
         max_wait_ms: how long the first job of a batch waits for company.
         max_queue: images allowed in the queue before `submit` raises `QueueFull`.
         max_queue_pixels: decoded pixels allowed in the queue (None = no limit).
+        max_batch_tokens: prompt tokens per forward batch (None = no limit).
     """
 
     def __init__(self, scorer, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 1024,
-                 max_queue_pixels: int | None = None):
+                 max_queue_pixels: int | None = None, max_batch_tokens: int | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch: expected ≥ 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -127,6 +138,7 @@ class MicroBatcher:
         self.scorer = scorer
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.max_queue, self.max_queue_pixels = max_queue, max_queue_pixels
+        self.max_batch_tokens = max_batch_tokens
         self.stats = BatcherStats()
         self._pending: deque[Job] = deque()
         self._queued_images = self._queued_pixels = 0
@@ -158,11 +170,13 @@ class MicroBatcher:
         return self._queued_images
 
     # ------------------------------------------------------------------ submission
-    def submit(self, prompts: list[str], images: list, key: BatchKey, pixels: int = 0) -> asyncio.Future:
+    def submit(self, prompts: list[str], images: list, key: BatchKey, pixels: int = 0,
+               tokens: int = 0) -> asyncio.Future:
         """Queue one request; await the returned future for its `JobResult`.
 
         Args:
             pixels: total pixels of the decoded images (for `max_queue_pixels`).
+            tokens: total prompt tokens (for `max_batch_tokens`).
 
         Raises:
             BatcherClosed: during shutdown.  QueueFull: more than `max_queue` images would be queued.
@@ -176,7 +190,7 @@ class MicroBatcher:
             raise QueueFull(f"{self._queued_images} images ({self._queued_pixels} pixels) queued (limits "
                             f"{self.max_queue} images, {self.max_queue_pixels} pixels); retry later")
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append(Job(list(prompts), list(images), key, fut, pixels))
+        self._pending.append(Job(list(prompts), list(images), key, fut, pixels, tokens))
         self._queued_images += n
         self._queued_pixels += pixels
         self.stats.jobs += 1
@@ -195,11 +209,14 @@ class MicroBatcher:
     def _take_batch(self) -> list[Job]:
         """Remove and return the next batch: the oldest job plus later same-key jobs that fit in max_batch."""
         first = self._pending[0]
-        batch, rest, total = [], deque(), 0
+        batch, rest, total, tokens = [], deque(), 0, 0
+        cap = self.max_batch_tokens
         for job in self._pending:
-            if job.key == first.key and (not batch or total + job.n <= self.max_batch):
+            if job.key == first.key and (not batch or (total + job.n <= self.max_batch and
+                                                       (cap is None or tokens + job.tokens <= cap))):
                 batch.append(job)
                 total += job.n
+                tokens += job.tokens
             else:
                 rest.append(job)
         self._pending = rest
@@ -229,6 +246,27 @@ class MicroBatcher:
                 await self._score(loop, live)
 
     async def _score(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
+        """Score `jobs` in one call; if it raises, re-run each job alone so only the failing ones get an error."""
+        try:
+            outs = await self._call(loop, jobs)
+        except Exception as e:  # a model failure fails requests (never the worker)
+            self.stats.failed_batches += 1
+            if len(jobs) == 1:
+                self.stats.failed_jobs += 1
+                if not jobs[0].future.done():
+                    jobs[0].future.set_exception(e)
+                return
+            for j in jobs:  # isolation: each job gets its own result or its own error, never a batch mate's
+                if not j.future.done():
+                    self.stats.isolated_jobs += 1
+                    await self._score(loop, [j])
+            return
+        for j, part in zip(jobs, outs):
+            if not j.future.done():  # a client that went away mid-batch: its slice is just dropped
+                j.future.set_result(part)
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list[JobResult]:
+        """One `Scorer.score` call for the jobs' images (in the scoring thread) → each job's slice."""
         key = jobs[0].key
         prompts = [p for j in jobs for p in j.prompts]
         images = [im for j in jobs for im in j.images]
@@ -239,23 +277,15 @@ class MicroBatcher:
                 self._executor, lambda: self.scorer.score(prompts, images, dims=list(key.dims),
                                                           reasoning=key.reasoning, samples=key.samples,
                                                           batch_size=self.max_batch))
-            parts, s = [], 0
-            for j in jobs:
-                sl = slice(s, s + j.n)
-                s += j.n
-                parts.append(JobResult(out.probs[sl], out.mean[sl], out.std[sl], out.overall[sl], n))
-        except Exception as e:  # a model failure fails this batch's requests (500), never the worker
-            self.stats.failed_batches += 1
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(e)
-            return
         finally:
             self.stats.busy_s += time.monotonic() - t0
+        parts, s = [], 0
+        for j in jobs:
+            sl = slice(s, s + j.n)
+            s += j.n
+            parts.append(JobResult(out.probs[sl], out.mean[sl], out.std[sl], out.overall[sl], n))
         self.stats.batches += 1
         self.stats.batched_images += n
         self.stats.max_batch_images = max(self.stats.max_batch_images, n)
         self.stats.batch_hist[n] = self.stats.batch_hist.get(n, 0) + 1
-        for j, part in zip(jobs, parts):
-            if not j.future.done():  # a client that went away mid-batch: its slice is just dropped
-                j.future.set_result(part)
+        return parts

@@ -34,12 +34,16 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server(app, graceful_timeout: float | None, log_level: str, limit_concurrency: int | None = 512):
+def _uvicorn_server(app, cfg: ServeConfig, graceful_timeout: float | None, log_level: str):
     import uvicorn
 
-    # limit_concurrency: beyond N open connections/requests uvicorn answers 503 instead of buffering more bodies.
+    from zreward.serve.connection_guard import guarded_h11
+
+    # uvicorn's own limit_concurrency counts idle connections and refuses /health too: the app's RequestLimits
+    # middleware replaces it, and the guarded h11 protocol adds the header timeout and the per-client cap.
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=graceful_timeout,
-                            access_log=False, timeout_keep_alive=30, limit_concurrency=limit_concurrency)
+                            access_log=False, timeout_keep_alive=cfg.keep_alive_s, limit_concurrency=None,
+                            http=guarded_h11(cfg.header_timeout_s, cfg.max_client_connections))
     return uvicorn.Server(config)
 
 
@@ -70,7 +74,7 @@ def start_server_thread(scorer, cfg: ServeConfig, host: str = "127.0.0.1", port:
     """Start the reward server for `scorer` in a daemon thread and wait until it accepts connections."""
     app = create_app(scorer, cfg)
     sock = _bind(host, port)
-    server = _uvicorn_server(app, graceful_timeout, log_level)
+    server = _uvicorn_server(app, cfg, graceful_timeout, log_level)
     t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="zreward-serve", daemon=True)
     t.start()
     end = time.monotonic() + startup_timeout
@@ -112,7 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-images", type=int, default=256, help="images per request")
     ap.add_argument("--max-request-mpx", type=float, default=64.0, help="decoded megapixels per request")
     ap.add_argument("--max-queue-mpx", type=float, default=256.0, help="decoded megapixels queued before 429")
-    ap.add_argument("--limit-concurrency", type=int, default=512, help="open connections before uvicorn's 503")
+    ap.add_argument("--max-prompt-chars", type=int, default=4000, help="characters per prompt")
+    ap.add_argument("--max-prompt-tokens", type=int, default=512, help="tokens per prompt (the model's tokenizer)")
+    ap.add_argument("--max-request-tokens", type=int, default=16384, help="prompt tokens per request")
+    ap.add_argument("--max-batch-tokens", type=int, default=8192, help="prompt tokens per forward batch")
+    ap.add_argument("--limit-concurrency", type=int, default=512, help="requests in flight before 503 (/health exempt)")
+    ap.add_argument("--max-client-connections", type=int, default=64,
+                    help="open connections per client address before 503 (/health exempt)")
+    ap.add_argument("--header-timeout", type=float, default=10.0,
+                    help="seconds a connection may take to send a complete request head")
+    ap.add_argument("--body-timeout", type=float, default=60.0, help="seconds to receive a request body (408)")
+    ap.add_argument("--keep-alive", type=float, default=10.0, help="idle seconds between requests on a connection")
     ap.add_argument("--allow-reasoning", action="store_true", help="accept reasoning=true requests (slow)")
     ap.add_argument("--max-samples", type=int, default=8, help="chains per (image, dim) in reasoning mode")
     ap.add_argument("--device", default="cpu")
@@ -120,8 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--graceful-timeout", type=float, default=60.0, help="seconds to finish in-flight requests")
     ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
-    if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_queue < 1 or args.max_images < 1:
-        ap.error("--max-batch, --max-queue, --max-images: expected ≥ 1; --max-wait-ms: expected ≥ 0")
+    counts = ("max_batch", "max_queue", "max_images", "max_prompt_chars", "max_prompt_tokens", "max_request_tokens",
+              "max_batch_tokens", "limit_concurrency", "max_client_connections")
+    for name in counts:
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')}: expected ≥ 1, got {getattr(args, name)}")
+    for name in ("header_timeout", "body_timeout", "keep_alive"):
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')}: expected a positive number of seconds, got {getattr(args, name)}")
+    if args.max_wait_ms < 0:
+        ap.error(f"--max-wait-ms: expected ≥ 0, got {args.max_wait_ms}")
     try:
         token = read_token_file(args.token_file) if args.token_file else None
     except ValueError as e:
@@ -135,22 +157,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zreward serve: WARNING: listening on {args.host} without --token-file: anyone who can reach it "
               f"can use it", file=sys.stderr)
 
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer  # deferred: torch + transformers load only once args are valid
 
-    scorer = load_scorer(args.model, device=args.device, dtype=args.dtype)
+    scorer = load_scorer(args.model, device=args.device, dtype=args.dtype, add_level_tokens=False)
     cfg = ServeConfig(model=str(args.model), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                       max_queue=args.max_queue, token=token, allowed_root=root,
                       max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels,
                       max_request_pixels=int(args.max_request_mpx * 1e6),
                       max_queue_pixels=int(args.max_queue_mpx * 1e6),
-                      max_images=args.max_images, allow_reasoning=args.allow_reasoning, max_samples=args.max_samples)
+                      max_images=args.max_images, allow_reasoning=args.allow_reasoning, max_samples=args.max_samples,
+                      max_prompt_chars=args.max_prompt_chars, max_prompt_tokens=args.max_prompt_tokens,
+                      max_request_tokens=args.max_request_tokens, max_batch_tokens=args.max_batch_tokens,
+                      limit_concurrency=args.limit_concurrency, max_client_connections=args.max_client_connections,
+                      header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                      keep_alive_s=args.keep_alive)
     app = create_app(scorer, cfg)
     try:
         sock = _bind(args.host, args.port)
     except OSError as e:
         print(f"zreward serve: cannot bind {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 1
-    server = _uvicorn_server(app, args.graceful_timeout, args.log_level, args.limit_concurrency)
+    server = _uvicorn_server(app, cfg, args.graceful_timeout, args.log_level)
     h, p = sock.getsockname()[:2]
 
     def announce():  # printed only once uvicorn really accepts requests (harnesses wait for this line)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,39 +36,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zreward.atomic import atomic_write_text
 from zreward.data.images import image_to_tensor, load_image
 from zreward.data.records import IMAGES_FILE, ImageRecord, RecordError, read_split
-from zreward.trainers.checkpoint import (
-    atomic_write_text,
-    gather_rng_states,
-    save_checkpoint,
-)
-from zreward.trainers.common import (
-    ModelConfig,
-    OptimConfig,
-    build_optimizer,
-    build_scorer,
-    trainable_parameters,
-)
-from zreward.trainers.config import dump_config, parse_cli
+from zreward.trainers.common import TrainConfig, build_scorer
+from zreward.trainers.config import parse_cli
 from zreward.trainers.data import float_images
-from zreward.trainers.run_utils import (
-    AcceleratorConfig,
-    MetricsLogger,
-    RunConfig,
-    batch_indices,
-    make_accelerator,
-    prepare_run_dir,
-    progress_bar,
-    seed_everything,
-)
-from zreward.trainers.sft import (
-    global_normalisers,
-    model_state,
-    resume_or_seed,
-    save_final,
-    unwrapped,
-)
+from zreward.trainers.loop import RunLoop, global_normalisers
+from zreward.trainers.run_utils import RunConfig, batch_indices
 
 
 @dataclass
@@ -105,14 +79,11 @@ class CaptionDataConfig:
 
 
 @dataclass
-class Config:
+class Config(TrainConfig):
     """`zreward train caption` configuration (YAML files and `a.b=c` overrides only override these defaults)."""
 
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/caption"))
-    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
     data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
 
 
@@ -260,7 +231,7 @@ def word_accuracy(generated: str, reference: str) -> float:
 
 
 @torch.no_grad()
-def evaluate(scorer, data: CaptionData, caption_ids: list[list[int]], cfg: Config) -> tuple[dict, list[dict]]:
+def evaluate_captions(scorer, data: CaptionData, caption_ids: list[list[int]], cfg: Config) -> tuple[dict, list[dict]]:
     """Held-out teacher-forced CE / token accuracy, and greedy captions of the first `caption.val_generate` images.
 
     Returns:
@@ -297,79 +268,45 @@ def train(cfg: Config) -> Path:
     """Run captioning pretraining; returns the final Scorer directory `run_dir/final`."""
     if not cfg.data.train:
         raise ValueError("data.train is required: a canonical split directory (images with meta.caption or scene)")
-    acc = make_accelerator(cfg.accelerator)
-    rank, world = acc.process_index, acc.num_processes
-    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
-                                is_main=acc.is_main_process)
-    seed_everything(cfg.run.seed, 0)  # identical initial weights on every rank
+    loop = RunLoop(cfg, "caption")
     data = load_caption_data(cfg.data.train, max_images=cfg.data.max_images)
     val = load_caption_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
-    if cfg.data.images_per_batch > len(data) or cfg.data.images_per_batch % world:
+    if cfg.data.images_per_batch > len(data) or cfg.data.images_per_batch % loop.world:
         raise ValueError(f"data.images_per_batch={cfg.data.images_per_batch}: expected at most the {len(data)} "
-                         f"training images and divisible by the {world} processes")
-    scorer = build_scorer(cfg.model, acc.device)
+                         f"training images and divisible by the {loop.world} processes")
+    scorer = build_scorer(cfg.model, loop.device)
     caps = tokenize_captions(scorer.tokenizer, data.captions, cfg.caption.max_tokens)
     val_caps = tokenize_captions(scorer.tokenizer, val.captions, cfg.caption.max_tokens) if val else []
-    model = scorer.model
-    params = trainable_parameters(model)
-    opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps)
-    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, rank)
-    scorer.model, opt = acc.prepare(model, opt)  # not the scheduler (accelerate would step it per process)
-    if acc.is_main_process:
-        dump_config(cfg, run.config)
-    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
-    bar = progress_bar(cfg.run.max_steps, initial=start, desc="caption", enabled=cfg.run.progress,
-                       is_main=acc.is_main_process)
-    ga, device = cfg.accelerator.gradient_accumulation_steps, acc.device
-    for step in range(start, cfg.run.max_steps):
-        t0 = time.perf_counter()
-        idx = np.asarray(batch_indices(len(data), cfg.data.images_per_batch, step, cfg.run.seed, rank=rank,
+    loop.start(scorer)
+    ga, device, world = cfg.accelerator.gradient_accumulation_steps, loop.device, loop.world
+
+    def train_step(step: int) -> dict:
+        idx = np.asarray(batch_indices(len(data), cfg.data.images_per_batch, step, cfg.run.seed, rank=loop.rank,
                                        world_size=world), np.int64)
         (norm,) = global_normalisers([sum(len(caps[i]) + 1 for i in idx)], device)
         ce_total, hits, n = torch.zeros((), device=device), 0, 0
         micro = [m for m in np.array_split(idx, min(ga, len(idx))) if len(m)]
         for m, part in enumerate(micro):
-            sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(scorer.model)
-            with sync:
+            with loop.sync(last=m == len(micro) - 1):
                 ce, cnt, hit = caption_forward(scorer, data.image_batch(part), [caps[i] for i in part],
                                                cfg.caption.instruction)
                 loss = ce / norm
-                acc.backward(loss)  # `norm` covers the whole step (make_accelerator does not divide by ga)
+                loop.backward(loss)  # `norm` covers the whole step (make_accelerator does not divide by ga)
             ce_total, hits, n = ce_total + loss.detach(), hits + hit, n + cnt
-        gn = acc.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-        if guard.check(step, ce_total, gn):
-            opt.step()
-            sched.step()
-        opt.zero_grad(set_to_none=True)
-        red = acc.reduce(torch.stack([ce_total.float(), torch.tensor(float(hits), device=device),
-                                      torch.tensor(float(n), device=device)]), reduction="sum")
-        metrics = {"loss": red[0] / world, "token_acc": red[1] / red[2], "tokens": int(red[2]),
-                   "lr": sched.get_last_lr()[0], "grad_norm": gn, "step_time": time.perf_counter() - t0,
-                   "skipped": guard.total}
-        last = step + 1 == cfg.run.max_steps
-        if val is not None and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
-            if acc.is_main_process:
-                with unwrapped(scorer, acc):
-                    vm, samples = evaluate(scorer, val, val_caps, cfg)
-                metrics.update(vm)
-                if samples:
-                    atomic_write_text(run.root / "val_captions.json",
-                                      json.dumps({"step": step + 1, "samples": samples}, indent=1) + "\n")
-            acc.wait_for_everyone()
-        if (step + 1) % cfg.run.log_every == 0 or last or "val_ce" in metrics:
-            log.log(step + 1, metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
-            rng = gather_rng_states()  # collective
-            if acc.is_main_process:
-                save_checkpoint(run.checkpoints, step + 1, model_state(acc.unwrap_model(scorer.model), cfg.model.lora),
-                                optimizer=opt, scheduler=sched, rng_states=rng, extra={"guard": guard.state_dict()},
-                                keep_last=cfg.run.keep_last)
-            acc.wait_for_everyone()
-    bar.close()
-    log.close()
-    return save_final(scorer, acc, run.final, scorer.config.mode)
+        loop.optimizer_step(step, ce_total)
+        red = loop.acc.reduce(torch.stack([ce_total.float(), torch.tensor(float(hits), device=device),
+                                           torch.tensor(float(n), device=device)]), reduction="sum")
+        return {"loss": red[0] / world, "token_acc": red[1] / red[2], "tokens": int(red[2])}
+
+    def evaluate(step: int) -> dict:
+        vm, samples = evaluate_captions(scorer, val, val_caps, cfg)
+        if samples:
+            atomic_write_text(loop.run_dir.root / "val_captions.json",
+                              json.dumps({"step": step + 1, "samples": samples}, indent=1) + "\n")
+        return vm
+
+    loop.run(train_step, evaluate if val is not None else None)
+    return loop.save_final(scorer, scorer.config.mode)
 
 
 def main(argv: list[str] | None = None) -> int:

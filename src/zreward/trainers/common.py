@@ -1,6 +1,7 @@
-"""Config sections and plain helpers that every trainer uses (no base Trainer class; loops stay in their files).
+"""Config sections and plain helpers that every trainer uses (the run loop itself is `zreward.trainers.loop`).
 
-- `ModelConfig`, `DataConfig`, `OptimConfig`: nested into each trainer's own `Config` as `model`, `data`, `optim`.
+- `ModelConfig`, `DataConfig`, `OptimConfig`: nested into each trainer's own `Config` as `model`, `data`, `optim`;
+  `TrainConfig`: those with `run` and `accelerator`, the base of every trainer's `Config`.
 - `build_scorer`: load the model to train through the one scoring path (`zreward.load_scorer`), with LoRA /
   gradient checkpointing / dtype from the config.
 - `build_optimizer`: AdamW over the trainable parameters + linear warm-up then constant or cosine decay.
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from zreward.trainers.data import TrainData
+from zreward.trainers.run_utils import AcceleratorConfig, RunConfig
 
 
 @dataclass
@@ -28,6 +31,32 @@ class ModelConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "eager, sdpa, flash_attention_2, ... (null: transformers' default)"})
+    lora_targets: list[str] | None = field(default=None, metadata={
+        "help": "LoRA module-name suffixes (null: every linear layer of the language model, gated-DeltaNet included)"})
+    lora_vision: bool = field(default=False, metadata={"help": "LoRA on the vision tower and projector too"})
+    lora_level_rows: bool = field(default=True, metadata={
+        "help": "under LoRA, train the level tokens' embedding and output-head rows"})
+    chat_template_kwargs: dict[str, Any] | None = field(default=None, metadata={
+        "help": "chat-template variables, merged into zreward.json's (e.g. {enable_thinking: false} for Qwen3.5)"})
+    level_strings: list[str] | None = field(default=None, metadata={
+        "help": "text of each rubric level (null: from zreward.json / the defaults); each must be one token"})
+    rubrics: dict[str, str] | None = field(default=None, metadata={
+        "help": "dim → rubric text, merged into zreward.json's rubrics"})
+    generation_batch: int | None = field(default=None, metadata={
+        "help": "most sequences per generate call in rollouts (bounds the KV cache; null: one call per step)"})
+
+    def scorer_overrides(self) -> dict:
+        """The zreward.json fields these options override (see `zreward.models.load.load_components`)."""
+        out: dict = {}
+        if self.chat_template_kwargs is not None:
+            out["templates"] = {"chat_template_kwargs": dict(self.chat_template_kwargs)}
+        if self.level_strings is not None:
+            out["level_strings"] = list(self.level_strings)
+        if self.rubrics is not None:
+            out["rubrics"] = dict(self.rubrics)
+        return out
 
 
 @dataclass
@@ -58,16 +87,31 @@ class OptimConfig:
             raise ValueError(f"optim.schedule must be constant or cosine, got {self.schedule!r}")
 
 
+@dataclass
+class TrainConfig:
+    """The sections every trainer's `Config` has; a trainer subclasses it, adds its method's section and may
+    override a section's defaults (YAML files and `a.b=c` overrides only override these defaults)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
 def build_scorer(cfg: ModelConfig, device: str | torch.device = "cpu"):
     """Load the Scorer to train (train mode, LoRA/gradient checkpointing per config)."""
     if not cfg.init_from:
         raise ValueError("model.init_from is required: a scorer directory, an HF VLM directory or a hub name")
     from zreward.models.load import LoraOptions
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora else None
+    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=cfg.lora_targets,
+                       include_vision=cfg.lora_vision, train_level_rows=cfg.lora_level_rows) if cfg.lora else None
     scorer = load_scorer(cfg.init_from, device=str(device), dtype=cfg.dtype, lora=lora,
-                         gradient_checkpointing=cfg.gradient_checkpointing)
+                         gradient_checkpointing=cfg.gradient_checkpointing, attn_implementation=cfg.attn_implementation,
+                         config_overrides=cfg.scorer_overrides())
+    scorer.generation_batch = cfg.generation_batch
     scorer.model.train()
     return scorer
 

@@ -33,6 +33,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from zreward.atomic import atomic_write_text
+
 T = TypeVar("T")
 CMDLINE = "command line"
 
@@ -296,8 +298,6 @@ def config_to_dict(cfg: Any) -> Any:
 
 def dump_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically); `load_config(type(cfg), path)` gives it back."""
-    from zreward.trainers.checkpoint import atomic_write_text
-
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False, allow_unicode=True)
     return atomic_write_text(Path(path), text)
 

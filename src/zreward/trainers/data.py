@@ -193,3 +193,14 @@ def within_group_pairs(group_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     same = (g[:, None] == g[None, :]) & np.triu(np.ones((len(g), len(g)), bool), k=1)
     ia, ib = np.nonzero(same)
     return ia, ib
+
+
+def split_by_group(idx: np.ndarray, group: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Split batch indices into ≤ `parts` micro-batches without cutting a prompt group (pairs stay together)."""
+    if parts <= 1:
+        return [idx]
+    g = group[idx]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    chunks = np.array_split(np.arange(len(starts)), min(parts, len(starts)))
+    ends = np.r_[starts[1:], len(idx)]
+    return [idx[starts[c[0]]:ends[c[-1]]] for c in chunks if len(c)]

@@ -1,31 +1,41 @@
 """GDSO — group-wise distribution-supervised optimisation of the reasoning teacher (Z-Reward, arXiv 2606.09076).
 
-The paper's method section is not public in full (see NOTES.md); this file implements the following variant.
+The paper's method section is not public in full; this file implements the following variant, as an objective
+of the RL loop it shares with GRPO (`zreward.trainers.rl`: batch, rollout, micro-batches, PPO epochs, update).
 
 Per optimizer step (one rollout; stages named as in verl):
 
-1. **batch**: `prompts_per_batch` prompt groups (all images of a prompt, `data.group_batch`), so that pairs of
+1. **batch**: `prompts_per_batch` prompt groups (prompt *instances*, `data.group_batch`), so that pairs of
    images of the same prompt exist; the D rubric dimensions of the run (optionally a seeded random subset of
    `dims_per_step` of them per step, the same for the whole batch).
 2. **rollout**: G = `group_size` chains per (image, dim), sampled with plain temperature sampling (no top-k/p) in one
-   batched, KV-cached `generate` call (`rollout.rollout`), N = B·D·G chains.
-3. **scoring**: one teacher-forced forward over prompt + chain + `reasoning_close` (`Scorer.chain_forward`):
-   per-token log-probs of the chain tokens and the level logits at the score position after each chain.
-4. **reward** (`rollout.distribution_rewards`): from the distribution p_i read after chain i, by default
-   r_i = −|E_{p_i}[level] − MOS| (`reward=neg_sq` −(μ − MOS)², `neg_kl` −KL(target ‖ p_i)). The reward is read
-   from the same forward as the log-probs (the current policy = the sampling policy at the first update).
-5. **advantages**: `losses.group_relative_advantages` over the G chains of each (image, dim) (`adv_scale`);
-   unlabelled (image, dim) groups get advantage 0 and no loss.
+   batched, KV-cached `generate` call (`rollout.rollout`), N = B·D·G chains — the PG chains, at `temperature`.
+   Unless `eval_temperature` is null, a second rollout of `dist_samples` chains per (image, dim) at
+   `eval_temperature` (0: one greedy chain) — the chains the model reads at evaluation — for the distribution and
+   pair terms. Computing those terms on T = 1.0 chains, whose content does not predict the label, taught the head
+   to ignore the chain (issue 12: the score spread after the true rationale collapsed).
+3. **scoring**: one teacher-forced forward over prompt + chain + `reasoning_close` (`Scorer.chain_forward`) per
+   rollout: per-token log-probs of the chain tokens and the level logits at the score position after each chain.
+4. **reward** (`losses.distribution_rewards`, a pure function): from the distribution p_i read after PG chain i,
+   by default r_i = −|E_{p_i}[level] − MOS| (`reward=neg_sq` −(μ − MOS)², `neg_kl` −KL(target ‖ p_i)), plus
+   `pair_reward_weight` × `losses.pair_outcome_rewards` (the fraction of the image's within-prompt partners that
+   μ_i orders like the labels — what the evaluation measures; off by default). Read from the same forward as the
+   log-probs (the current policy = the sampling policy at the first update).
+5. **advantages**: `losses.masked_advantages` over the G chains of each (image, dim) — the same function and
+   settings as GRPO: (r − mean)/max(std + 1e-4, `adv_std_floor`) (`adv_scale=group`), or r − mean
+   (`adv_scale=none`, Dr. GRPO). The floor keeps near-flat groups (issue 12: 38–75 % of groups had a reward spread
+   < 0.05) from being blown up to unit-size advantages. Unlabelled (image, dim) groups get advantage 0 and no loss.
 6. **update**: L = pg_weight·L_PG + dist_weight·L_dist + pair_weight·L_pair, with
    - L_PG = `losses.clipped_pg_loss` on the chain tokens (not the score token: the score distribution is trained
      directly by L_dist; the PG term shapes the chain, the "E-step"), `aggregation` as TRL's loss types, optional
      k3 KL (`kl_coef`) to the frozen initial model (LoRA: adapters disabled; else a frozen copy, one more copy of
      the weights in memory and one no-grad forward per rollout);
-   - L_dist = `losses.kl_div_levels`(level logits after each chain, the (image, dim) label distribution), mean
-     over labelled chains — the pointwise distribution loss teacher-forced after each sampled chain (the
-     "M-step": the chain is treated as a latent variable sampled from the current policy);
+   - L_dist = `losses.kl_div_levels`(level logits after each evaluation-temperature chain, the (image, dim) label
+     distribution), mean over labelled chains — the pointwise distribution loss teacher-forced after each chain
+     (the "M-step": the chain is treated as a latent variable sampled from the current policy);
    - L_pair = `losses.score_gap_huber`(μ̄_a − μ̄_b, MOS_a − MOS_b) over all pairs of images of the same prompt and
-     every dim labelled for both, μ̄ = mean over the G chains of the expectation (differentiable); or
+     every dim labelled for both, μ̄ = mean over the evaluation-temperature chains of the expectation
+     (differentiable); or
      `pair_loss=fidelity`: `losses.thurstone_fidelity` on (μ̄, σ̄) with target Φ(ΔMOS/√(std_a² + std_b²)) from
      the label distributions.
    `ppo_epochs` > 1 re-uses the rollout (rewards, advantages, old log-probs and reference log-probs frozen from
@@ -34,218 +44,125 @@ Per optimizer step (one rollout; stages named as in verl):
    gradients are accumulated (each micro-batch's loss weighted by its share of the batch images: exact for the
    pair and PG terms' per-image means only up to the masking; identical to one micro-batch when none is masked).
 
-Choices where the paper is silent: the reward form and the three weights (default 1/1/1); the PG term excludes
-the score token; L_dist is KL to the label distribution (DeQA-style soft labels from `zreward.data.labels`);
-per-dimension score gaps (not the weighted overall); dims subset per step for cost; no entropy bonus; multi-process
-gradients are averaged by an explicit all-reduce (the Scorer holds the plain module, so accelerate's DDP wrapper is
-not used; DeepSpeed/FSDP sharding is not supported by this loop).
-Batches: `data.group_batch` groups images by prompt **text**; in ShapesWorld a frequent prompt text ("a purple
-triangle") holds 100+ images, so always set `data.max_per_prompt` (the shipped configs use 4) or one step can
-hold thousands of chains.
-Evaluation: held-out pairwise accuracy in reasoning mode (`Scorer.score(reasoning=True, samples=eval_samples)`).
+Choices where the paper is silent: the reward form and the three weights (default 1/1/1); `eval_temperature` 0.3
+and `adv_std_floor` 0.1 (defaults not yet measured on the real data); the PG term excludes the score token;
+L_dist is KL to the label distribution (DeQA-style soft labels from `zreward.data.labels`); per-dimension score
+gaps (not the weighted overall); dims subset per step for cost; no entropy bonus.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from zreward.losses import clipped_pg_loss, kl_div_levels, score_gap_huber, thurstone_fidelity
+from zreward.losses import (
+    clipped_pg_loss,
+    distribution_rewards,
+    kl_div_levels,
+    masked_advantages,
+    pair_outcome_rewards,
+    score_gap_huber,
+    thurstone_fidelity,
+)
+from zreward.losses.rewards import DIST_REWARDS
+from zreward.models.level_readout import expectation
 from zreward.trainers import rollout as R
-from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
-from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
-                                     trainable_parameters, val_pairwise_accuracy)
-from zreward.trainers.config import dump_config, parse_cli
-from zreward.trainers.data import group_batch, load_train_data, within_group_pairs
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, RunConfig, make_accelerator,
-                                        prepare_run_dir, progress_bar, seed_everything)
-from zreward.trainers.sft import model_state, resume_or_seed
+from zreward.trainers.common import TrainConfig
+from zreward.trainers.config import parse_cli
+from zreward.trainers.data import within_group_pairs
+from zreward.trainers.rl import MicroBatch, RLConfig, RolloutState, train_rl
 
 
 @dataclass
-class GDSOConfig:
-    """The GDSO section (`gdso.*`)."""
+class GDSOConfig(RLConfig):
+    """The GDSO section (`gdso.*`): the shared RL settings plus GDSO's objective."""
 
-    group_size: int = field(default=4, metadata={"help": "G: sampled chains per (image, dim)"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "chain length bound (null: the scorer's zreward.json value; saved into the final scorer)"})
-    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
-    dims: list[str] | None = field(default=None, metadata={"help": "dimensions to train (null: all the split and scorer share)"})
-    dims_per_step: int | None = field(default=None, metadata={"help": "random subset of dims per step (null: all)"})
+    dist_samples: int = field(default=1, metadata={"help": "chains per (image, dim) at eval_temperature for the distribution and pair terms (greedy: 1)"})
     reward: str = field(default="neg_abs", metadata={"help": "neg_abs −|μ−MOS|, neg_sq −(μ−MOS)², neg_kl −KL(target‖p)"})
-    adv_scale: str = field(default="group", metadata={"help": "advantage scaling: group, batch or none"})
+    pair_reward_weight: float = field(default=0.0, metadata={"help": "weight of the within-prompt pair-outcome reward added to the distribution reward (0: off)"})
     pg_weight: float = field(default=1.0, metadata={"help": "weight of the clipped policy-gradient term"})
     dist_weight: float = field(default=1.0, metadata={"help": "weight of the pointwise KL after each chain"})
     pair_weight: float = field(default=1.0, metadata={"help": "weight of the within-prompt pairwise term"})
     pair_loss: str = field(default="huber", metadata={"help": "huber (score-gap Huber) or fidelity (Thurstone)"})
     huber_delta: float = field(default=1.0, metadata={"help": "Huber threshold of the score-gap loss"})
-    clip_eps_low: float = field(default=0.2, metadata={"help": "ratio clip 1 − eps_low"})
-    clip_eps_high: float = field(default=0.2, metadata={"help": "ratio clip 1 + eps_high"})
-    aggregation: str = field(default="seq_mean", metadata={"help": "token aggregation: seq_mean, token_mean, fixed_norm"})
-    kl_coef: float = field(default=0.0, metadata={"help": "k3 KL weight to the frozen initial model (0: no reference)"})
-    ppo_epochs: int = field(default=1, metadata={"help": "updates per rollout (1: on-policy, ratio = 1)"})
-    groups_per_micro: int | None = field(default=None, metadata={"help": "prompt groups per micro-batch (null: whole batch)"})
-    eval_reasoning: bool = field(default=True, metadata={"help": "evaluate in reasoning mode (else direct)"})
-    eval_samples: int = field(default=1, metadata={"help": "chains per (image, dim) at evaluation (1: greedy)"})
+
+    section = "gdso"
 
     def __post_init__(self) -> None:
-        checks = {"reward": (self.reward, R.DIST_REWARDS), "adv_scale": (self.adv_scale, ("group", "batch", "none")),
-                  "pair_loss": (self.pair_loss, ("huber", "fidelity")),
-                  "aggregation": (self.aggregation, ("seq_mean", "token_mean", "fixed_norm"))}
-        for name, (v, ok) in checks.items():
-            if v not in ok:
-                raise ValueError(f"gdso.{name} must be one of {ok}, got {v!r}")
-        for name in ("group_size", "max_new_tokens", "ppo_epochs", "eval_samples"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"gdso.{name} must be >= 1, got {getattr(self, name)}")
+        self.check({"reward": (self.reward, DIST_REWARDS), "pair_loss": (self.pair_loss, ("huber", "fidelity"))},
+                   positive=("dist_samples",))
 
 
 @dataclass
-class Config:
-    run: RunConfig = field(default_factory=RunConfig)
-    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+class Config(TrainConfig):
     gdso: GDSOConfig = field(default_factory=GDSOConfig)
 
 
-def gdso_losses(g: GDSOConfig, scorer, ro: R.Rollout, lab: R.Labels, group_ids: np.ndarray, cache: dict,
-                ref_model) -> tuple[torch.Tensor, dict]:
-    """Forward one micro-batch and return (loss, stats). `cache` holds the first pass's rewards / old log-probs."""
-    levels = scorer.levels
-    t0 = time.perf_counter()
-    cf = R.score_chains(scorer, ro)
+def pg_state(g: GDSOConfig, scorer, mb: MicroBatch, cf, ref_model) -> RolloutState:
+    """Rewards, advantages, old and reference log-probs of the PG chains (first pass over a rollout)."""
+    ro, lab, levels = mb.ro, mb.lab, scorer.levels
     mos_c, target_c, mask_c = lab.per_chain(ro.group_size)
-    mask_c = mask_c.to(cf.level_logits.device)
-    if "adv" not in cache:  # first pass over this rollout: it is the sampling policy
-        cache["rewards"] = R.distribution_rewards(cf.level_logits, levels, mos_c, target_c, g.reward)
-        cache["adv"] = R.masked_advantages(cache["rewards"], mask_c, ro.group_size, g.adv_scale)
-        cache["old"] = cf.token_logprobs.detach()
-        if g.kl_coef:
-            cache["ref"] = R.reference_logprobs(scorer, ref_model, ro).token_logprobs
-    t_score = time.perf_counter() - t0
-    tok_mask = cf.token_mask.bool() & mask_c.unsqueeze(1)
-    pg, st = clipped_pg_loss(cf.token_logprobs, cache["old"], cache["adv"], tok_mask, g.clip_eps_low,
-                             g.clip_eps_high, ref_logp=cache.get("ref"), kl_coef=g.kl_coef,
-                             aggregation=g.aggregation, max_len=g.max_new_tokens)
-    dist = kl_div_levels(cf.level_logits.float(), target_c.to(cf.level_logits.device), mask=mask_c)
-    mu, sd = R.group_moments(cf.level_logits, levels, ro.n_images, ro.n_dims, ro.group_size)
+    rewards = distribution_rewards(cf.level_logits, levels, mos_c, target_c, g.reward)
+    if g.pair_reward_weight:
+        mu_c = expectation(torch.softmax(cf.level_logits.detach().float(), -1), levels.to(cf.level_logits.device))
+        pr = pair_outcome_rewards(mu_c.view(ro.n_images, ro.n_dims, ro.group_size), lab.mos, lab.mask, mb.group_ids)
+        rewards = rewards + g.pair_reward_weight * pr.reshape(-1)
+    adv = masked_advantages(rewards, mask_c.to(rewards.device), ro.group_size, g.adv_scale, g.adv_std_floor)
+    ref = R.reference_logprobs(scorer, ref_model, ro).token_logprobs if g.kl_coef else None
+    return RolloutState(rewards, adv, cf.token_logprobs.detach(), ref)
+
+
+def pair_term(g: GDSOConfig, mu: torch.Tensor, sd: torch.Tensor, lab: R.Labels, group_ids) -> torch.Tensor:
+    """L_pair over the within-prompt pairs of the micro-batch (see module docstring). mu, sd: (B, D)."""
     ia, ib = within_group_pairs(group_ids)
+    if len(ia) == 0:
+        return mu.sum() * 0.0
     lm = lab.mask.to(mu.device)
     pair_mask = lm[ia] & lm[ib]
-    if len(ia) == 0:
-        pair = mu.sum() * 0.0
-    elif g.pair_loss == "huber":
-        tgt = (lab.mos[ia] - lab.mos[ib]).to(mu)
-        pair = score_gap_huber(mu[ia] - mu[ib], tgt, g.huber_delta, mask=pair_mask)
-    else:
-        s2 = (lab.std[ia] ** 2 + lab.std[ib] ** 2 + 1e-6).sqrt()
-        p_t = torch.special.ndtr((lab.mos[ia] - lab.mos[ib]) / s2).to(mu)
-        pair = thurstone_fidelity(mu[ia], sd[ia], mu[ib], sd[ib], p_t, mask=pair_mask)
+    if g.pair_loss == "huber":
+        return score_gap_huber(mu[ia] - mu[ib], (lab.mos[ia] - lab.mos[ib]).to(mu), g.huber_delta, mask=pair_mask)
+    s2 = (lab.std[ia] ** 2 + lab.std[ib] ** 2 + 1e-6).sqrt()
+    p_t = torch.special.ndtr((lab.mos[ia] - lab.mos[ib]) / s2).to(mu)
+    return thurstone_fidelity(mu[ia], sd[ia], mu[ib], sd[ib], p_t, mask=pair_mask)
+
+
+def gdso_losses(g: GDSOConfig, scorer, mb: MicroBatch, state: RolloutState | None,
+                ref_model) -> tuple[torch.Tensor, dict, RolloutState]:
+    """The GDSO objective on one micro-batch: (loss, stats, state). The PG term reads the rollout chains `mb.ro`;
+    the distribution and pair terms read `mb.ro_eval` (evaluation-temperature chains), or `mb.ro` when None."""
+    ro, lab = mb.ro, mb.lab
+    cf = R.score_chains(scorer, ro)
+    mask_c = lab.per_chain(ro.group_size)[2].to(cf.level_logits.device)
+    state = state or pg_state(g, scorer, mb, cf, ref_model)  # first pass: the sampling policy
+    pg, st = clipped_pg_loss(cf.token_logprobs, state.old_logp, state.advantages,
+                             cf.token_mask.bool() & mask_c.unsqueeze(1), g.clip_eps_low, g.clip_eps_high,
+                             ref_logp=state.ref_logp, kl_coef=g.kl_coef, aggregation=g.aggregation,
+                             max_len=g.max_new_tokens)
+    ev = ro if mb.ro_eval is None else mb.ro_eval
+    ce = cf if mb.ro_eval is None else R.score_chains(scorer, ev)
+    _, target_e, mask_e = lab.per_chain(ev.group_size)
+    dist = kl_div_levels(ce.level_logits.float(), target_e.to(ce.level_logits.device),
+                         mask=mask_e.to(ce.level_logits.device))
+    mu, sd = R.group_moments(ce.level_logits, scorer.levels, ev.n_images, ev.n_dims, ev.group_size)
+    pair = pair_term(g, mu, sd, lab, mb.group_ids)
     loss = g.pg_weight * pg + g.dist_weight * dist + g.pair_weight * pair
     with torch.no_grad():
-        r = cache["rewards"][mask_c]
+        r, a = state.rewards[mask_c], state.advantages[mask_c]
+        spread = state.rewards.view(-1, ro.group_size).std(1, correction=0)[mask_c[::ro.group_size]]
+        zero = torch.zeros(())
         stats = {"loss": loss.detach(), "pg_loss": pg.detach(), "dist_loss": dist.detach(), "pair_loss": pair.detach(),
-                 "reward_mean": r.mean() if r.numel() else torch.zeros(()), "kl": st["kl"],
-                 "clip_frac": st["clip_frac"], "ratio_mean": st["ratio_mean"],
+                 "reward_mean": r.mean() if r.numel() else zero, "adv_abs_mean": a.abs().mean() if a.numel() else zero,
+                 "flat_group_frac": (spread < 0.05).float().mean() if spread.numel() else zero,
+                 "kl": st["kl"], "clip_frac": st["clip_frac"], "ratio_mean": st["ratio_mean"],
                  "chain_len": cf.token_mask.float().sum(1).mean(), "in_level_mass": cf.in_level_mass.float().mean(),
-                 "t_score": t_score}
-    return loss, stats
+                 "eval_chain_len": ce.token_mask.float().sum(1).mean()}
+    return loss, stats, state
 
 
 def train(cfg: Config) -> Path:
     """Run GDSO; returns the final scorer directory `run_dir/final`."""
-    g = cfg.gdso
-    acc = make_accelerator(cfg.accelerator)
-    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
-                                is_main=acc.is_main_process)
-    seed_everything(cfg.run.seed, 0)
-    scorer = build_scorer(cfg.model, acc.device)
-    # Evaluation and the saved scorer generate chains like the rollouts do.
-    g.max_new_tokens = g.max_new_tokens or scorer.config.max_new_tokens
-    scorer.config.max_new_tokens, scorer.config.temperature = g.max_new_tokens, g.temperature
-    scorer.config.mode = "reasoning"
-    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
-    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
-    dims = R.resolve_dims(g.dims, data, scorer, "gdso.dims")
-    model = scorer.model
-    params = trainable_parameters(model)
-    lora = hasattr(model, "peft_config")
-    opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps * g.ppo_epochs)
-    ref_model = R.make_reference(model) if g.kl_coef else None  # the initial weights, before any resume
-    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, acc.process_index)
-    if acc.is_main_process:
-        dump_config(cfg, run.config)
-    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
-    bar = progress_bar(cfg.run.max_steps, initial=start, desc="gdso", enabled=cfg.run.progress,
-                       is_main=acc.is_main_process)
-    world = acc.num_processes
-    for step in range(start, cfg.run.max_steps):
-        t_start = time.perf_counter()
-        idx = group_batch(data, cfg.data.prompts_per_batch, step, cfg.run.seed, rank=acc.process_index,
-                          world_size=world, max_per_prompt=cfg.data.max_per_prompt)
-        sdims = R.step_dims(dims, g.dims_per_step, cfg.run.seed, step)
-        lab = R.batch_labels(data, idx, data.dim_index(sdims), scorer.levels)
-        t0 = time.perf_counter()
-        ro = R.rollout(scorer, [data.prompts[i] for i in idx], data.image_batch(idx), sdims, g.group_size,
-                       g.max_new_tokens, g.temperature)
-        t_rollout = time.perf_counter() - t0
-        micro = R.micro_batches(data.group[idx], g.groups_per_micro)
-        caches = [{} for _ in micro]
-        agg: dict[str, float] = {}
-        t_score = t_update = 0.0
-        for _epoch in range(g.ppo_epochs):
-            for rows, cache in zip(micro, caches):
-                sub, _ = R.subset(ro, rows) if len(micro) > 1 else (ro, None)
-                sub_lab = lab.rows(rows)
-                loss, st = gdso_losses(g, scorer, sub, sub_lab, data.group[idx][rows], cache, ref_model)
-                w = len(rows) / len(idx)
-                t0 = time.perf_counter()
-                (loss * w).backward()
-                t_update += time.perf_counter() - t0
-                t_score += st.pop("t_score")
-                for k, v in st.items():
-                    agg[k] = agg.get(k, 0.0) + float(v) * w / g.ppo_epochs
-            t0 = time.perf_counter()
-            if world > 1:  # average gradients across processes (see module docstring)
-                for p in params:
-                    if p.grad is not None:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= world
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-            if guard.check(step, torch.tensor(agg["loss"]), gn):
-                opt.step()
-                sched.step()
-            opt.zero_grad(set_to_none=True)
-            t_update += time.perf_counter() - t0
-        step_time = time.perf_counter() - t_start
-        metrics = {**agg, "lr": sched.get_last_lr()[0], "grad_norm": float(gn), "t_rollout": t_rollout,
-                   "t_score": t_score, "t_update": t_update, "step_time": step_time,
-                   "gen_tokens": ro.gen_tokens, "gen_tok_per_s": ro.gen_tokens / max(t_rollout, 1e-9)}
-        last = step + 1 == cfg.run.max_steps
-        if val is not None and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
-            metrics.update(val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size,
-                                                 reasoning=g.eval_reasoning, samples=g.eval_samples))
-        if (step + 1) % max(cfg.run.log_every, 1) == 0 or last:
-            log.log(step + 1, metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{agg['loss']:.3f}", r=f"{agg['reward_mean']:.2f}")
-        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
-            rng = gather_rng_states()
-            if acc.is_main_process:
-                sd = model_state(model, lora)
-                save_checkpoint(run.checkpoints, step + 1, sd, optimizer=opt, scheduler=sched, rng_states=rng,
-                                extra={"guard": guard.state_dict()}, keep_last=cfg.run.keep_last)
-            acc.wait_for_everyone()
-    bar.close()
-    log.close()
-    if acc.is_main_process:
-        scorer.save_pretrained(run.final)
-    acc.wait_for_everyone()
-    return run.final
+    return train_rl(cfg, cfg.gdso, gdso_losses, eval_samples_per_item=cfg.gdso.dist_samples)
 
 
 def main(argv: list[str] | None = None) -> int:

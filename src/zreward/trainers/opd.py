@@ -32,22 +32,17 @@ Implemented variant, for a one-token scorer (the Z-Reward student emits a single
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from zreward.losses import generalized_jsd
-from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
-from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
-                                     trainable_parameters, val_pairwise_accuracy)
-from zreward.trainers.config import dump_config, parse_cli
+from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer, val_pairwise_accuracy
+from zreward.trainers.config import parse_cli
 from zreward.trainers.data import load_train_data
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, RunConfig,
-                                        batch_indices, make_accelerator, prepare_run_dir, progress_bar,
-                                        seed_everything)
-from zreward.trainers.sft import model_state, resume_or_seed
+from zreward.trainers.loop import RunLoop
+from zreward.trainers.run_utils import RunConfig, batch_indices
 
 
 @dataclass
@@ -84,10 +79,8 @@ class OPDSection:
 
 
 @dataclass
-class Config:
+class Config(TrainConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/opd_tiny", max_steps=150))
-    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(val_max_images=400))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=10))
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -122,7 +115,7 @@ def teacher_level_logits(teacher, prompts: list[str], images, dims: list[str], q
     """
     if query == "direct":
         return teacher.direct_logits(prompts, images, dims)
-    from zreward.serve.scorer import ChainBatch
+    from zreward.models.scorer import ChainBatch
 
     pixels = teacher.prepare_images(images)
     items = [(b, d) for b in range(len(prompts)) for d in range(len(dims))]
@@ -146,43 +139,28 @@ def check_teacher(student, teacher, dims: list[str]) -> None:
 
 def train(cfg: Config) -> Path:
     """Distil `cfg.teacher.path` into the student `cfg.model.init_from` on-policy; returns the final Scorer dir."""
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     o = cfg.opd
-    if cfg.accelerator.gradient_accumulation_steps != 1:
-        raise ValueError("accelerator.gradient_accumulation_steps: this trainer takes one micro-batch per step "
-                         f"(got {cfg.accelerator.gradient_accumulation_steps}); use a smaller batch or more processes")
     if not cfg.teacher.path:
         raise ValueError("teacher.path is required: the Scorer dir of the teacher to distil")
-    acc = make_accelerator(cfg.accelerator)
-    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
-                                is_main=acc.is_main_process)
-    seed_everything(cfg.run.seed, 0)
+    loop = RunLoop(cfg, "opd", accumulation=False)
     data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
     val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
-    scorer = build_scorer(cfg.model, device=acc.device)
-    teacher = load_scorer(cfg.teacher.path, device=str(acc.device), dtype=cfg.teacher.dtype)
+    scorer = build_scorer(cfg.model, device=loop.device)
+    teacher = load_scorer(cfg.teacher.path, device=str(loop.device), dtype=cfg.teacher.dtype)
     teacher.model.eval().requires_grad_(False)
     dims = scorer._dims(o.dims)
     check_teacher(scorer, teacher, dims)
     query = cfg.teacher.query
     if query == "auto":
         query = "empty_chain" if teacher.config.mode == "reasoning" else "direct"
-    model = scorer.model
-    opt, sched = build_optimizer(trainable_parameters(model), cfg.optim, cfg.run.max_steps)
-    lora = hasattr(model, "peft_config")
-    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, acc.process_index)
-    model, opt = acc.prepare(model, opt)
-    scorer.model = model
-    if acc.is_main_process:
-        dump_config(cfg, run.config)
-    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
-    bar = progress_bar(cfg.run.max_steps, initial=start, enabled=cfg.run.progress, is_main=acc.is_main_process)
-    teacher_val = None
-    for step in range(start, cfg.run.max_steps):
-        t0 = time.perf_counter()
-        idx = batch_indices(len(data), o.images_per_batch, step, cfg.run.seed, rank=acc.process_index,
-                            world_size=acc.num_processes)
+    loop.start(scorer)
+    teacher_val: list[float] = []  # the ceiling the student distils towards; computed once
+
+    def train_step(step: int) -> dict:
+        idx = batch_indices(len(data), o.images_per_batch, step, cfg.run.seed, rank=loop.rank,
+                            world_size=loop.world)
         prompts, images = [data.prompts[i] for i in idx], data.image_batch(idx)
         # rollout: the student's distribution over its one output token; the teacher scores the same outputs.
         s_logits = scorer.direct_logits(prompts, images, dims).float().flatten(0, 1)  # (B·D, L)
@@ -197,45 +175,25 @@ def train(cfg: Config) -> Path:
                 probs = torch.softmax(s_logits / o.temperature, -1)
                 y = torch.multinomial(probs, o.samples_per_item, replacement=True)  # (B·D, M)
             loss = sampled_reverse_kl_surrogate(s_logits, t_logits, y, o.temperature)
-        acc.backward(loss)
-        gn = acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip else None
-        if guard.check(step, loss, gn):
-            opt.step()
-            sched.step()
-        opt.zero_grad()
+        loop.backward(loss)
+        loop.optimizer_step(step, loss)
         with torch.no_grad():
             lv = scorer.levels.to(s_logits.device)
             gap = ((s_logits.softmax(-1) - t_logits.softmax(-1)) @ lv).abs().mean()
             fwd = generalized_jsd(s_logits, t_logits, beta=0.0, temperature=o.temperature)
-        metrics = {"loss": acc.reduce(reverse_kl.detach(), "mean"), "forward_kl": fwd, "mean_abs_gap": gap,
-                   "lr": sched.get_last_lr()[0], "grad_norm": gn if gn is not None else float("nan"),
-                   "step_time": time.perf_counter() - t0}
+        metrics = {"loss": loop.acc.reduce(reverse_kl.detach(), "mean"), "forward_kl": fwd, "mean_abs_gap": gap}
         if o.estimator == "sampled":
             metrics["surrogate"] = loss.detach()
-        last = step + 1 == cfg.run.max_steps
-        if val is not None and acc.is_main_process and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
-            metrics.update(val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size))
-            if teacher_val is None:  # the ceiling the student distils towards; computed once
-                teacher_val = val_pairwise_accuracy(teacher, val, batch_size=cfg.data.eval_batch_size)["val_acc"]
-            metrics["teacher_val_acc"] = teacher_val
-        if (step + 1) % cfg.run.log_every == 0 or last or "val_acc" in metrics:
-            log.log(step + 1, metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{reverse_kl.item():.4f}")
-        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
-            rng = gather_rng_states()
-            if acc.is_main_process:
-                sd = model_state(acc.unwrap_model(model), lora)
-                save_checkpoint(run.checkpoints, step + 1, sd, optimizer=opt, scheduler=sched, rng_states=rng,
-                                extra={"guard": guard.state_dict()}, keep_last=cfg.run.keep_last)
-            acc.wait_for_everyone()
-    bar.close()
-    log.close()
-    if acc.is_main_process:
-        scorer.model = acc.unwrap_model(model)
-        scorer.save_pretrained(run.final)
-    acc.wait_for_everyone()
-    return run.final
+        return metrics
+
+    def evaluate(step: int) -> dict:
+        if not teacher_val:
+            teacher_val.append(val_pairwise_accuracy(teacher, val, batch_size=cfg.data.eval_batch_size)["val_acc"])
+        return {**val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size),
+                "teacher_val_acc": teacher_val[0]}
+
+    loop.run(train_step, evaluate if val is not None else None)
+    return loop.save_final(scorer, scorer.config.mode)
 
 
 def main(argv: list[str]) -> int:

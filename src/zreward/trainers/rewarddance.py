@@ -29,7 +29,6 @@ Implemented variant (pairwise RewardDance, the paper's main paradigm):
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,15 +36,13 @@ import numpy as np
 import torch
 
 from zreward.losses import yes_no_ce, yes_probability
-from zreward.serve.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob, score_yesno
-from zreward.trainers.checkpoint import gather_rng_states, save_checkpoint
-from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
-                                     trainable_parameters)
-from zreward.trainers.config import dump_config, parse_cli
+from zreward.models.scorer import score_yesno
+from zreward.models.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob
+from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer
+from zreward.trainers.config import parse_cli
 from zreward.trainers.data import TrainData, load_train_data
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, RunConfig,
-                                        batch_indices, make_accelerator, prepare_run_dir, progress_bar, seed_everything)
-from zreward.trainers.sft import model_state, resume_or_seed
+from zreward.trainers.loop import RunLoop
+from zreward.trainers.run_utils import RunConfig, batch_indices
 
 
 @dataclass
@@ -67,10 +64,8 @@ class RewardDanceSection:
 
 
 @dataclass
-class Config:
+class Config(TrainConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/rewarddance_tiny", max_steps=150))
-    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(prompts_per_batch=4, val_max_images=200))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=10))
     rewarddance: RewardDanceSection = field(default_factory=RewardDanceSection)
@@ -161,77 +156,39 @@ def evaluate(scorer, yn: YesNoConfig, ids: tuple[int, int], data: TrainData, bat
 def train(cfg: Config) -> Path:
     """Train a RewardDance yes/no reward model; returns the final Scorer dir (`mode: "yesno"`)."""
     rd = cfg.rewarddance
-    if cfg.accelerator.gradient_accumulation_steps != 1:
-        raise ValueError("accelerator.gradient_accumulation_steps: this trainer takes one micro-batch per step "
-                         f"(got {cfg.accelerator.gradient_accumulation_steps}); use a smaller batch or more processes")
-    acc = make_accelerator(cfg.accelerator)
-    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
-                                is_main=acc.is_main_process)
-    seed_everything(cfg.run.seed, 0)
+    loop = RunLoop(cfg, "rewarddance", accumulation=False)
     data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
     val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
     pairs = labelled_pairs(data, rd.target)
     if len(pairs[0]) == 0:
         raise ValueError(f"{cfg.data.train}/pairs.jsonl: expected labelled overall pairs (RewardDance trains on them)")
-    scorer = build_scorer(cfg.model, device=acc.device)
+    scorer = build_scorer(cfg.model, device=loop.device)
     ids = answer_token_ids(scorer, rd.yesno)
     ref = pick_reference(data, rd.reference, scorer.config.reward_weights)
     # Filled now so that evaluation during training scores exactly like the final dir will.
     scorer.config.yesno = {**asdict(rd.yesno), "yes_id": ids[0], "no_id": ids[1], "reference": rd.reference,
                            "reference_png": encode_png(ref)}
-    model = scorer.model
-    opt, sched = build_optimizer(trainable_parameters(model), cfg.optim, cfg.run.max_steps)
-    lora = hasattr(model, "peft_config")
-    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, acc.process_index)
-    model, opt = acc.prepare(model, opt)
-    scorer.model = model
-    if acc.is_main_process:
-        dump_config(cfg, run.config)
-    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
-    bar = progress_bar(cfg.run.max_steps, initial=start, enabled=cfg.run.progress, is_main=acc.is_main_process)
-    for step in range(start, cfg.run.max_steps):
-        t0 = time.perf_counter()
+    loop.start(scorer)
+
+    def train_step(step: int) -> dict:
         idx, ia, ib, t = pair_batch(pairs, rd.pairs_per_batch, step, cfg.run.seed, rd.both_orders,
-                                    rank=acc.process_index, world_size=acc.num_processes)
+                                    rank=loop.rank, world_size=loop.world)
         pixels = scorer.prepare_images(data.image_batch(idx))
         logits = pair_logits(scorer, rd.yesno, [data.prompts[idx[a]] for a in ia], pixels, ia, ib).float()
         target = torch.from_numpy(t).to(logits.device)
         loss = yes_no_ce(logits, target, *ids, normalize=rd.normalize)
-        acc.backward(loss)
-        gn = acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip else None
-        if guard.check(step, loss, gn):
-            opt.step()
-            sched.step()
-        opt.zero_grad()
+        loop.backward(loss)
+        loop.optimizer_step(step, loss)
         with torch.no_grad():
             p_yes = yes_probability(logits.detach(), *ids)
             hit = ((p_yes > 0.5) == (target > 0.5)).float()[target != 0.5].mean() if (target != 0.5).any() else torch.tensor(float("nan"))
-        metrics = {"loss": acc.reduce(loss.detach(), "mean"), "train_pair_acc": hit, "pairs": len(ia),
-                   "lr": sched.get_last_lr()[0], "grad_norm": gn if gn is not None else float("nan"),
-                   "step_time": time.perf_counter() - t0}
-        last = step + 1 == cfg.run.max_steps
-        if val is not None and acc.is_main_process and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
-            metrics.update(evaluate(scorer, rd.yesno, ids, val, cfg.data.eval_batch_size))
-        if (step + 1) % cfg.run.log_every == 0 or last or "val_acc" in metrics:
-            log.log(step + 1, metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
-            rng = gather_rng_states()
-            if acc.is_main_process:
-                sd = model_state(acc.unwrap_model(model), lora)
-                save_checkpoint(run.checkpoints, step + 1, sd, optimizer=opt, scheduler=sched, rng_states=rng,
-                                extra={"guard": guard.state_dict()}, keep_last=cfg.run.keep_last)
-            acc.wait_for_everyone()
-    bar.close()
-    log.close()
-    if acc.is_main_process:
-        scorer.model = acc.unwrap_model(model)
-        scorer.config.mode = "yesno"
-        scorer.config.validate()
-        scorer.save_pretrained(run.final)
-    acc.wait_for_everyone()
-    return run.final
+        return {"loss": loop.acc.reduce(loss.detach(), "mean"), "train_pair_acc": hit, "pairs": len(ia)}
+
+    def evaluate_step(step: int) -> dict:
+        return evaluate(scorer, rd.yesno, ids, val, cfg.data.eval_batch_size)
+
+    loop.run(train_step, evaluate_step if val is not None else None)
+    return loop.save_final(scorer, "yesno")
 
 
 def main(argv: list[str]) -> int:

@@ -19,7 +19,7 @@ Z-Reward (arXiv 2606.09076) trains its student (Qwen3.5-9B, one output token) to
      + gap_weight   · Huber(E_S[a] − E_S[b], E_T[a] − E_T[b])   (losses.score_gap_huber, score-gap distillation
                                                            over all within-prompt pairs and dims; E = expectation)
      + human_weight · KL(human label ‖ p_S)               (losses.kl_div_levels, labelled rows only; 0 by default)
-   Each term is Σ / global item count, exact under DDP (see `zreward.trainers.sft`).
+   Each term is Σ / global item count, exact under DDP (`loop.global_normalisers`, see `zreward.trainers.sft`).
 
 Choices where the paper is silent: M = 4 by default; plain temperature sampling at the teacher's temperature
 (no top-k/top-p); the score-gap target uses the expectation of the averaged distribution (equal to the mean of
@@ -28,7 +28,6 @@ starts from `model.init_from` (usually a smaller model than the teacher) and is 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sys
@@ -41,16 +40,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from zreward.atomic import atomic_write_bytes
 from zreward.losses import kl_div_levels, risd_kl, score_gap_huber
-from zreward.trainers.checkpoint import atomic_write_bytes, gather_rng_states, save_checkpoint
-from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
-                                     trainable_parameters, val_pairwise_accuracy)
-from zreward.trainers.config import dump_config, parse_cli
-from zreward.trainers.data import TrainData, group_batch, load_train_data, within_group_pairs
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, RunConfig, derive_seed,
-                                        make_accelerator, prepare_run_dir, progress_bar, seed_everything)
-from zreward.trainers.sft import (global_normalisers, model_state, resume_or_seed, save_final,
-                                  split_by_group, unwrapped)
+from zreward.trainers.common import DataConfig, TrainConfig, build_scorer, val_pairwise_accuracy
+from zreward.trainers.config import parse_cli
+from zreward.trainers.data import TrainData, group_batch, load_train_data, split_by_group, within_group_pairs
+from zreward.trainers.loop import RunLoop, global_normalisers
+from zreward.trainers.run_utils import RunConfig, derive_seed
 
 
 @dataclass
@@ -90,14 +86,11 @@ class RISDConfig:
 
 
 @dataclass
-class Config:
+class Config(TrainConfig):
     """`zreward train risd` configuration (YAML files and `a.b=c` overrides only override these defaults)."""
 
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/risd"))
-    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
     data: RISDDataConfig = field(default_factory=RISDDataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     risd: RISDConfig = field(default_factory=RISDConfig)
 
@@ -218,7 +211,7 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
 
 def _run_teacher(cfg: Config, data: TrainData, dims: list[str], idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Score `idx` with the teacher in reasoning mode, M samples each; returns ((n, D, L) probs, (n, D) mass)."""
-    from zreward.serve.scorer import load_scorer
+    from zreward.models.scorer import load_scorer
 
     t = cfg.teacher
     teacher = load_scorer(t.path, device=str(device), dtype=t.dtype)
@@ -273,88 +266,46 @@ def train(cfg: Config) -> Path:
     """Build/reuse the teacher cache, then train the direct-mode student; returns `run_dir/final`."""
     if not cfg.data.train:
         raise ValueError("data.train is required: a canonical split directory")
-    acc = make_accelerator(cfg.accelerator)
-    rank, world = acc.process_index, acc.num_processes
-    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
-                                is_main=acc.is_main_process)
-    seed_everything(cfg.run.seed, 0)
+    loop = RunLoop(cfg, "risd")
     data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
     if cfg.data.extra_unlabelled:
         data = concat_unlabelled(data, load_train_data(cfg.data.extra_unlabelled, max_images=cfg.data.extra_max_images))
     val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
     dims = list(cfg.risd.dims or data.dims)
     data.dim_index(dims)  # raises naming unknown dims
-    cache_dir = Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else run.root / "teacher_cache"
-    teach, tinfo = teacher_targets(cfg, data, dims, cache_dir, acc)
-    if acc.is_main_process:
+    cache_dir = Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else loop.run_dir.root / "teacher_cache"
+    teach, tinfo = teacher_targets(cfg, data, dims, cache_dir, loop.acc)
+    if loop.is_main:
         print(f"[risd] teacher targets for {len(data)} images: {tinfo['computed']} computed, "
               f"{len(data) - tinfo['computed']} from {tinfo['cache']} ({tinfo['seconds']:.1f} s)", file=sys.stderr)
-    scorer = build_scorer(cfg.model, acc.device)
+    scorer = build_scorer(cfg.model, loop.device)
     bad = [d for d in dims if d not in scorer.dims]
     if bad:
         raise ValueError(f"risd.dims: {bad} are not dims of the student {cfg.model.init_from} ({scorer.dims})")
-    model = scorer.model
-    params = trainable_parameters(model)
-    opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps)
-    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, rank)
-    scorer.model, opt = acc.prepare(model, opt)
-    if acc.is_main_process:
-        dump_config(cfg, run.config)
-    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
-    bar = progress_bar(cfg.run.max_steps, initial=start, desc="risd", enabled=cfg.run.progress,
-                       is_main=acc.is_main_process)
-    r, ga, device, di = cfg.risd, cfg.accelerator.gradient_accumulation_steps, acc.device, data.dim_index(dims)
+    start = loop.start(scorer)
+    r, ga, device, di = cfg.risd, cfg.accelerator.gradient_accumulation_steps, loop.device, data.dim_index(dims)
     weights = {"kl": r.kl_weight, "gap": r.gap_weight, "human_kl": r.human_weight}
-    for step in range(start, cfg.run.max_steps):
-        t0 = time.perf_counter()
-        idx = group_batch(data, cfg.data.prompts_per_batch, step, cfg.run.seed, rank=rank, world_size=world,
-                          max_per_prompt=cfg.data.max_per_prompt)
+
+    def train_step(step: int) -> dict:
+        idx = group_batch(data, cfg.data.prompts_per_batch, step, cfg.run.seed, rank=loop.rank,
+                          world_size=loop.world, max_per_prompt=cfg.data.max_per_prompt)
         n_pairs = len(within_group_pairs(data.group[idx])[0]) * len(dims)
         rows, pairs, labelled = global_normalisers([len(idx) * len(dims), n_pairs, data.mask[idx][:, di].sum()],
                                                    device)
         norms = {"rows": rows, "pairs": pairs, "labelled": labelled}
-        totals: dict[str, torch.Tensor] = {}
-        micro = split_by_group(idx, data.group, ga)
-        for m, part in enumerate(micro):
-            sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(scorer.model)
-            with sync:
-                terms = step_losses(cfg, scorer, data, teach, part, dims, norms, device)
-                acc.backward(sum(weights[k] * v for k, v in terms.items()))
-            for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + v.detach()
-        loss = sum(weights[k] * v for k, v in totals.items())
-        gn = acc.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-        if guard.check(step, loss, gn):
-            opt.step()
-            sched.step()
-        opt.zero_grad(set_to_none=True)
-        names = sorted(totals)
-        red = acc.reduce(torch.stack([loss, *(totals[k] for k in names)]).float(), reduction="mean")
-        metrics = {"loss": red[0], **{k: red[i + 1] for i, k in enumerate(names)}, "lr": sched.get_last_lr()[0],
-                   "grad_norm": gn, "step_time": time.perf_counter() - t0, "skipped": guard.total}
+        metrics = loop.step_on_terms(step, split_by_group(idx, data.group, ga),
+                                     lambda part: step_losses(cfg, scorer, data, teach, part, dims, norms, device),
+                                     weights)
         if step == start:
             metrics.update(teacher_cache_s=tinfo["seconds"], teacher_computed=tinfo["computed"],
                            teacher_in_level_mass=tinfo["in_level_mass"])
-        last = step + 1 == cfg.run.max_steps
-        if val is not None and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
-            if acc.is_main_process:
-                with unwrapped(scorer, acc):
-                    metrics.update(val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size))
-            acc.wait_for_everyone()
-        if (step + 1) % cfg.run.log_every == 0 or last or "val_acc" in metrics:
-            log.log(step + 1, metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(red[0]):.4f}")
-        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
-            rng = gather_rng_states()
-            if acc.is_main_process:
-                save_checkpoint(run.checkpoints, step + 1, model_state(acc.unwrap_model(scorer.model), cfg.model.lora),
-                                optimizer=opt, scheduler=sched, rng_states=rng, extra={"guard": guard.state_dict()},
-                                keep_last=cfg.run.keep_last)
-            acc.wait_for_everyone()
-    bar.close()
-    log.close()
-    return save_final(scorer, acc, run.final, "direct")
+        return metrics
+
+    def evaluate(step: int) -> dict:
+        return val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size)
+
+    loop.run(train_step, evaluate if val is not None else None)
+    return loop.save_final(scorer, "direct")
 
 
 def main(argv: list[str] | None = None) -> int:

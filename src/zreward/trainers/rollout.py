@@ -2,19 +2,17 @@
 
 Plain functions, no trainer state:
 
-- `rollout`: G sampled chains per (image, dimension) in one batched, KV-cached `Scorer.generate_chains` call
-  (eval mode, no gradients). Chains are ordered (image, dim, sample), so the G chains of one (image, dim) group
-  are contiguous, as `losses.group_relative_advantages` expects.
+- `rollout`: G sampled chains per (image, dimension) in batched, KV-cached `Scorer.generate_chains` calls of at
+  most `gen_batch` sequences each (whole images, or whole dims of one image when an image alone exceeds it; eval
+  mode, no gradients). Chains are ordered (image, dim, sample), so the G chains of one (image, dim) group are
+  contiguous, as `losses.group_relative_advantages` expects.
 - `subset` / `micro_batches`: split a rollout into micro-batches of whole prompt groups (the pairwise term couples
   the images of one prompt; advantages couple the G chains of one (image, dim)), so each micro-batch is a
   self-contained forward/backward.
 - `score_chains`: the teacher-forced pass (`Scorer.chain_forward`): per-token log-probs of the chain tokens and the
   level logits read at the score position after each closed chain, all chains in one forward.
-- `distribution_rewards` (GDSO): reward from the chain's score distribution vs the label — `neg_abs` −|μ − MOS|,
-  `neg_sq` −(μ − MOS)², `neg_kl` −KL(target ‖ p), where μ = Σ p·level is the distribution's expectation.
-- `sampled_level_rewards` (GRPO): draw one level per chain from its distribution (or take the argmax) and reward
-  `neg_abs` −|level − MOS| or `exact` 1[|level − MOS| ≤ tol].
-- `masked_advantages`: `losses.group_relative_advantages` with unlabelled (image, dim) groups forced to 0.
+The rewards and advantages themselves are pure functions in `zreward.losses` (`losses.rewards`,
+`losses.policy.masked_advantages`).
 - `with_score_token`: append the chosen level token's log-prob (restricted level softmax) as one more "token" of
   each chain, so a PG loss covers the chain tokens and the score token.
 - `reference_logprobs`: chain-token log-probs under the frozen initial model (k3 KL): with LoRA the adapters are
@@ -32,17 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zreward.losses import group_relative_advantages
 from zreward.models.level_readout import expectation, std_of
 from zreward.models.preprocess import PixelInputs
-from zreward.serve.scorer import ChainBatch, ChainForward
+from zreward.models.scorer import ChainBatch, ChainForward
 
-__all__ = ["Rollout", "rollout", "subset", "micro_batches", "score_chains", "distribution_rewards",
-           "sampled_level_rewards", "masked_advantages", "with_score_token", "reference_logprobs", "group_moments",
-           "DIST_REWARDS", "LEVEL_REWARDS", "Labels", "batch_labels", "resolve_dims", "step_dims"]
-
-DIST_REWARDS = ("neg_abs", "neg_sq", "neg_kl")
-LEVEL_REWARDS = ("neg_abs", "exact")
+__all__ = ["Rollout", "rollout", "generation_chunks", "concat_chains", "subset", "micro_batches", "score_chains",
+           "with_score_token", "reference_logprobs", "group_moments", "Labels", "batch_labels", "resolve_dims",
+           "step_dims"]
 
 
 @dataclass
@@ -64,21 +58,59 @@ class Rollout:
     gen_tokens: int
 
 
+def generation_chunks(n_images: int, n_dims: int, group_size: int, gen_batch: int | None) -> list[tuple[slice, slice]]:
+    """(image slice, dim slice) per generate call, in (image, dim) order, each ≤ gen_batch sequences when possible.
+
+    Whole images per call while D·G fits; otherwise one image per call split into dims (a single (image, dim)
+    group of G sequences is the smallest unit: the G chains of a group are never split).
+    """
+    per_image = n_dims * group_size
+    if not gen_batch or gen_batch >= n_images * per_image:
+        return [(slice(0, n_images), slice(0, n_dims))]
+    if gen_batch >= per_image:
+        step = gen_batch // per_image
+        return [(slice(b, min(b + step, n_images)), slice(0, n_dims)) for b in range(0, n_images, step)]
+    step = max(1, gen_batch // group_size)
+    return [(slice(b, b + 1), slice(d, min(d + step, n_dims))) for b in range(n_images) for d in range(0, n_dims, step)]
+
+
+def concat_chains(parts: list[tuple[int, int, ChainBatch]]) -> ChainBatch:
+    """One ChainBatch from chunks generated for images starting at b0 and dims starting at d0 (offsets added)."""
+    out = ChainBatch([], [], [], [], [])
+    for b0, d0, cb in parts:
+        out.image_index += [b0 + i for i in cb.image_index]
+        out.dim_index += [d0 + d for d in cb.dim_index]
+        out.prompt_ids += cb.prompt_ids
+        out.chain_ids += cb.chain_ids
+        out.texts += cb.texts
+    return out
+
+
 def rollout(scorer, prompts: list[str], images, dims: list[str], group_size: int, max_new_tokens: int,
-            temperature: float) -> Rollout:
-    """Sample G chains per (image, dim) with the current policy (one batched generate call, no gradients).
+            temperature: float, gen_batch: int | None = None, do_sample: bool = True) -> Rollout:
+    """Sample G chains per (image, dim) with the current policy (batched generate calls, no gradients).
 
     Args:
         scorer: a Scorer whose `model` is the plain (unwrapped) policy.
         prompts: B prompts.  images: B images (tensor (B, 3, H, W) in [0, 1] or a list).  dims: D dimensions.
-        group_size: G ≥ 1 chains per (image, dim); sampled (do_sample=True) even for G = 1.
+        group_size: G ≥ 1 chains per (image, dim); sampled even for G = 1 unless do_sample=False (greedy).
+        gen_batch: most sequences per `generate` call (default: `scorer.generation_batch`, set from
+            `model.generation_batch`; None: all B·D·G in one call); see `generation_chunks`. Chunking bounds the KV
+            cache; where sampling is deterministic the chains equal one call's.
     """
+    gen_batch = getattr(scorer, "generation_batch", None) if gen_batch is None else gen_batch
     was_training = scorer.model.training
     scorer.model.eval()
     try:
         pixels = scorer.prepare_images(images)
-        chains = scorer.generate_chains(prompts, pixels, dims, samples=group_size, do_sample=True,
+        parts = []
+        for bs, ds in generation_chunks(len(prompts), len(dims), group_size, gen_batch):
+            sub = PixelInputs(pixels.values[bs], None if pixels.grids is None else pixels.grids[bs],
+                              pixels.n_tokens[bs])
+            cb = scorer.generate_chains(prompts[bs], sub, dims[ds], samples=group_size, do_sample=do_sample,
                                         temperature=temperature, max_new_tokens=max_new_tokens)
+            parts.append((bs.start, ds.start, cb))
+        chains = concat_chains(parts)
     finally:
         scorer.model.train(was_training)
     return Rollout(chains, pixels, len(prompts), len(dims), group_size, sum(len(c) for c in chains.chain_ids))
@@ -117,81 +149,6 @@ def micro_batches(group_ids: np.ndarray, groups_per_micro: int | None) -> list[n
 def score_chains(scorer, ro: Rollout) -> ChainForward:
     """Teacher-forced pass over prompt + chain + close for all N chains of `ro` (gradients if enabled)."""
     return scorer.chain_forward(ro.chains, ro.pixels)
-
-
-def distribution_rewards(level_logits: torch.Tensor, levels: torch.Tensor, mos: torch.Tensor,
-                         target: torch.Tensor | None = None, kind: str = "neg_abs") -> torch.Tensor:
-    """GDSO reward of each chain from the score distribution read after it (no gradient).
-
-    Args:
-        level_logits: (N, L) level logits after each chain.
-        levels: (L,) level values.
-        mos: (N,) label mean of the chain's (image, dim).
-        target: (N, L) label distributions (needed for kind="neg_kl").
-        kind: "neg_abs" −|μ − MOS|, "neg_sq" −(μ − MOS)², "neg_kl" −KL(target ‖ p).
-
-    Returns:
-        (N,) float32 rewards.
-
-    >>> lg = torch.log(torch.tensor([[0.5, 0.5], [1.0, 1e-9]])); lv = torch.tensor([1.0, 2.0])
-    >>> distribution_rewards(lg, lv, torch.tensor([2.0, 1.0])).tolist()
-    [-0.5, -0.0]
-    """
-    if kind not in DIST_REWARDS:
-        raise ValueError(f"reward kind {kind!r}: expected one of {DIST_REWARDS}")
-    with torch.no_grad():
-        logp = torch.log_softmax(level_logits.detach().float(), -1)
-        mu = expectation(logp.exp(), levels.to(logp.device))
-        mos = mos.to(mu)
-        if kind == "neg_abs":
-            return -(mu - mos).abs()
-        if kind == "neg_sq":
-            return -(mu - mos) ** 2
-        if target is None:
-            raise ValueError("distribution_rewards: kind='neg_kl' needs the target distributions (N, L)")
-        t = target.to(logp)
-        return -(torch.xlogy(t, t) - t * logp).sum(-1)
-
-
-def sampled_level_rewards(level_logits: torch.Tensor, levels: torch.Tensor, mos: torch.Tensor,
-                          mode: str = "sample", kind: str = "neg_abs", tol: float = 0.25,
-                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO scalar reward on one level per chain.
-
-    Args:
-        level_logits: (N, L) level logits after each chain.  levels: (L,).  mos: (N,) label means.
-        mode: "sample" (draw from the restricted level softmax) or "argmax".
-        kind: "neg_abs" −|level − MOS| or "exact" 1[|level − MOS| ≤ tol].
-        generator: torch RNG for the draw (None: the global one).
-
-    Returns:
-        rewards (N,) float32, level index (N,) long of the chosen level.
-    """
-    if mode not in ("sample", "argmax"):
-        raise ValueError(f"level choice mode {mode!r}: expected 'sample' or 'argmax'")
-    if kind not in LEVEL_REWARDS:
-        raise ValueError(f"reward kind {kind!r}: expected one of {LEVEL_REWARDS}")
-    with torch.no_grad():
-        p = torch.softmax(level_logits.detach().float(), -1)
-        if mode == "sample":
-            idx = torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(p.device)
-        else:
-            idx = p.argmax(-1)
-        err = (levels.to(p.device)[idx] - mos.to(p)).abs()
-        r = -err if kind == "neg_abs" else (err <= tol + 1e-6).float()
-    return r, idx
-
-
-def masked_advantages(rewards: torch.Tensor, labelled: torch.Tensor, group_size: int,
-                      scale: str = "group") -> torch.Tensor:
-    """Group-relative advantages; chains of unlabelled (image, dim) groups get reward 0 and advantage 0.
-
-    Args:
-        rewards: (N,) per chain, groups of G contiguous.  labelled: (N,) bool, constant within a group.
-    """
-    r = torch.where(labelled, rewards, torch.zeros_like(rewards))
-    adv = group_relative_advantages(r, group_size, scale=scale)
-    return torch.where(labelled, adv, torch.zeros_like(adv))
 
 
 def with_score_token(token_logprobs: torch.Tensor, token_mask: torch.Tensor, level_logits: torch.Tensor,

@@ -13,36 +13,8 @@
 * `batch_indices`: which examples a global step uses, and each rank's shard of them - a pure function of
   (seed, step), so resuming at step k and splitting a global batch over processes need no data-loader state.
 
-The loop these are made for (tests/trainers/ddp_mlp_script.py runs a version of it under torchrun)::
-
-    acc = make_accelerator(cfg.accelerator)
-    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
-                                is_main=acc.is_main_process)
-    seed_everything(cfg.run.seed, 0)                       # identical initial weights on every rank
-    model, opt, sched = build(cfg)
-    guard, start = NonFiniteGuard(cfg.run.max_nonfinite_skips), 0
-    if ckpt is not None:                                   # before acc.prepare: plain module, plain optimizer
-        state = load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, rank=acc.process_index)
-        guard.load_state_dict(state.extra["guard"]); start = state.step
-    else:
-        seed_everything(cfg.run.seed, acc.process_index)   # per-rank randomness (a resume restores it instead)
-    model, opt = acc.prepare(model, opt)   # not the scheduler: accelerate would step it num_processes times a step
-    if acc.is_main_process: dump_config(cfg, run.config)
-    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
-    bar = progress_bar(cfg.run.max_steps, initial=start, enabled=cfg.run.progress, is_main=acc.is_main_process)
-    for step in range(start, cfg.run.max_steps):
-        idx = batch_indices(n, global_batch, step, cfg.run.seed, rank=acc.process_index, world_size=acc.num_processes)
-        loss = ...; acc.backward(loss); gn = acc.clip_grad_norm_(model.parameters(), 1.0)
-        if guard.check(step, loss, gn): opt.step(); sched.step()
-        opt.zero_grad()
-        log.log(step + 1, {"loss": acc.reduce(loss.detach(), "mean")}); bar.update(1)
-        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or step + 1 == cfg.run.max_steps:
-            rng = gather_rng_states()                      # collective: every rank calls it
-            if acc.is_main_process:
-                save_checkpoint(run.checkpoints, step + 1, acc.unwrap_model(model).state_dict(), optimizer=opt,
-                                scheduler=sched, rng_states=rng, extra={"guard": guard.state_dict()},
-                                keep_last=cfg.run.keep_last)
-            acc.wait_for_everyone()
+Every trainer's loop is `zreward.trainers.loop.RunLoop`, built from these (tests/trainers/ddp_mlp_script.py runs
+a minimal version of it under torchrun).
 """
 from __future__ import annotations
 
@@ -60,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from zreward.trainers.checkpoint import atomic_write_text, latest_checkpoint
+from zreward.atomic import atomic_write_text
+from zreward.trainers.checkpoint import latest_checkpoint
 
 
 @dataclass
@@ -70,7 +43,7 @@ class RunConfig:
     output_dir: str = field(default="runs/default", metadata={"help": "run directory (config, metrics, checkpoints, final/)"})
     seed: int = field(default=0, metadata={"help": "base seed; each rank derives its own from (seed, rank)"})
     max_steps: int = field(default=100, metadata={"help": "optimizer steps to train"})
-    log_every: int = field(default=1, metadata={"help": "write metrics every N steps"})
+    log_every: int = field(default=1, metadata={"help": "write metrics every N steps (0: only at the last step and at evaluations)"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     keep_last: int | None = field(default=2, metadata={"help": "checkpoints to keep (null: all)"})
     resume: str = field(default="auto", metadata={"help": "auto (latest checkpoint if any), never, or a checkpoint dir"})

@@ -32,8 +32,6 @@ also gets `max_new_tokens ≥ max_chain_tokens + 1` so the chains it learned fit
 """
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,13 +41,11 @@ import torch.nn.functional as F
 
 from zreward.losses import expected_score_loss, kl_div_levels, score_gap_huber, thurstone_fidelity
 from zreward.models import level_readout as lr
-from zreward.trainers.checkpoint import atomic_dir, gather_rng_states, load_checkpoint, save_checkpoint
-from zreward.trainers.common import (DataConfig, ModelConfig, OptimConfig, build_optimizer, build_scorer,
-                                     trainable_parameters, val_pairwise_accuracy)
-from zreward.trainers.config import dump_config, parse_cli
-from zreward.trainers.data import TrainData, group_batch, load_train_data, within_group_pairs
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, RunConfig,
-                                        make_accelerator, prepare_run_dir, progress_bar, seed_everything)
+from zreward.trainers.common import TrainConfig, build_scorer, val_pairwise_accuracy
+from zreward.trainers.config import parse_cli
+from zreward.trainers.data import TrainData, group_batch, load_train_data, split_by_group, within_group_pairs
+from zreward.trainers.loop import RunLoop, global_normalisers
+from zreward.trainers.run_utils import RunConfig
 
 
 @dataclass
@@ -79,42 +75,14 @@ class SFTConfig:
 
 
 @dataclass
-class Config:
+class Config(TrainConfig):
     """`zreward train sft` configuration (YAML files and `a.b=c` overrides only override these defaults)."""
 
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/sft"))
-    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
 
 
-# ------------------------------------------------------------------------------- helpers (also used by risd)
-
-
-def global_normalisers(counts: list[float], device: torch.device | str = "cpu") -> list[float]:
-    """Per-rank normalisers n_global / world for item counts, so that Σ_local / normaliser, averaged by DDP over
-    ranks, equals Σ_global / n_global (one all-reduce for all counts; 1 where the global count is 0)."""
-    t = torch.tensor([float(c) for c in counts], dtype=torch.float64)
-    dist = torch.distributed
-    world = 1
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        world = dist.get_world_size()
-        t = t.to(device if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(t)
-    return [c / world if c > 0 else 1.0 for c in t.cpu().tolist()]
-
-
-def split_by_group(idx: np.ndarray, group: np.ndarray, parts: int) -> list[np.ndarray]:
-    """Split batch indices into ≤ `parts` micro-batches without cutting a prompt group (pairs stay together)."""
-    if parts <= 1:
-        return [idx]
-    g = group[idx]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    chunks = np.array_split(np.arange(len(starts)), min(parts, len(starts)))
-    ends = np.r_[starts[1:], len(idx)]
-    return [idx[starts[c[0]]:ends[c[-1]]] for c in chunks if len(c)]
+# ------------------------------------------------------------------------------------------- loss terms
 
 
 def label_pair_prob(pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
@@ -210,68 +178,6 @@ def tokenize_rationales(tokenizer, data: TrainData, idx: np.ndarray, dims: list[
     return [x[:max_tokens] for x in ids]
 
 
-@contextlib.contextmanager
-def unwrapped(scorer, acc):
-    """Temporarily give the Scorer the plain module (generation, evaluation, saving) and keep RNG untouched."""
-    wrapped = scorer.model
-    scorer.model = acc.unwrap_model(wrapped)
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield scorer
-    finally:
-        scorer.model = wrapped
-
-
-def model_state(model, lora: bool) -> dict[str, torch.Tensor]:
-    """What a checkpoint stores: only the trainable (adapter) parameters with LoRA, else the whole state dict."""
-    if lora:
-        return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    return model.state_dict()
-
-
-def restore_model_state(model, weights: dict[str, torch.Tensor], lora: bool, where: Path) -> None:
-    if not lora:
-        model.load_state_dict(weights, strict=True)
-        return
-    want = {k for k, v in model.named_parameters() if v.requires_grad}
-    if want != set(weights):
-        raise RuntimeError(f"{where}: checkpoint holds {len(weights)} adapter tensors, the model has {len(want)} "
-                           "trainable ones (different LoRA settings?)")
-    model.load_state_dict(weights, strict=False)
-
-
-def resume_or_seed(ckpt: Path | None, model, opt, sched, cfg, rank: int) -> tuple[NonFiniteGuard, int]:
-    """Start of every trainer's loop, before `acc.prepare` (plain module and optimizer): a resume restores the model
-    (`restore_model_state`; LoRA: the adapters only), optimizer, scheduler, this rank's RNG and the NaN guard from
-    checkpoint `ckpt`; a fresh run seeds this rank's randomness. Returns (guard, first step)."""
-    guard = NonFiniteGuard(cfg.run.max_nonfinite_skips)
-    if ckpt is None:
-        seed_everything(cfg.run.seed, rank)
-        return guard, 0
-    try:
-        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
-        restore_model_state(model, state.model_state, hasattr(model, "peft_config"), ckpt)
-    except (RuntimeError, ValueError) as e:
-        raise RuntimeError(f"cannot resume from {ckpt} (written with other model / LoRA / optimizer settings? "
-                           f"use run.overwrite=true or another run.output_dir): {e}") from e
-    guard.load_state_dict(state.extra["guard"])
-    return guard, state.step
-
-
-def save_final(scorer, acc, out: Path, mode: str, max_new_tokens: int | None = None) -> Path:
-    """Write the trained Scorer atomically to `out` with `mode` (and chain length bound) in zreward.json."""
-    with unwrapped(scorer, acc):
-        scorer.config.mode = mode
-        if max_new_tokens is not None:
-            scorer.config.max_new_tokens = max(scorer.config.max_new_tokens, max_new_tokens)
-        if acc.is_main_process:
-            with atomic_dir(out) as tmp:
-                scorer.save_pretrained(tmp)
-    acc.wait_for_everyone()
-    return out
-
-
 # -------------------------------------------------------------------------------------------------- train
 
 
@@ -320,30 +226,17 @@ def train(cfg: Config) -> Path:
     """Run SFT (direct or reasoning cold start); returns the final Scorer directory `run_dir/final`."""
     if not cfg.data.train:
         raise ValueError("data.train is required: a canonical split directory")
-    acc = make_accelerator(cfg.accelerator)
-    rank, world = acc.process_index, acc.num_processes
-    run, ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite,
-                                is_main=acc.is_main_process)
-    seed_everything(cfg.run.seed, 0)  # identical initial weights on every rank
+    loop = RunLoop(cfg, f"sft[{cfg.sft.mode}]")
     data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
     val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
-    scorer = build_scorer(cfg.model, acc.device)
+    scorer = build_scorer(cfg.model, loop.device)
     dims = _check_dims(cfg, scorer, data)
-    model = scorer.model
-    params = trainable_parameters(model)
-    opt, sched = build_optimizer(params, cfg.optim, cfg.run.max_steps)
-    guard, start = resume_or_seed(ckpt, model, opt, sched, cfg, rank)
-    scorer.model, opt = acc.prepare(model, opt)  # not the scheduler (accelerate would step it per process)
-    if acc.is_main_process:
-        dump_config(cfg, run.config)
-    log = MetricsLogger(run.metrics, resume_step=start if ckpt else None, enabled=acc.is_main_process)
-    bar = progress_bar(cfg.run.max_steps, initial=start, desc=f"sft[{cfg.sft.mode}]", enabled=cfg.run.progress,
-                       is_main=acc.is_main_process)
-    weights, ga, device = _weights(cfg), cfg.accelerator.gradient_accumulation_steps, acc.device
-    for step in range(start, cfg.run.max_steps):
-        t0 = time.perf_counter()
-        idx = group_batch(data, cfg.data.prompts_per_batch, step, cfg.run.seed, rank=rank, world_size=world,
-                          max_per_prompt=cfg.data.max_per_prompt)
+    loop.start(scorer)
+    weights, ga, device = _weights(cfg), cfg.accelerator.gradient_accumulation_steps, loop.device
+
+    def train_step(step: int) -> dict:
+        idx = group_batch(data, cfg.data.prompts_per_batch, step, cfg.run.seed, rank=loop.rank,
+                          world_size=loop.world, max_per_prompt=cfg.data.max_per_prompt)
         mask = data.mask[idx][:, data.dim_index(dims)]
         n_ce = 0
         if cfg.sft.mode == "reasoning":
@@ -351,48 +244,16 @@ def train(cfg: Config) -> Path:
                                                                cfg.sft.max_chain_tokens) if c)
         rows, pairs, ce = global_normalisers([mask.sum(), pair_counts(data.group[idx], mask), n_ce], device)
         norms = {"rows": rows, "pairs": pairs, "ce": ce}
-        totals: dict[str, torch.Tensor] = {}
-        micro = split_by_group(idx, data.group, ga)
-        for m, part in enumerate(micro):
-            sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(scorer.model)
-            with sync:
-                terms = step_losses(cfg, scorer, data, part, dims, norms, device)
-                loss = sum(weights[k] * v for k, v in terms.items())
-                acc.backward(loss)
-            for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + v.detach()
-        loss = sum(weights[k] * v for k, v in totals.items())
-        gn = acc.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-        if guard.check(step, loss, gn):
-            opt.step()
-            sched.step()
-        opt.zero_grad(set_to_none=True)
-        names = sorted(totals)
-        red = acc.reduce(torch.stack([loss, *(totals[k] for k in names)]).float(), reduction="mean")
-        metrics = {"loss": red[0], **{k: red[i + 1] for i, k in enumerate(names)}, "lr": sched.get_last_lr()[0],
-                   "grad_norm": gn, "step_time": time.perf_counter() - t0, "skipped": guard.total}
-        last = step + 1 == cfg.run.max_steps
-        if val is not None and ((cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0) or last):
-            if acc.is_main_process:
-                with unwrapped(scorer, acc):
-                    metrics.update(val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size,
-                                                         reasoning=cfg.sft.mode == "reasoning"))
-            acc.wait_for_everyone()
-        if (step + 1) % cfg.run.log_every == 0 or last or "val_acc" in metrics:
-            log.log(step + 1, metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(red[0]):.4f}")
-        if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or last:
-            rng = gather_rng_states()  # collective
-            if acc.is_main_process:
-                save_checkpoint(run.checkpoints, step + 1, model_state(acc.unwrap_model(scorer.model), cfg.model.lora),
-                                optimizer=opt, scheduler=sched, rng_states=rng, extra={"guard": guard.state_dict()},
-                                keep_last=cfg.run.keep_last)
-            acc.wait_for_everyone()
-    bar.close()
-    log.close()
+        return loop.step_on_terms(step, split_by_group(idx, data.group, ga),
+                                  lambda part: step_losses(cfg, scorer, data, part, dims, norms, device), weights)
+
+    def evaluate(step: int) -> dict:
+        return val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size,
+                                     reasoning=cfg.sft.mode == "reasoning")
+
+    loop.run(train_step, evaluate if val is not None else None)
     chain_len = cfg.sft.max_chain_tokens + 1 if cfg.sft.mode == "reasoning" else None
-    return save_final(scorer, acc, run.final, cfg.sft.mode, chain_len)
+    return loop.save_final(scorer, cfg.sft.mode, chain_len)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from zreward.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, probe_image_bytes
-from zreward.data.records import DimLabel, ImageRecord, PairRecord, RecordError, SplitWriter
+from zreward.data.records import DimLabel, ImageRecord, PairRecord, RecordError
+from zreward.data.split_writer import SplitWriter
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -4,8 +4,9 @@ https://github.com/lcysyzxdxc/AGIQA-3k-Database) → per-image score distributio
 Field layout (data.csv): `name` (image file name), `prompt`, `adj1`, `adj2`, `style`, `mos_quality`,
 `std_quality`, `mos_align`, `std_align`.
 - Assumed MOS bounds: [0, 5] for both MOS columns (`SCALE`): per the paper, 21 raters per image scored on a
-  continuous 0–5 scale (0.1 steps) and the MOS were z-scored and mapped back to that range. They are rescaled to 1–5 (1 + 4·x/5) and the stds by 4/5 (`labels.rescale_std`); a MOS outside the
-  bounds or a negative std is a bad record.
+  continuous 0–5 scale (0.1 steps) and the MOS were z-scored and mapped back to that range. They are rescaled to
+  1–5 (1 + 4·x/5) and the stds by 4/5 (`labels.rescale_std`); a MOS outside the bounds or a negative std is a
+  bad record.
 - Dims: "quality" (perceptual quality; it is not one of the rubric dims realism/aesthetics, so it keeps its own
   name) and "alignment". Each label stores `mos`, `std` and `hist` = the DeQA-Score-style discretised Gaussian
   (`labels.gaussian_dist`, pdf, two-neighbour split when the 1–5 std < 0.2), computed for all rows at once;

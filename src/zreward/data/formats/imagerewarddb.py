@@ -11,11 +11,14 @@ schema): `image_path` (relative to the dataset repo root, e.g. images/train/trai
   preferred; equal ranks are skipped, as in ImageReward's rank_pair_dataset.py (counted, not errors).
 - `image_path` is resolved against the source file's directory and up to three parents (the per-part JSONs live
   in images/<split>/); `--images-root` overrides. Images are keyed by image_path.
+- ImageReward's *benchmark* file (`data/test.json` of the ImageReward repository: ranked `generations` per prompt)
+  is detected and read by `zreward.data.formats.imagereward_bench`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from zreward.data.formats import imagereward_bench
 from zreward.data.formats._common import Sink, as_dict, bad, iter_table, need, number
 from zreward.data.labels import rescale
 from zreward.data.records import DimLabel
@@ -30,6 +33,10 @@ EXTRA = {"labels": "expert ratings rescaled from 1-7 to 1-5 (mos only, one rater
 
 
 def run(src: Path, sink: Sink) -> None:
+    if imagereward_bench.is_benchmark_file(src):
+        sink.w.info.extra = {"format": sink.w.info.extra.get("format"), **imagereward_bench.EXTRA}
+        imagereward_bench.run(src, sink)
+        return
     bases = [src.parent, *list(src.parents)[1:4]]
     groups: dict[str, list[tuple[str, float]]] = {}  # prompt_id -> [(image id, rank)] in file order
     for where, raw in iter_table(src):

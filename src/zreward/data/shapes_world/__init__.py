@@ -1,4 +1,4 @@
-"""ShapesWorld: the embedded, ground-truthed text-to-image preference world (spec: shapes-world.md).
+"""ShapesWorld: the embedded, ground-truthed text-to-image preference world (spec: docs/shapes-world.md).
 
 Python API used across zreward:
     build_world(out_dir, *, prompts=2000, candidates=4, canvas=64, raters=7, seed=0, overwrite=False) -> Path

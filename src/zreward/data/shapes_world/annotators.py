@@ -1,6 +1,6 @@
 """ShapesWorld simulated annotators ("the humans"): ratings, label histograms, pairwise votes, the ceiling.
 
-Implements "Simulated annotators" of the shared spec `shapes-world.md`:
+Implements "Simulated annotators" of the spec `docs/shapes-world.md`:
 - a pool of R raters with persistent identities: rater r has bias b_{r,d} ~ N(0, 0.25^2) per dimension and
   dimension weights w_r ~ Dirichlet(20 * [0.4, 0.2, 0.2, 0.2]); the pool is drawn once from
   `default_rng([seed, 7])` and shared by every split of a dataset;

@@ -22,7 +22,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -30,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zreward.data.records import IMAGES_DIR, DatasetInfo, DimLabel, ImageRecord, PairRecord, SplitWriter, \
-    prepare_target, replace_dir
+from zreward.atomic import make_tmp_dir, prepare_target, replace_dir
+from zreward.data.records import IMAGES_DIR, DatasetInfo, DimLabel, ImageRecord, PairRecord
+from zreward.data.split_writer import SplitWriter
 from zreward.data.shapes_world.annotators import RaterPool, ceiling, histograms, pair_labels
 from zreward.data.shapes_world.oracle import DIMS, MEAN_WEIGHTS, oracle_facts
 from zreward.data.shapes_world.prompts import sample_spec, spec_to_text
@@ -137,7 +137,7 @@ def _write_plot(path: Path, mos_by_split: dict[str, np.ndarray]) -> None:
 def _card_md(card: dict) -> str:
     lines = ["# ShapesWorld dataset card", "",
              "Procedural text-to-image preference world with exact oracle scores and simulated raters "
-             "(spec: shapes-world.md).", "",
+             "(spec: docs/shapes-world.md in the zreward repository).", "",
              f"Settings: `{json.dumps(card['settings'])}`  ", f"Build time: {card['build_seconds']:.1f} s wall, "
              f"{card['build_cpu_seconds']:.1f} s CPU (all processes), {card['workers']} worker process(es).", "",
              "| split | prompts | images | pairs (overall) | human ties | annotator ceiling | oracle ties among "
@@ -215,13 +215,12 @@ def build_world(out_dir: str | os.PathLike, *, prompts: int = 2000, candidates: 
         raise ValueError(f"canvas: expected 32..256 px, got {canvas}")
     out = Path(out_dir)
     prepare_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     pool = RaterPool.create(raters, seed)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     info = DatasetInfo(name="shapes_world", source="zreward ShapesWorld (procedural, simulated raters)",
                        extra={"settings": asdict(cfg), "held_out_combos": [list(c) for c in HELD_OUT]})
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = make_tmp_dir(out)
     kinds: Counter = Counter()
     executor = None
     try:

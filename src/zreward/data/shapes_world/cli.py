@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from zreward.data.shapes_world.build import build_world
 from zreward.data.shapes_world.oracle import oracle_scores
 from zreward.data.shapes_world.prompts import PromptError, resolve_prompt
+from zreward.data.shapes_world.render import render_png
 from zreward.data.shapes_world.scene import SceneError, parse_scene
 
 
@@ -60,8 +62,6 @@ def _scene(obj: dict, where: str) -> dict:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from zreward.data.shapes_world.render import render_png
-
     jobs = []
     for i, where, obj in _lines(args.scenes):
         scene = _scene(obj, where)
@@ -102,8 +102,6 @@ def cmd_oracle(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from zreward.data.shapes_world.build import build_world
-
     out = build_world(args.out, prompts=args.prompts, candidates=args.candidates, canvas=args.canvas,
                       raters=args.raters, seed=args.seed, overwrite=args.overwrite,
                       dim_pairs=not args.no_dim_pairs, workers=args.workers)

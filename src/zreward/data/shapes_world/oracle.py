@@ -1,6 +1,6 @@
 """ShapesWorld oracle: the four normative rubric scores of a scene for a prompt.
 
-Implements "Oracle: the four rubric dimensions (normative)" of the shared spec `shapes-world.md` exactly:
+Implements "Oracle: the four rubric dimensions (normative)" of the spec `docs/shapes-world.md` exactly:
 alignment (present / count / relation atoms, extras), realism (noise, blur, max warp), aesthetics (cut, low
 contrast, crowd, unbalanced) and plausibility (floating, clash, unstable), each quantised by
 q(v) = floor(2 * clip(v, 1, 5) + 0.5) / 2 onto the nine levels 1.0, 1.5, ..., 5.0.

@@ -1,6 +1,6 @@
 """ShapesWorld scene schema: dataclasses, JSON (de)serialisation and validation.
 
-Implements the "Scene (JSON)" section of the shared spec `shapes-world.md`: a square canvas (32..256 px) with a
+Implements the "Scene (JSON)" section of the spec `docs/shapes-world.md`: a square canvas (32..256 px) with a
 background colour, a horizontal ground line, objects (circle / square / triangle in a six-colour palette, given by
 bounding-box centre and side) and global noise/blur. Validation errors name the offending field, e.g.
 `scene.objects[2].size: expected a positive number, got -3`.

@@ -12,6 +12,9 @@ A Scorer wraps a HF VLM (any supported family) + tokenizer + differentiable prep
 Building blocks for trainers (all documented below): `direct_logits` / `direct_readout` (with grad),
 `reasoning_prompt`, `generate_chains`, `chain_forward` (per-token log-probs of given chain tokens + level logits
 after each chain, one forward), `prepare_images`, `encode_items`.
+
+A `mode: "yesno"` scorer (the RewardDance baseline, `zreward.models.yesno`) answers "is this image better than the
+stored reference?" and `score` reports P(yes) as a two-point distribution on the lowest and highest level.
 """
 from __future__ import annotations
 
@@ -21,12 +24,17 @@ from pathlib import Path
 
 import torch
 
+from zreward.data.images import load_image
 from zreward.models import level_readout as lr
+from zreward.models import logprobs as lp
+from zreward.models import vision_share as vs
 from zreward.models.batch import EncodedBatch, build_batch, expand_image_placeholders, item_images
 from zreward.models.families import FamilySpec
-from zreward.models.load import load_components, merged_state_dict, preprocessor_file, tokens_per_image
+from zreward.models.load import load_components, preprocessor_file, tokens_per_image
+from zreward.models.lora import save_merged
 from zreward.models.preprocess import PixelInputs, PixelSpec, pil_to_tensor, prepare_pixels
 from zreward.models.scorer_config import ScorerConfig
+from zreward.models.yesno import prob_vs_reference
 
 
 @dataclass
@@ -93,9 +101,12 @@ class Scorer:
 
     def __init__(self, model, tokenizer, pixel_spec: PixelSpec, config: ScorerConfig, family: FamilySpec,
                  device: str | torch.device = "cpu", preprocessor_json: dict | None = None):
-        self.model, self.tokenizer, self.pixel_spec, self.config, self.family = model, tokenizer, pixel_spec, config, family
+        self.model, self.tokenizer, self.pixel_spec = model, tokenizer, pixel_spec
+        self.config, self.family = config, family
         self.device = torch.device(device)
         self.preprocessor_json = preprocessor_json or {}
+        self.max_chunk_elems = lp.MAX_CHUNK_ELEMS  # logits held at once when lm_head runs over many positions
+        self.generation_batch: int | None = None  # most sequences per generate call in trainer rollouts (None: all)
         hf_cfg = model.config
         self.image_token_id = tokenizer.convert_tokens_to_ids(family.image_token)
         self.tokens_per_image = tokens_per_image(hf_cfg)
@@ -159,8 +170,6 @@ class Scorer:
                 tensors.append(im.to(self.device, torch.float32))
                 continue
             if isinstance(im, (str, Path, bytes)):
-                from zreward.data.images import load_image
-
                 im = load_image(im, what=f"image {i}")
             tensors.append(pil_to_tensor(im).to(self.device))
         if tensors and all(t.shape == tensors[0].shape for t in tensors):
@@ -168,7 +177,8 @@ class Scorer:
         return prepare_pixels(tensors, self.pixel_spec, self.tokens_per_image)
 
     def encode_items(self, texts: list[str], image_index: list, pixels: PixelInputs,
-                     suffix_ids: list[list[int]] | None = None, padding_side: str = "right") -> tuple[EncodedBatch, list[list[int]]]:
+                     suffix_ids: list[list[int]] | None = None,
+                     padding_side: str = "right") -> tuple[EncodedBatch, list[list[int]]]:
         """Tokenise N rendered texts (placeholders expanded per image), append optional suffix tokens, and batch.
 
         Args:
@@ -188,11 +198,14 @@ class Scorer:
         return batch.to(self.device), ids
 
     def logits_at(self, batch: EncodedBatch, positions: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary logits (N, V) at one position per row; only the needed positions go through lm_head."""
-        keep = torch.unique(positions)
-        out = self.model(**batch.inputs, logits_to_keep=keep, use_cache=False)
-        col = torch.searchsorted(keep, positions)
-        return out.logits[torch.arange(len(positions), device=out.logits.device), col]
+        """Full-vocabulary logits (N, V) at one position per row; hidden states are gathered before lm_head."""
+        return lp.output_head(self.model)(lp.hidden_at(self.model, batch.inputs, positions))
+
+    def readout_at(self, batch: EncodedBatch, positions: torch.Tensor) -> lr.LevelReadout:
+        """Level readout (N, L) at one position per row from the L level rows of lm_head (no (N, V) logits)."""
+        h = lp.hidden_at(self.model, batch.inputs, positions)
+        return lp.hidden_readout(lp.output_head(self.model), h, self.config.level_token_ids, self.levels,
+                                 self.max_chunk_elems)
 
     _logits_at = logits_at
 
@@ -214,8 +227,11 @@ class Scorer:
         texts = [self.direct_prompt(p, d) for p in prompts for d in dims]
         image_index = [i for i in range(b) for _ in dims]
         batch, _ = self.encode_items(texts, image_index, pixels)
-        logits = self.logits_at(batch, batch.last_pos).view(b, len(dims), -1)
-        return lr.readout(logits, self.level_token_ids.to(logits.device), self.levels.to(logits.device))
+        with vs.encode_each_image_once(self.model, image_index, pixels):  # each image encoded once, not D times
+            ro = self.readout_at(batch, batch.last_pos)
+        shape = (b, len(dims))
+        return lr.LevelReadout(ro.logits.view(*shape, -1), ro.probs.view(*shape, -1), ro.mean.view(shape),
+                               ro.std.view(shape), ro.in_level_mass.view(shape))
 
     def direct_logits(self, prompts: list[str], images, dims: list[str] | None = None) -> torch.Tensor:
         """(B, D, L) level logits at the score position, with gradients (direct mode, teacher-forced)."""
@@ -232,8 +248,7 @@ class Scorer:
         """
         dims = self._dims(dims)
         if weights is None:
-            wmap = dict(zip(self.config.dims, self.config.reward_weights))
-            weights = [wmap.get(d, 1.0) for d in dims]
+            weights = self.config.weights_for(dims)
         w = torch.as_tensor(weights, dtype=torch.float32)
         lam = self.config.uncertainty_lambda if uncertainty_lambda is None else uncertainty_lambda
         ro = self.direct_readout(prompts, images, dims)
@@ -260,7 +275,7 @@ class Scorer:
                           suppress_tokens=self.suppress_ids)
         if do_sample:  # plain temperature sampling: RL needs the model's own distribution, not a top-k/top-p one
             gen_kwargs.update(temperature=temperature or self.config.temperature, top_k=0, top_p=1.0)
-        with torch.no_grad():
+        with torch.no_grad(), vs.encode_each_image_once(self.model, [b for b, _ in items], pixels):
             out = self.model.generate(**batch.inputs, **gen_kwargs)
         new = out[:, batch.inputs["input_ids"].shape[1]:].tolist()
         chains = []
@@ -270,8 +285,11 @@ class Scorer:
         texts_out = self.tokenizer.batch_decode(chains, skip_special_tokens=True)
         return ChainBatch([b for b, _ in items], [d for _, d in items], prompt_ids, chains, texts_out)
 
-    def chain_forward(self, chains: ChainBatch, images) -> ChainForward:
+    def chain_forward(self, chains: ChainBatch, images, with_tokens: bool = True) -> ChainForward:
         """One teacher-forced forward over prompt + chain + `reasoning_close` for each chain (with gradients).
+
+        Vocabulary-lean (`zreward.models.logprobs`): token log-probs in bounded chunks, level logits from the level
+        rows of lm_head; `with_tokens=False` skips the token log-probs (token_logprobs is then all zeros).
 
         Args:
             chains: from `generate_chains` (or built by a trainer with the same fields).
@@ -283,29 +301,12 @@ class Scorer:
         batch = build_batch(seqs, chains.image_index, pixels, self.family, self.image_token_id, pad, "right")
         batch.inputs["pixel_values"] = batch.inputs["pixel_values"].to(self.model_dtype)
         batch = batch.to(self.device)
-        n, t = batch.inputs["input_ids"].shape
-        p_len = torch.tensor([len(p) for p in chains.prompt_ids])
-        c_len = torch.tensor([len(c) for c in chains.chain_ids])
-        # Logits for positions [t - k, t): enough to cover every chain token's predecessor and the score position.
-        k = int(t - p_len.min().item() + 1)
-        out = self.model(**batch.inputs, logits_to_keep=k, use_cache=False)
-        logits = out.logits  # (N, k, V) for positions t-k .. t-1
-        c_max = max(int(c_len.max().item()), 1)
-        j = torch.arange(c_max)
-        pred_pos = (p_len.unsqueeze(1) - 1 + j.unsqueeze(0))  # position whose logits predict chain token j
-        tok_mask = (j.unsqueeze(0) < c_len.unsqueeze(1)).long()
-        local = (pred_pos - (t - k)).clamp(0, k - 1).to(logits.device)
-        tgt_ids = torch.zeros(n, c_max, dtype=torch.long)
-        for i, c in enumerate(chains.chain_ids):  # index bookkeeping only
-            tgt_ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        rows = torch.arange(n, device=logits.device).unsqueeze(1)
-        sel = logits[rows, local].float()  # (N, C, V)
-        logp = sel.log_softmax(-1).gather(-1, tgt_ids.to(logits.device).unsqueeze(-1)).squeeze(-1)
-        tok_mask = tok_mask.to(logits.device)
-        score_local = (batch.lengths - 1 - (t - k)).to(logits.device)
-        full = logits[torch.arange(n, device=logits.device), score_local]
-        ro = lr.readout(full, self.level_token_ids.to(full.device), self.levels.to(full.device))
-        return ChainForward(logp * tok_mask, tok_mask, ro.logits, ro.in_level_mass)
+        p_lens = [len(p) for p in chains.prompt_ids]
+        with vs.encode_each_image_once(self.model, chains.image_index, pixels):
+            logp, mask, ro = lp.chain_scores(self.model, batch.inputs, batch.lengths, p_lens, chains.chain_ids,
+                                             self.config.level_token_ids, self.levels, with_tokens,
+                                             self.max_chunk_elems)
+        return ChainForward(logp, mask, ro.logits, ro.in_level_mass)
 
     # ------------------------------------------------------------------ the public scoring call
     def score(self, prompts: list[str], images, dims: list[str] | None = None, reasoning: bool = False,
@@ -313,13 +314,11 @@ class Scorer:
         """Score B images (no gradients). See `ScoreOutput`; `batch_size` bounds images per model call.
 
         A `mode: "yesno"` scorer (RewardDance baseline) scores P(image better than its stored reference) instead;
-        see `zreward.serve.yesno.score_yesno`.
+        see `score_yesno`.
         """
         if self.config.mode == "yesno":
             if reasoning:
                 raise ValueError("reasoning=True: a yes/no (RewardDance) scorer has no reasoning mode")
-            from zreward.serve.yesno import score_yesno
-
             return score_yesno(self, prompts, images, dims, batch_size)
         dims = self._dims(dims)
         if isinstance(images, torch.Tensor) and images.ndim == 3:
@@ -339,31 +338,47 @@ class Scorer:
                     continue
                 pixels = self.prepare_images(ims)
                 cb = self.generate_chains(ps, pixels, dims, samples=samples)
-                cf = self.chain_forward(cb, pixels)
+                cf = self.chain_forward(cb, pixels, with_tokens=False)
                 p = torch.softmax(cf.level_logits.float(), -1).view(len(ps), len(dims), samples, -1)
-                probs.append(p.mean(2).cpu())
-                mass.append(cf.in_level_mass.float().view(len(ps), len(dims), samples).mean(2).cpu())
+                probs.append(lr.mean_over_chains(p.transpose(1, 2)).cpu())
+                mass.append(lr.mean_over_chains(cf.in_level_mass.float().view(len(ps), len(dims), samples).mT).cpu())
                 per = len(dims) * samples
                 chains += [cb.texts[i * per: (i + 1) * per] for i in range(len(ps))]
         P = torch.cat(probs) if probs else torch.zeros(0, len(dims), len(self.levels))
-        mean = lr.expectation(P, self.levels)
-        std = lr.std_of(P, self.levels, mean)
-        wmap = dict(zip(self.config.dims, self.config.reward_weights))
-        w = torch.tensor([wmap[d] for d in dims], dtype=torch.float32)
-        return ScoreOutput(P, mean, std, lr.overall(mean, w), torch.cat(mass) if mass else torch.zeros(0, len(dims)),
-                           dims, self.levels.clone(), chains if reasoning else None)
+        mass = torch.cat(mass) if mass else torch.zeros(0, len(dims))
+        return self.score_output(P, mass, dims, chains if reasoning else None)
+
+    def score_output(self, probs: torch.Tensor, in_level_mass: torch.Tensor, dims: list[str],
+                     chains: list[list[str]] | None = None) -> ScoreOutput:
+        """ScoreOutput from (B, D, L) level distributions: mean, std and the weighted overall are computed here."""
+        mean = lr.expectation(probs, self.levels)
+        overall = lr.overall(mean, torch.tensor(self.config.weights_for(dims)))
+        return ScoreOutput(probs, mean, lr.std_of(probs, self.levels, mean), overall, in_level_mass, dims,
+                           self.levels.clone(), chains)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write safetensors weights (LoRA merged), tokenizer, image processor config and zreward.json."""
+        """Write safetensors weights (LoRA merged, streamed through the CPU), tokenizer, image processor config and
+        zreward.json."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        base, sd = merged_state_dict(self.model)
-        base.save_pretrained(out, state_dict=sd)
+        save_merged(getattr(self.model, "module", self.model), out)
         self.tokenizer.save_pretrained(out)
         (out / "preprocessor_config.json").write_text(json.dumps(self.preprocessor_json, indent=2) + "\n")
         self.config.save(out)
         return out
+
+
+def score_yesno(scorer: Scorer, prompts: list[str], images, dims: list[str] | None = None,
+                batch_size: int | None = None) -> ScoreOutput:
+    """`Scorer.score` of a yes/no scorer (also before its mode is saved): probs (B, D, L) put 1 − p on the lowest
+    level and p on the highest, p = `yesno.prob_vs_reference` (so mean = 1 + 4·p on the default levels, every dim);
+    in_level_mass = P(yes) + P(no) under the full softmax."""
+    dims = scorer.resolve_dims(dims)
+    p, mass = prob_vs_reference(scorer, prompts, images, batch_size)
+    b = len(p)
+    probs = torch.zeros(b, len(dims), len(scorer.levels))
+    probs[..., 0], probs[..., -1] = (1 - p).unsqueeze(1), p.unsqueeze(1)
+    return scorer.score_output(probs, mass.unsqueeze(1).expand(b, len(dims)).clone(), dims)
 
 
 def load_scorer(path_or_name: str | Path, device: str = "cpu", dtype=None, **options) -> Scorer:
@@ -372,7 +387,8 @@ def load_scorer(path_or_name: str | Path, device: str = "cpu", dtype=None, **opt
     Args:
         path_or_name: see `zreward.models.load.load_components`.
         device: torch device.  dtype: None → fp32 on CPU, bf16 on CUDA.
-        **options: lora (LoraOptions), gradient_checkpointing, add_level_tokens, family, config_overrides.
+        **options: lora (LoraOptions), gradient_checkpointing, add_level_tokens, family, config_overrides,
+            attn_implementation.
     """
     model, tok, pixel_spec, cfg, spec = load_components(path_or_name, device=device, dtype=dtype, **options)
     pp = json.loads(preprocessor_file(str(path_or_name)).read_text())

@@ -1,8 +1,9 @@
-"""Yes/no (RewardDance-style) scoring through the Scorer: the question with two images, the answer tokens, and
-`score_yesno`, which `Scorer.score` uses for a `mode: "yesno"` scorer.
+"""Yes/no (RewardDance-style) scoring, the `mode: "yesno"` of the `Scorer`: the question with two images, the
+answer tokens, the P("yes") readout, and `prob_vs_reference`, which `Scorer.score` uses for a yes/no scorer.
 
 P(yes) that image A is better than image B for the prompt; a single image is scored against the reference image
 stored in zreward.json, symmetrised over both orders (see `zreward.trainers.rewarddance` for the training side).
+The functions take the `Scorer` as their first argument (duck-typed, so this module does not import it).
 """
 from __future__ import annotations
 
@@ -12,9 +13,63 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from zreward.losses import yes_probability
+from zreward.data.images import image_to_tensor, load_image
 from zreward.models.preprocess import PixelInputs
+
+_NORMALIZE = ("full", "restricted")
+
+
+def yes_no_logprobs(logits: torch.Tensor, yes_id: int | None, no_id: int | None, normalize: str,
+                    what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log P(yes), log P(no)), each (B,), from answer-position logits.
+
+    Args:
+        logits: (B, V) full-vocabulary logits with `yes_id`/`no_id`, or (B, 2) logits ordered (yes, no).
+        normalize: "full" (softmax over the vocabulary) or "restricted" (softmax over {yes, no}).
+        what: the caller's name, for error messages.
+    """
+    if normalize not in _NORMALIZE:
+        raise ValueError(f"{what}: normalize={normalize!r}, expected one of {_NORMALIZE}")
+    if logits.dim() != 2:
+        raise ValueError(f"{what}: logits has shape {tuple(logits.shape)}, expected (B, V) full-vocabulary logits "
+                         f"at the answer position, or (B, 2) logits ordered (yes, no)")
+    if (yes_id is None) != (no_id is None):
+        raise ValueError(f"{what}: give both yes_id and no_id (full-vocabulary logits) or neither ((B, 2) logits)")
+    if yes_id is None:
+        if logits.shape[1] != 2:
+            raise ValueError(f"{what}: without yes_id/no_id, logits must be (B, 2) ordered (yes, no), got "
+                             f"{tuple(logits.shape)}")
+        if normalize == "full":
+            raise ValueError(f"{what}: normalize='full' needs full-vocabulary logits and yes_id/no_id; "
+                             f"(B, 2) logits only allow normalize='restricted'")
+        yes_id, no_id = 0, 1
+    V = logits.shape[1]
+    if not (0 <= yes_id < V and 0 <= no_id < V) or yes_id == no_id:
+        raise ValueError(f"{what}: yes_id={yes_id}, no_id={no_id}, expected two different ids in [0, {V})")
+    if normalize == "full":
+        logp = F.log_softmax(logits, dim=-1)
+        return logp[:, yes_id], logp[:, no_id]
+    # restricted: log σ(d) and log σ(−d), d = l_yes − l_no, so only the two logits matter.
+    d = logits[:, yes_id] - logits[:, no_id]
+    return F.logsigmoid(d), F.logsigmoid(-d)
+
+
+def yes_probability(logits: torch.Tensor, yes_id: int | None = None, no_id: int | None = None,
+                    normalize: str = "restricted") -> torch.Tensor:
+    """P("yes") — the RewardDance reward — from answer-position logits.
+
+    Args:
+        logits: (B, V) with yes_id/no_id, or (B, 2) ordered (yes, no).
+        normalize: "restricted" (default; P(yes) / (P(yes) + P(no)), insensitive to other tokens) or "full".
+
+    Returns:
+        (B,) probabilities, differentiable.
+    """
+    log_yes, _ = yes_no_logprobs(logits, yes_id, no_id, normalize, "yes_probability")
+    return log_yes.exp()
 
 
 @dataclass
@@ -81,7 +136,7 @@ def pair_logits(scorer, yn: YesNoConfig, prompts: list[str], pixels: PixelInputs
     """
     texts = [pair_prompt(scorer, yn, p) for p in prompts]
     batch, _ = scorer.encode_items(texts, [[int(a), int(b)] for a, b in zip(ia, ib)], pixels)
-    return scorer._logits_at(batch, batch.last_pos)
+    return scorer.logits_at(batch, batch.last_pos)
 
 
 @torch.no_grad()
@@ -105,8 +160,6 @@ def concat_pixels(a: PixelInputs, b: PixelInputs) -> PixelInputs:
 
 def encode_png(img: torch.Tensor) -> str:
     """(3, H, W) uint8 or float in [0, 1] → base64 PNG."""
-    from PIL import Image
-
     x = img if img.dtype == torch.uint8 else (img.clamp(0, 1) * 255).round().to(torch.uint8)
     buf = io.BytesIO()
     Image.fromarray(x.permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
@@ -115,28 +168,25 @@ def encode_png(img: torch.Tensor) -> str:
 
 def decode_png(b64: str) -> torch.Tensor:
     """base64 PNG → (3, H, W) float in [0, 1]."""
-    from zreward.data.images import image_to_tensor, load_image
-
     return image_to_tensor(load_image(base64.b64decode(b64), what="zreward.json yesno.reference_png"))
 
 
-def score_yesno(scorer, prompts: list[str], images, dims: list[str] | None = None, batch_size: int | None = None):
-    """`Scorer.score` for a `mode: "yesno"` scorer: p = P(image better than the stored reference) (symmetrised).
+def prob_vs_reference(scorer, prompts: list[str], images, batch_size: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(image better than the reference stored in zreward.json), symmetrised over both orders.
+
+    Args:
+        scorer: a `Scorer` whose zreward.json has a `yesno` section.  prompts: B prompts.  images: B images.
 
     Returns:
-        ScoreOutput with probs (B, D, L) = (1 − p) on the lowest level, p on the highest; mean = lo + (hi − lo)·p
-        (1 + 4·p on the default levels) for every dim; overall the same; in_level_mass = P(yes) + P(no) under the
-        full softmax (how much the model answers with the two answer tokens).
+        (p (B,), mass (B,)): p = ½·[P(yes | img, ref) + 1 − P(yes | ref, img)] restricted to {yes, no}; mass =
+        P(yes) + P(no) under the full softmax, averaged over both orders (how much the model answers with them).
     """
-    from zreward.serve.scorer import ScoreOutput
-    from zreward.models import level_readout as lr
-
     y = scorer.config.yesno
     if not y:
         raise ValueError("zreward.json: mode is 'yesno' but the 'yesno' section is missing")
     yn = YesNoConfig(**{k: y[k] for k in asdict(YesNoConfig())})
     ids = (int(y["yes_id"]), int(y["no_id"]))
-    dims = scorer._dims(dims)
     b = len(prompts)
     if len(images) != b:
         raise ValueError(f"got {b} prompts but {len(images)} images")
@@ -154,10 +204,4 @@ def score_yesno(scorer, prompts: list[str], images, dims: list[str] | None = Non
             full = lg.log_softmax(-1)
             mass_all.append((full[:, ids[0]].exp() + full[:, ids[1]].exp()).view(2, n).mean(0))
     p = torch.cat(p_all).cpu() if p_all else torch.zeros(0)
-    levels = scorer.levels.clone()
-    probs = torch.zeros(b, len(dims), len(levels))
-    probs[..., 0], probs[..., -1] = (1 - p).unsqueeze(1), p.unsqueeze(1)
-    mean = lr.expectation(probs, levels)
-    w = torch.tensor([dict(zip(scorer.config.dims, scorer.config.reward_weights))[d] for d in dims])
-    mass = (torch.cat(mass_all).cpu() if mass_all else torch.zeros(0)).unsqueeze(1).expand(b, len(dims))
-    return ScoreOutput(probs, mean, lr.std_of(probs, levels, mean), lr.overall(mean, w), mass.clone(), dims, levels)
+    return p, (torch.cat(mass_all).cpu() if mass_all else torch.zeros(0))

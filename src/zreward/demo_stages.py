@@ -1,0 +1,346 @@
+"""The demo's building blocks: profiles, the `Stage` type, the run context, and how one stage is keyed and built.
+
+`zreward.demo` holds the stage graph and the driver; this module answers, for one stage, what its cache key is
+made of (`stage_parts`: resolved config, source code, upstream keys) and how its output is built (`run_stage`:
+the ShapesWorld builder, `init_tiny`, a trainer's `train(cfg)`, `zreward eval` or a `zreward gen` step, all in this
+process). Heavy modules (torch, transformers, diffusers) are imported inside `run_stage` / `_gen_job` only when a
+stage actually runs, so `zreward demo --help` and the reuse check of cached stages stay fast.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from zreward.data.shapes_world.build import build_world
+from zreward.models.shipped import base_card, copy_base
+from zreward.trainers.config import config_to_dict, load_config
+
+# Chain temperature of the reasoning models at evaluation. Measured on 400 val images (600 pairs) with the
+# cold-start teacher: greedy 0.655, M = 4 at T = 1.0 0.571, T = 0.5 0.613, T = 0.3 0.646 — the tiny teachers'
+# T = 1 chains are too noisy to average.
+EVAL_TEMPERATURE = 0.3
+
+# Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
+# reasoning models at eval_temperature), per-stage overrides (YAML dotlist) on top of the stage's config, and rough
+# stage durations (s) on an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs unchanged, the
+# whole test/ood splits, M = 4; quick = the same pipeline with fewer steps, 200 test + 200 ood images (50 prompts
+# each), M = 2.
+PROFILES: dict[str, dict] = {
+    "quick": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": 200,
+              "eval_samples": 2, "eval_temperature": EVAL_TEMPERATURE,
+              # generator stages (`GEN_DEFAULTS`): measured 116 + 30 + 5 s (1-min load 2.5 → 5)
+              "gen": {"pretrain_steps": 800, "tune_steps": 40, "eval_prompts": 100,
+                      "estimates": {"gen_pretrain": 120, "gen_tune": 30, "gen_eval": 5}},
+              "overrides": {"pretrain": ["run.max_steps=500", "data.eval_every=0", "data.val_max_images=100"],
+                            "sft": ["run.max_steps=300", "data.eval_every=0", "data.val_max_images=200"],
+                            "rewarddance": ["run.max_steps=150", "data.val_max_images=100"],
+                            "sft_cold": ["run.max_steps=250", "data.eval_every=0", "data.val_max_images=48"],
+                            "grpo": ["run.max_steps=15", "data.val_max_images=48"],
+                            "gdso_teacher": ["run.max_steps=15", "data.val_max_images=48"],
+                            "risd_student": ["run.max_steps=200", "data.eval_every=0", "data.max_images=400",
+                                             "data.val_max_images=200"],
+                            "opd_student": ["run.max_steps=100", "data.val_max_images=200"]},
+              "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 150, "sft": 120,
+                            "rewarddance": 90, "sft_cold": 150, "grpo": 100, "gdso_teacher": 120,
+                            "risd_student": 150, "opd_student": 60, "eval_test": 60, "eval_ood": 60}},
+    "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
+             "eval_samples": 4, "eval_temperature": EVAL_TEMPERATURE, "overrides": {},
+             # generator stages: measured 278 + 103 + 8 s (1-min load 3.5–4.7)
+             "gen": {"align_profile": "full", "pretrain_steps": 2000, "tune_steps": 200, "eval_prompts": 150,
+                     "estimates": {"gen_pretrain": 280, "gen_tune": 105, "gen_eval": 10}},
+             "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 1600, "sft": 600,
+                           "rewarddance": 420, "sft_cold": 600, "grpo": 360, "gdso_teacher": 480,
+                           "risd_student": 600, "opd_student": 200, "eval_test": 500, "eval_ood": 500}},
+}
+FAMILY = "qwen2_vl"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the demo.
+
+    Attributes:
+        name: stage name (= the method's key in report.json for trained methods).
+        kind: "world", "init", "train", "eval" or "gen" (a `zreward gen` step; method = pretrain | tune | eval,
+            links = its flags).
+        method: trainer module name (train) / "student" or "teacher" (init) / split name (eval).
+        links: config key → upstream stage whose output (final Scorer dir / world split) it gets.
+        extra: fixed overrides of this stage; `{out}` is replaced by the demo directory.
+        config: the YAML under configs/<method>/ (without .yaml).
+    """
+
+    name: str
+    kind: str
+    method: str = ""
+    links: tuple[tuple[str, str], ...] = ()
+    extra: tuple[str, ...] = ()
+    config: str = "tiny_cpu"
+
+    @property
+    def deps(self) -> list[str]:
+        """Stages this one needs (an eval stage needs the world; each model it evaluates is optional)."""
+        if self.kind == "eval":
+            return ["world"]
+        return sorted({src.split(":")[0] for _, src in self.links})
+
+    @property
+    def optional(self) -> list[str]:
+        return [src for k, src in self.links if k.startswith("model.")] if self.kind == "eval" else []
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing trainer/config/input); the message says which and why."""
+
+
+def configs_dir() -> Path:
+    """configs/ of the source checkout (or $ZREWARD_CONFIGS)."""
+    env = os.environ.get("ZREWARD_CONFIGS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+
+
+def source_digest(*modules: str) -> str:
+    """SHA-256 over the source files of the given modules/packages (code changes invalidate cached stages)."""
+    h = hashlib.sha256()
+    for mod in modules:
+        spec = importlib.util.find_spec(mod)
+        if spec is None or spec.origin is None:
+            h.update(f"missing:{mod}".encode())
+            continue
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Ctx:
+    """Run-wide settings and per-stage results."""
+
+    out: Path
+    profile: str
+    seed: int
+    keys: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    status: dict[str, dict] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def prof(self) -> dict:
+        return PROFILES[self.profile]
+
+    def resolve(self, src: str, symbolic: bool) -> str:
+        """An upstream reference "stage" or "stage:sub" → a placeholder (symbolic; its key is in the "inputs"
+        part of the cache key) or its path."""
+        stage, _, sub = src.partition(":")
+        if symbolic:
+            return f"<{stage}>{'/' + sub if sub else ''}"
+        base = self.outputs[stage]
+        return str(base / sub) if sub else str(base)
+
+
+# ------------------------------------------------------------------------------------------------ the stages
+
+def _train_config(stage: Stage, ctx: Ctx, symbolic: bool):
+    """(module, Config, yaml path, overrides) of a train stage; symbolic=True puts upstream keys in the paths."""
+    if importlib.util.find_spec(f"zreward.trainers.{stage.method}") is None:
+        raise StageError(f"stage {stage.name}: trainer module zreward.trainers.{stage.method} does not exist yet")
+    yaml_path = configs_dir() / stage.method / f"{stage.config}.yaml"
+    if not yaml_path.is_file():
+        raise StageError(f"stage {stage.name}: config {yaml_path} not found (the trainer's {stage.config} config)")
+    mod = importlib.import_module(f"zreward.trainers.{stage.method}")
+    run_dir = "<run_dir>" if symbolic else str(ctx.out / "runs" / stage.name)
+    overrides = [f"{k}={ctx.resolve(src, symbolic)}" for k, src in stage.links]
+    out = "<out>" if symbolic else str(ctx.out)
+    overrides += [e.replace("{out}", out) for e in stage.extra] + list(ctx.prof["overrides"].get(stage.name, []))
+    overrides += [f"run.output_dir={run_dir}", f"run.seed={ctx.seed}"]
+    return mod, load_config(mod.Config, yaml_path, overrides), yaml_path, overrides
+
+
+# Shared trainer code every train stage depends on (the method's own module is added per stage).
+_TRAIN_SHARED = ("zreward.trainers.common", "zreward.trainers.data", "zreward.trainers.run_utils",
+                 "zreward.trainers.checkpoint", "zreward.trainers.config", "zreward.trainers.rollout",
+                 "zreward.trainers.sft", "zreward.losses", "zreward.models", "zreward.data.records",
+                 "zreward.data.labels", "zreward.data.images", "zreward.atomic")
+
+
+# What an eval stage runs (not the demo's own report, which is rewritten on every run anyway).
+_EVAL_MODULES = ("runner", "model_metrics", "metrics", "calibration", "bootstrap", "cost", "report")
+
+
+# The pretraining world's seed is offset so that its scenes are disjoint from the main world's (both exclude the
+# held-out ood combos, which are fixed, so pretraining never shows an ood (color, shape) pair).
+PRETRAIN_SEED_OFFSET = 1000
+
+
+def _world_seed(stage: Stage, ctx: Ctx) -> int:
+    return ctx.seed + (PRETRAIN_SEED_OFFSET if stage.method == "pretrain" else 0)
+
+
+def _world_prompts(stage: Stage, ctx: Ctx) -> int:
+    key = "pretrain_prompts" if stage.method == "pretrain" else "world_prompts"
+    return int(ctx.prof.get(key, 2000))
+
+
+# Generator stages: the profile's "gen" dict over these defaults; None = the value of `zreward gen`'s own profile
+# `align_profile` (`zreward.align.pretrain.PROFILES` / `tune.PROFILES`). DRaFT-1 is `zreward gen tune`'s default and
+# what its profiles were measured with. `estimates` (s per gen stage) only feed the first ETA.
+GEN_DEFAULTS: dict = {"align_profile": "quick", "arch": "default", "pretrain_steps": None, "pretrain_batch_size": None,
+                      "method": "draft", "k": 1, "tune_steps": None, "tune_batch_size": None, "audit_every": None,
+                      "eval_prompts": 100, "estimates": {}}
+_GEN_CODE = ("zreward.align", "zreward.data.shapes_world", "zreward.models")
+
+
+def _gen_job(stage: Stage, ctx: Ctx, symbolic: bool) -> tuple[dict, list[str], Callable[[], object]]:
+    """(resolved settings, the equivalent `zreward gen` argv, the in-process call) of a gen stage; symbolic=True puts
+    upstream keys in the paths (for the cache key)."""
+    s = {**GEN_DEFAULTS, **ctx.prof.get("gen", {})}
+    if set(s) - set(GEN_DEFAULTS):
+        raise StageError(f"stage {stage.name}: profile {ctx.profile!r} gen: unknown key(s) "
+                         f"{sorted(set(s) - set(GEN_DEFAULTS))}; expected some of {sorted(GEN_DEFAULTS)}")
+    ln = {k: ctx.resolve(src, symbolic) for k, src in stage.links}
+    out = "<out>" if symbolic else str(ctx.out / "runs" / stage.name)
+    prof, seed = s["align_profile"], ["--seed", str(ctx.seed)]
+
+    def opt(flag: str, key: str) -> list[str]:
+        return [] if s[key] is None else [flag, str(s[key])]
+
+    if stage.method == "pretrain":
+        from zreward.align.pretrain import ARCHS, PretrainConfig, pretrain  # deferred: torch + diffusers
+
+        if s["arch"] not in ARCHS:
+            raise StageError(f"stage {stage.name}: gen.arch: expected one of {sorted(ARCHS)}, got {s['arch']!r}")
+        over = {k: s[g] for k, g in (("steps", "pretrain_steps"), ("batch_size", "pretrain_batch_size"))
+                if s[g] is not None}
+        pcfg = PretrainConfig.for_profile(prof, data=ln["data"], out=out, seed=ctx.seed,
+                                          gen=copy.deepcopy(ARCHS[s["arch"]]), **over)
+        argv = ["pretrain", "--data", ln["data"], "--out", out, "--profile", prof, *opt("--steps", "pretrain_steps"),
+                *opt("--batch-size", "pretrain_batch_size"), "--arch", s["arch"], *seed]
+        return asdict(pcfg), argv, lambda: pretrain(pcfg)
+    if stage.method == "tune":
+        from zreward.align.tune import TuneConfig, tune  # deferred: torch + diffusers
+
+        over = {k: s[g] for k, g in (("steps", "tune_steps"), ("batch_size", "tune_batch_size"),
+                                     ("audit_every", "audit_every")) if s[g] is not None}
+        tcfg = TuneConfig.for_profile(prof, generator=ln["generator"], reward=ln["reward"], out=out, data=ln["data"],
+                                      method=s["method"], k=s["k"], seed=ctx.seed, **over)
+        argv = ["tune", "--generator", ln["generator"], "--reward", ln["reward"], "--method", s["method"],
+                "--k", str(s["k"]), "--out", out, "--data", ln["data"], "--profile", prof,
+                *opt("--steps", "tune_steps"), *opt("--batch-size", "tune_batch_size"),
+                *opt("--audit-every", "audit_every"), *seed]
+        return asdict(tcfg), argv, lambda: tune(tcfg)
+    from zreward.align.gen_eval import evaluate_gsb  # deferred: torch + diffusers
+
+    kw = {"a_dir": ln["a"], "b_dir": ln["b"], "n_prompts": int(s["eval_prompts"]), "out": out, "seed": ctx.seed,
+          "data": ln["data"]}
+    argv = ["eval", "--a", ln["a"], "--b", ln["b"], "--prompts", str(kw["n_prompts"]), "--out", out,
+            "--data", ln["data"], *seed]
+    return kw, argv, lambda: evaluate_gsb(**kw)
+
+
+def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
+    """Digests of what a stage depends on: "config" (resolved settings), "code" (sources it runs), "inputs"
+    (upstream keys). Raises StageError when the stage cannot be built."""
+    up = digest({d: ctx.keys[d] for d in stage.deps + stage.optional if d in ctx.keys})
+    if stage.kind == "world":
+        return {"config": digest({"seed": _world_seed(stage, ctx), "prompts": _world_prompts(stage, ctx)}),
+                "code": source_digest("zreward.data.shapes_world", "zreward.data.records", "zreward.data.split_writer",
+                                      "zreward.atomic"), "inputs": up}
+    if stage.kind == "init" and stage.method == "shipped":
+        return {"config": digest(base_card()), "code": source_digest("zreward.models"), "inputs": up}
+    if stage.kind == "init":
+        return {"config": digest([FAMILY, ctx.prof[f"{stage.method}_preset"], ctx.seed, stage.method]),
+                "code": source_digest("zreward.models"), "inputs": up}
+    if stage.kind == "train":
+        _, cfg, yaml_path, _ = _train_config(stage, ctx, symbolic=True)
+        return {"config": digest({"cfg": config_to_dict(cfg), "yaml": yaml_path.read_text()}),
+                "code": source_digest(f"zreward.trainers.{stage.method}", *_TRAIN_SHARED), "inputs": up}
+    if stage.kind == "gen":
+        settings, _, _ = _gen_job(stage, ctx, symbolic=True)
+        return {"config": digest(settings), "code": source_digest(*_GEN_CODE), "inputs": up}
+    return {"config": digest([stage.method, ctx.prof["eval_max_images"], ctx.prof["eval_samples"],
+                              ctx.prof["eval_temperature"], ctx.seed]),
+            "code": source_digest(*(f"zreward.eval.{m}" for m in _EVAL_MODULES), "zreward.models"),
+            "inputs": up}
+
+
+def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
+    """Build one stage's output; returns it."""
+    if stage.kind == "world":
+        out = ctx.out / stage.name
+        prompts, seed = _world_prompts(stage, ctx), _world_seed(stage, ctx)
+        ctx.commands[stage.name] = f"zreward world build --out {out} --prompts {prompts} --seed {seed} --overwrite"
+        return Path(build_world(out, prompts=prompts, seed=seed, overwrite=True))
+    out = ctx.out / ("eval" if stage.kind == "eval" else "runs") / (stage.method if stage.kind == "eval"
+                                                                      else stage.name)
+    if stage.kind == "init" and stage.method == "shipped":
+        ctx.commands[stage.name] = f"zreward model init --from base --out {out}"
+        if out.exists():
+            shutil.rmtree(out)
+        return copy_base(out)
+    if stage.kind == "init":
+        from zreward.models.tiny import init_tiny  # deferred: torch + transformers
+
+        preset = ctx.prof[f"{stage.method}_preset"]
+        ctx.commands[stage.name] = (f"zreward model init --family {FAMILY} --preset {preset} --seed {ctx.seed} "
+                                    f"--out {out}")
+        if out.exists():
+            shutil.rmtree(out)
+        return Path(init_tiny(FAMILY, out, preset=preset, seed=ctx.seed))
+    if stage.kind == "train":
+        mod, cfg, yaml_path, overrides = _train_config(stage, ctx, symbolic=False)
+        ctx.commands[stage.name] = shlex.join(["zreward", "train", stage.method, "--config", str(yaml_path),
+                                               *overrides])
+        if not resume and out.exists():
+            shutil.rmtree(out)  # a changed key: never resume from another config's checkpoints
+        return Path(mod.train(cfg))
+    if stage.kind == "gen":
+        _, argv, call = _gen_job(stage, ctx, symbolic=False)
+        ctx.commands[stage.name] = shlex.join(["zreward", "gen", *argv])
+        if out.exists():
+            shutil.rmtree(out)  # no checkpoints to resume from: a rerun starts clean (no stale audit or grid files)
+        call()
+        return out
+    # deferred: torch + transformers (+ matplotlib)
+    from zreward.eval.report import write_eval_report
+    from zreward.eval.runner import ceiling_metrics, evaluate, load_eval_data, parse_model_spec
+
+    m = ctx.prof["eval_samples"]
+    specs = [parse_model_spec(f"{name}={ctx.outputs[name]}") for name in stage.optional if name in ctx.outputs]
+    if not specs:
+        raise StageError(f"stage {stage.name}: no trained model to evaluate")
+    data = load_eval_data(ctx.outputs["world"] / stage.method, max_images=ctx.prof["eval_max_images"])
+    t = ctx.prof["eval_temperature"]
+    args = ["--data", str(ctx.outputs["world"] / stage.method), "--out", str(out), "--reasoning", "--samples", str(m),
+            "--temperature", str(t), "--seed", str(ctx.seed)] + (["--max-images", str(ctx.prof["eval_max_images"])]
+                                        if ctx.prof["eval_max_images"] else [])
+    cmd = shlex.join(["zreward", "eval"] + [a for s in specs for a in ("--model", f"{s.name}={s.path}")] + args)
+    ctx.commands[stage.name] = cmd
+    results, cals, scores = evaluate(specs, data, reasoning=True, samples=m, seed=ctx.seed, temperature=t, log=_log)
+    write_eval_report(out, data, results, cals, scores, {"command": cmd, "settings": {"samples": m, "temperature": t,
+                                                                                      "seed": ctx.seed}},
+                      ceiling=ceiling_metrics(data, seed=ctx.seed))
+    return out
+
+
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)  # progress lines must appear at once, also when piped to a file

@@ -1,0 +1,273 @@
+"""The one run loop of every trainer: set-up, resume, cadences, clipping, NaN guard, checkpoints, final save.
+
+A trainer file holds its Config, its batch preparation and its loss; it drives a `RunLoop`::
+
+    loop = RunLoop(cfg, "sft")                    # accelerator, run dir (fresh / resume / overwrite), seed(rank 0)
+    data, scorer = ...                            # the trainer's own set-up
+    loop.start(scorer)                            # optimizer + schedule, resume or per-rank seed, DDP wrap,
+                                                  # config dump, metrics log, progress bar
+    def train_step(step):                         # forward/backward of one optimizer step, returns metrics
+        ...; loop.backward(loss); loop.optimizer_step(step, loss); return {"loss": ...}
+    loop.run(train_step, evaluate)                # the step loop with every cadence below
+    return loop.save_final(scorer, mode)          # atomic `run_dir/final`
+
+What the loop owns, the same for every trainer:
+- **cadences**: metrics every `run.log_every` steps (0: only at the last step), on the last step and on every
+  evaluation step; held-out evaluation every `data.eval_every` steps (0: only at the end) on the main process,
+  with the plain module and the training RNG untouched (`unwrapped`); a checkpoint every `run.save_every` steps
+  (0: only at the end) and at the end, holding the model (LoRA: the adapters only), optimizer, scheduler, every
+  rank's RNG and the NaN guard.
+- **clipping**: `optim.grad_clip` > 0 clips the gradient norm to it; 0 means no clipping (the norm is still
+  measured, logged as `grad_norm` and checked by the guard).
+- **NaN guard** (`NonFiniteGuard`): a step with a non-finite loss or gradient norm is skipped, on every rank.
+- **distribution**, two strategies: `RunLoop(..., ddp=True)` (default) wraps the model with `accelerate.prepare` (DDP, mixed
+  precision through accelerate; micro-batches use `loop.sync`); `ddp=False` keeps the plain module (the RL trainers
+  generate with it and run several forwards per backward) and averages gradients with one all-reduce per
+  parameter before clipping, mixed precision through `loop.autocast()` (bf16 only).
+  `accelerator.gradient_accumulation_steps` = k splits a step into k micro-batches of whole prompt groups in the
+  trainers that can (`RunLoop(..., accumulation=True)`); the others (OPD, RewardDance) refuse k > 1 at start.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from zreward.trainers.checkpoint import atomic_dir, gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.trainers.common import build_optimizer, trainable_parameters
+from zreward.trainers.config import dump_config
+from zreward.trainers.run_utils import (
+    MetricsLogger,
+    NonFiniteGuard,
+    make_accelerator,
+    prepare_run_dir,
+    progress_bar,
+    seed_everything,
+)
+
+__all__ = ["RunLoop", "global_normalisers", "is_lora", "model_state", "restore_model_state", "resume_or_seed",
+           "unwrapped"]
+
+
+def is_lora(model) -> bool:
+    """Whether `model` (plain, not DDP-wrapped) carries peft adapters: the one LoRA test of every trainer."""
+    return hasattr(model, "peft_config")
+
+
+def model_state(model, lora: bool) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores: only the trainable (adapter) parameters with LoRA, else the whole state dict."""
+    if lora:
+        return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    return model.state_dict()
+
+
+def restore_model_state(model, weights: dict[str, torch.Tensor], lora: bool, where: Path) -> None:
+    if not lora:
+        model.load_state_dict(weights, strict=True)
+        return
+    want = {k for k, v in model.named_parameters() if v.requires_grad}
+    if want != set(weights):
+        raise RuntimeError(f"{where}: checkpoint holds {len(weights)} adapter tensors, the model has {len(want)} "
+                           "trainable ones (different LoRA settings?)")
+    model.load_state_dict(weights, strict=False)
+
+
+def resume_or_seed(ckpt: Path | None, model, opt, sched, cfg, rank: int) -> tuple[NonFiniteGuard, int]:
+    """Before `acc.prepare` (plain module and optimizer): a resume restores the model (`restore_model_state`; LoRA:
+    the adapters only), optimizer, scheduler, this rank's RNG and the NaN guard from checkpoint `ckpt`; a fresh run
+    seeds this rank's randomness. Returns (guard, first step)."""
+    guard = NonFiniteGuard(cfg.run.max_nonfinite_skips)
+    if ckpt is None:
+        seed_everything(cfg.run.seed, rank)
+        return guard, 0
+    try:
+        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
+        restore_model_state(model, state.model_state, is_lora(model), ckpt)
+    except (RuntimeError, ValueError) as e:
+        raise RuntimeError(f"cannot resume from {ckpt} (written with other model / LoRA / optimizer settings? "
+                           f"use run.overwrite=true or another run.output_dir): {e}") from e
+    guard.load_state_dict(state.extra["guard"])
+    return guard, state.step
+
+
+def global_normalisers(counts: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Per-rank normalisers n_global / world for item counts, so that Σ_local / normaliser, averaged by DDP over
+    ranks, equals Σ_global / n_global (one all-reduce for all counts; 1 where the global count is 0)."""
+    t = torch.tensor([float(c) for c in counts], dtype=torch.float64)
+    dist = torch.distributed
+    world = 1
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        t = t.to(device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+    return [c / world if c > 0 else 1.0 for c in t.cpu().tolist()]
+
+
+@contextlib.contextmanager
+def unwrapped(scorer, acc):
+    """Temporarily give the Scorer the plain module (generation, evaluation, saving) and keep RNG untouched."""
+    wrapped = scorer.model
+    scorer.model = acc.unwrap_model(wrapped)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield scorer
+    finally:
+        scorer.model = wrapped
+
+
+def _due(every: int, step: int) -> bool:
+    """Whether 1-based `step` is on an `every`-step cadence (0: never; the last step is handled by the caller)."""
+    return bool(every) and step % every == 0
+
+
+class RunLoop:
+    """One training run (see the module docstring). Attributes after `start`: acc, run, ckpt, scorer, opt, sched,
+    guard, params, start_step, rank, world, device."""
+
+    def __init__(self, cfg, name: str, *, accumulation: bool = True, ddp: bool = True):
+        self.cfg, self.name, self.ddp = cfg, name, ddp
+        ga = cfg.accelerator.gradient_accumulation_steps
+        if not ddp and cfg.accelerator.mixed_precision == "fp16":
+            raise ValueError(f"accelerator.mixed_precision=fp16: `{name}` keeps the plain module and has no loss "
+                             "scaler; use bf16 or no")
+        if not accumulation and ga != 1:
+            raise ValueError(f"accelerator.gradient_accumulation_steps: `{name}` takes one micro-batch per step "
+                             f"(got {ga}); use a smaller batch or more processes")
+        self.acc = make_accelerator(cfg.accelerator)
+        self.rank, self.world, self.device = self.acc.process_index, self.acc.num_processes, self.acc.device
+        self.is_main = self.acc.is_main_process
+        self.run_dir, self.ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume,
+                                                  overwrite=cfg.run.overwrite, is_main=self.is_main)
+        seed_everything(cfg.run.seed, 0)  # identical initial weights on every rank
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def start(self, scorer, *, total_steps: int | None = None) -> int:
+        """Optimizer and schedule over `total_steps` optimizer steps (default run.max_steps), resume or per-rank
+        seed, DDP wrap (unless the loop was made with ddp=False), config dump, metrics log and progress bar.
+        Returns the first step."""
+        cfg = self.cfg
+        self.scorer = scorer
+        model = scorer.model
+        self.lora = is_lora(model)
+        self.params = trainable_parameters(model)
+        self.opt, self.sched = build_optimizer(self.params, cfg.optim, total_steps or cfg.run.max_steps)
+        self.guard, self.start_step = resume_or_seed(self.ckpt, model, self.opt, self.sched, cfg, self.rank)
+        if self.ddp:  # not the scheduler (accelerate would step it once per process)
+            scorer.model, self.opt = self.acc.prepare(model, self.opt)
+        if self.is_main:
+            dump_config(cfg, self.run_dir.config)
+        self.log = MetricsLogger(self.run_dir.metrics, resume_step=self.start_step if self.ckpt else None,
+                                 enabled=self.is_main)
+        self.bar = progress_bar(cfg.run.max_steps, initial=self.start_step, desc=self.name,
+                                enabled=cfg.run.progress, is_main=self.is_main)
+        self.grad_norm: torch.Tensor | float = float("nan")
+        return self.start_step
+
+    # -------------------------------------------------------------------------------------- inside a step
+    def autocast(self):
+        """Mixed precision for the plain-module strategy (a no-op with `accelerator.mixed_precision=no`)."""
+        return self.acc.autocast() if not self.ddp else contextlib.nullcontext()
+
+    def sync(self, last: bool):
+        """Context of one micro-batch's backward: gradients are all-reduced only after the `last` one (DDP)."""
+        return contextlib.nullcontext() if last or not self.ddp else self.acc.no_sync(self.scorer.model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.ddp:
+            self.acc.backward(loss)
+        else:
+            loss.backward()
+
+    def optimizer_step(self, step: int, loss) -> torch.Tensor | float:
+        """Average gradients (plain-module strategy), clip (`optim.grad_clip`, 0: none), apply the step unless the
+        NaN guard skips it, zero the gradients. Returns the gradient norm before clipping."""
+        if not self.ddp and self.world > 1:
+            for p in self.params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.world
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        if self.ddp:
+            gn = self.acc.clip_grad_norm_(self.params, clip)
+        else:
+            gn = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if self.guard.check(step, loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)), gn):
+            self.opt.step()
+            self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.grad_norm = gn
+        return gn
+
+    def step_on_terms(self, step: int, micro: list, terms_of: Callable[[object], dict[str, torch.Tensor]],
+                      weights: dict[str, float]) -> dict:
+        """One optimizer step over micro-batches whose loss is Σ_k weights[k]·term_k (each term already divided by
+        its global-batch count): backward per micro-batch, `optimizer_step`, then the loss and every term averaged
+        over processes, as metrics."""
+        totals: dict[str, torch.Tensor] = {}
+        for m, part in enumerate(micro):
+            with self.sync(last=m == len(micro) - 1):
+                terms = terms_of(part)
+                self.backward(sum(weights[k] * v for k, v in terms.items()))
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + v.detach()
+        loss = sum(weights[k] * v for k, v in totals.items())
+        self.optimizer_step(step, loss)
+        names = sorted(totals)
+        red = self.acc.reduce(torch.stack([loss, *(totals[k] for k in names)]).float(), reduction="mean")
+        return {"loss": red[0], **{k: red[i + 1] for i, k in enumerate(names)}}
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def run(self, train_step: Callable[[int], dict], evaluate: Callable[[int], dict] | None = None,
+            postfix: tuple[str, ...] = ("loss",)) -> None:
+        """Steps start_step .. run.max_steps − 1: `train_step(step)` → metrics (it calls `optimizer_step`), then
+        lr / grad norm / timing, evaluation, logging, progress and checkpoints on their cadences."""
+        cfg = self.cfg
+        for step in range(self.start_step, cfg.run.max_steps):
+            t0 = time.perf_counter()
+            metrics = train_step(step)
+            metrics.update(lr=self.sched.get_last_lr()[0], grad_norm=self.grad_norm,
+                           step_time=time.perf_counter() - t0, skipped=self.guard.total)
+            done, last = step + 1, step + 1 == cfg.run.max_steps
+            evaluated = evaluate is not None and (_due(cfg.data.eval_every, done) or last)
+            if evaluated:
+                if self.is_main:
+                    with unwrapped(self.scorer, self.acc):
+                        metrics.update(evaluate(step))
+                self.acc.wait_for_everyone()
+            if _due(cfg.run.log_every, done) or last or evaluated:
+                self.log.log(done, metrics)
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{float(metrics[k]):.4f}" for k in postfix if k in metrics})
+            if _due(cfg.run.save_every, done) or last:
+                self.checkpoint(done)
+        self.bar.close()
+        self.log.close()
+
+    def checkpoint(self, step: int) -> None:
+        """Save `run_dir/checkpoints/step_XXXXXX` (collective: every rank calls it)."""
+        rng = gather_rng_states()
+        if self.is_main:
+            save_checkpoint(self.run_dir.checkpoints, step, model_state(self.acc.unwrap_model(self.scorer.model),
+                                                                        self.lora),
+                            optimizer=self.opt, scheduler=self.sched, rng_states=rng,
+                            extra={"guard": self.guard.state_dict()}, keep_last=self.cfg.run.keep_last)
+        self.acc.wait_for_everyone()
+
+    def save_final(self, scorer, mode: str, max_new_tokens: int | None = None) -> Path:
+        """Write the trained Scorer atomically to `run_dir/final` with `mode` (and at least `max_new_tokens` as the
+        chain length bound) in its zreward.json, checked before writing."""
+        out = self.run_dir.final
+        with unwrapped(scorer, self.acc):
+            scorer.config.mode = mode
+            if max_new_tokens is not None:
+                scorer.config.max_new_tokens = max(scorer.config.max_new_tokens, max_new_tokens)
+            scorer.config.validate()
+            if self.is_main:
+                with atomic_dir(out) as tmp:
+                    scorer.save_pretrained(tmp)
+        self.acc.wait_for_everyone()
+        return out

@@ -1,0 +1,197 @@
+"""The one RL loop of the reasoning-mode trainers (`gdso`, `grpo`): their difference is exactly their objective.
+
+Per optimizer step (stages named as in verl; the shared settings are `RLConfig`):
+
+1. **batch**: `data.prompts_per_batch` prompt groups (`data.group_batch`: prompt *instances*, up to
+   `data.max_per_prompt` images each), so that pairs of images of the same prompt exist; the run's dims, or a
+   seeded random subset of `dims_per_step` of them (the same for the whole batch).
+2. **rollout**: G = `group_size` chains per (image, dim) at `temperature`, plain temperature sampling, one
+   batched KV-cached `generate` call (`rollout.rollout`): the policy-gradient chains. An objective that reads
+   chains as at evaluation (GDSO's distribution and pair terms) also gets `eval_rollout`: `eval_samples_per_item`
+   chains per (image, dim) at `eval_temperature` (0: one greedy chain).
+3. **micro-batches** of whole prompt groups (`groups_per_micro`, or `accelerator.gradient_accumulation_steps`
+   equal parts), each one forward/backward of the objective, its loss weighted by its share of the batch images.
+4. **objective** (the trainer's file): `objective(g, scorer, mb, state, ref_model) -> (loss, stats, state)`. The
+   first call on a micro-batch gets state None and returns the `RolloutState` it froze (rewards, advantages,
+   sampling-policy and reference log-probs); `ppo_epochs` > 1 re-uses the rollout with that state, one optimizer
+   and scheduler step per epoch.
+5. **update**: `RunLoop.optimizer_step` (gradients all-reduced across processes, clipping, NaN guard).
+
+The model stays the plain module (it generates; the objective runs several forwards per backward), so gradients
+are averaged by an explicit all-reduce and `accelerator.mixed_precision=bf16` is applied by autocast around the
+rollout and the objective (fp16 is refused: no loss scaler). DeepSpeed/FSDP sharding is not supported here.
+Evaluation: held-out pairwise accuracy in reasoning mode (`Scorer.score(reasoning=True, samples=eval_samples)`);
+the saved scorer samples chains at `eval_temperature` (or `temperature` when that is 0 / null).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zreward.losses.policy import ADV_SCALES
+from zreward.trainers import rollout as R
+from zreward.trainers.common import build_scorer, val_pairwise_accuracy
+from zreward.trainers.data import group_batch, load_train_data, split_by_group
+from zreward.trainers.loop import RunLoop
+
+AGGREGATIONS = ("seq_mean", "token_mean", "fixed_norm")
+
+
+@dataclass
+class RLConfig:
+    """Settings GDSO and GRPO share (their sections `gdso.*` / `grpo.*` add their objective's)."""
+
+    group_size: int = field(default=4, metadata={"help": "G: sampled chains per (image, dim)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "chain length bound (null: the scorer's zreward.json value; saved into the final scorer)"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature (the PG chains)"})
+    eval_temperature: float | None = field(default=0.3, metadata={"help": "temperature the model's chains are read at, as at evaluation; the saved scorer samples at it (0: greedy; null: the rollout temperature, the pre-fix behaviour); 0.3 not yet measured"})
+    dims: list[str] | None = field(default=None, metadata={"help": "dimensions to train (null: all the split and scorer share)"})
+    dims_per_step: int | None = field(default=None, metadata={"help": "random subset of dims per step (null: all)"})
+    adv_scale: str = field(default="group", metadata={"help": "advantage scaling: group, batch or none (Dr. GRPO)"})
+    adv_std_floor: float = field(default=0.1, metadata={"help": "advantages divide by max(std, floor), reward units (0: TRL's std + 1e-4; 0.1 not yet measured)"})
+    clip_eps_low: float = field(default=0.2, metadata={"help": "ratio clip 1 − eps_low"})
+    clip_eps_high: float = field(default=0.2, metadata={"help": "ratio clip 1 + eps_high"})
+    aggregation: str = field(default="seq_mean", metadata={"help": "token aggregation: seq_mean, token_mean, fixed_norm"})
+    kl_coef: float = field(default=0.0, metadata={"help": "k3 KL weight to the frozen initial model (0: no reference)"})
+    ppo_epochs: int = field(default=1, metadata={"help": "updates per rollout (1: on-policy, ratio = 1)"})
+    groups_per_micro: int | None = field(default=None, metadata={"help": "prompt groups per micro-batch (null: whole batch)"})
+    eval_reasoning: bool = field(default=True, metadata={"help": "evaluate in reasoning mode (else direct)"})
+    eval_samples: int = field(default=1, metadata={"help": "chains per (image, dim) at evaluation (1: greedy)"})
+
+    section = "rl"  # the config section name, for messages (a class attribute, not a field)
+
+    def check(self, choices: dict[str, tuple[str, tuple]], positive: tuple[str, ...] = ()) -> None:
+        """Raise ValueError naming `<section>.<field>` for a value outside its choices or < 1."""
+        choices = {"adv_scale": (self.adv_scale, ADV_SCALES), "aggregation": (self.aggregation, AGGREGATIONS),
+                   **choices}
+        for name, (v, ok) in choices.items():
+            if v not in ok:
+                raise ValueError(f"{self.section}.{name} must be one of {ok}, got {v!r}")
+        for name in ("group_size", "max_new_tokens", "ppo_epochs", "eval_samples", *positive):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{self.section}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_temperature is not None and self.eval_temperature < 0:
+            raise ValueError(f"{self.section}.eval_temperature must be >= 0 (0: greedy) or null, "
+                             f"got {self.eval_temperature}")
+        if self.adv_std_floor < 0:
+            raise ValueError(f"{self.section}.adv_std_floor must be >= 0, got {self.adv_std_floor}")
+
+
+@dataclass
+class RolloutState:
+    """What the first pass over a rollout freezes for the later PPO epochs (replaces a string-keyed cache).
+
+    Attributes:
+        rewards / advantages: (N,) per PG chain.
+        old_logp: (N, T) the sampling policy's log-probs of the tokens the PG term covers.
+        ref_logp: (N, T) the same under the frozen initial model (only with kl_coef > 0).
+        level: (N,) the score level chosen per chain (GRPO).
+    """
+
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None = None
+    level: torch.Tensor | None = None
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of whole prompt groups: PG chains, evaluation-temperature chains (or None), labels, groups."""
+
+    ro: R.Rollout
+    ro_eval: R.Rollout | None
+    lab: R.Labels
+    group_ids: np.ndarray
+
+
+Objective = Callable[[RLConfig, object, MicroBatch, "RolloutState | None", object],
+                     "tuple[torch.Tensor, dict, RolloutState]"]
+
+
+def micro_batches(group_ids: np.ndarray, g: RLConfig, accumulation_steps: int) -> list[np.ndarray]:
+    """Batch positions per micro-batch: `groups_per_micro` groups each, or `accumulation_steps` parts."""
+    if accumulation_steps > 1:
+        if g.groups_per_micro:
+            raise ValueError(f"set either {g.section}.groups_per_micro or accelerator.gradient_accumulation_steps, "
+                             "not both (both split a step into micro-batches of whole prompt groups)")
+        return split_by_group(np.arange(len(group_ids)), np.asarray(group_ids), accumulation_steps)
+    return R.micro_batches(group_ids, g.groups_per_micro)
+
+
+def eval_rollout(scorer, g: RLConfig, prompts: list[str], images, dims: list[str], samples: int) -> R.Rollout | None:
+    """The chains the model is read with at evaluation: `samples` per (image, dim) at `g.eval_temperature` (greedy,
+    one chain, when it is 0); None when `g.eval_temperature` is None (the objective then reads the PG chains)."""
+    if g.eval_temperature is None:
+        return None
+    greedy = g.eval_temperature == 0
+    return R.rollout(scorer, prompts, images, dims, 1 if greedy else samples, g.max_new_tokens,
+                     g.eval_temperature or 1.0, do_sample=not greedy)
+
+
+def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int | None = None) -> Path:
+    """Run the RL loop with `objective`; `eval_samples_per_item` (None: no evaluation-temperature chains) chains per
+    (image, dim) are sampled at `g.eval_temperature` for it. Returns the final scorer directory `run_dir/final`."""
+    loop = RunLoop(cfg, g.section, ddp=False)
+    scorer = build_scorer(cfg.model, loop.device)
+    # Evaluation and the saved scorer generate chains like the model is read at evaluation.
+    g.max_new_tokens = g.max_new_tokens or scorer.config.max_new_tokens
+    scorer.config.max_new_tokens = g.max_new_tokens
+    scorer.config.temperature = g.eval_temperature or g.temperature
+    scorer.config.mode = "reasoning"
+    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
+    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    dims = R.resolve_dims(g.dims, data, scorer, f"{g.section}.dims")
+    ref_model = R.make_reference(scorer.model) if g.kl_coef else None  # the initial weights, before any resume
+    loop.start(scorer, total_steps=cfg.run.max_steps * g.ppo_epochs)
+    ga = cfg.accelerator.gradient_accumulation_steps
+
+    def train_step(step: int) -> dict:
+        idx = group_batch(data, cfg.data.prompts_per_batch, step, cfg.run.seed, rank=loop.rank,
+                          world_size=loop.world, max_per_prompt=cfg.data.max_per_prompt)
+        sdims = R.step_dims(dims, g.dims_per_step, cfg.run.seed, step)
+        lab = R.batch_labels(data, idx, data.dim_index(sdims), scorer.levels)
+        prompts, groups = [data.prompts[i] for i in idx], data.group[idx]
+        t0 = time.perf_counter()
+        with loop.autocast():
+            ro = R.rollout(scorer, prompts, data.image_batch(idx), sdims, g.group_size, g.max_new_tokens,
+                           g.temperature)
+            ro_eval = (eval_rollout(scorer, g, prompts, data.image_batch(idx), sdims, eval_samples_per_item)
+                       if eval_samples_per_item is not None else None)
+        t_rollout = time.perf_counter() - t0
+        micro = micro_batches(groups, g, ga)
+        states: list[RolloutState | None] = [None] * len(micro)
+        agg: dict[str, float] = {}
+        t_score = t_update = 0.0
+        for _epoch in range(g.ppo_epochs):
+            for j, rows in enumerate(micro):
+                whole = len(micro) == 1
+                mb = MicroBatch(ro if whole else R.subset(ro, rows)[0],
+                                ro_eval if whole or ro_eval is None else R.subset(ro_eval, rows)[0],
+                                lab.rows(rows), groups[rows])
+                t0 = time.perf_counter()
+                with loop.autocast():
+                    loss, st, states[j] = objective(g, scorer, mb, states[j], ref_model)
+                t1 = time.perf_counter()
+                w = len(rows) / len(idx)
+                loop.backward(loss * w)
+                t_score, t_update = t_score + t1 - t0, t_update + time.perf_counter() - t1
+                for k, v in st.items():
+                    agg[k] = agg.get(k, 0.0) + float(v) * w / g.ppo_epochs
+            t0 = time.perf_counter()
+            loop.optimizer_step(step, agg["loss"])
+            t_update += time.perf_counter() - t0
+        return {**agg, "t_rollout": t_rollout, "t_score": t_score, "t_update": t_update,
+                "gen_tokens": ro.gen_tokens, "gen_tok_per_s": ro.gen_tokens / max(t_rollout, 1e-9)}
+
+    def evaluate(step: int) -> dict:
+        return val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size, reasoning=g.eval_reasoning,
+                                     samples=g.eval_samples)
+
+    loop.run(train_step, evaluate if val is not None else None, postfix=("loss", "reward_mean"))
+    return loop.save_final(scorer, "reasoning")
