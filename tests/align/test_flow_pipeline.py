@@ -17,6 +17,7 @@ from zreward.align.flow_pipeline import PipelineSampling, load_pipeline_generato
 from zreward.align.tiny_pipelines import FAMILIES, build_tiny_pipeline
 from zreward.align.tune import TuneConfig, apply_lora, reward_step, tune
 from zreward.align.tune_state import EMA
+from zreward.models.scorer import load_scorer
 
 PROMPTS = ["a red circle", "two blue squares"]
 # guidance as each pipeline's own scale, on for all (SD3 / Z-Image / Qwen-Image CFG, FLUX distilled embedding)
@@ -50,10 +51,8 @@ def prompt_files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_scorer_dir):
-    from zreward.models.scorer import load_scorer
-
-    s = load_scorer(tiny_scorer_dir)
+def scorer(tiny_model):
+    s = load_scorer(tiny_model)
     s.model.requires_grad_(False)
     return s
 
@@ -113,8 +112,8 @@ def test_one_step_reaches_lora_through_vae_and_reward(pipe_dirs, scorer, fam, me
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
-def test_short_tune_raises_heldout_reward(pipe_dirs, tiny_scorer_dir, prompt_files, fam, tmp_path):
-    out = tune(TuneConfig(generator=str(pipe_dirs[fam]), reward=str(tiny_scorer_dir), out=str(tmp_path / "t"),
+def test_short_tune_raises_heldout_reward(pipe_dirs, tiny_model, prompt_files, fam, tmp_path):
+    out = tune(TuneConfig(generator=str(pipe_dirs[fam]), reward=str(tiny_model), out=str(tmp_path / "t"),
                           prompts=str(prompt_files[0]), heldout_prompts=str(prompt_files[1]), method="draft", k=1,
                           steps=8, batch_size=2, lr=1e-2, lora=False, sample_steps=4, height=32, width=32,
                           guidance=OFF[fam], max_sequence_length=16,
@@ -128,9 +127,9 @@ def test_short_tune_raises_heldout_reward(pipe_dirs, tiny_scorer_dir, prompt_fil
     assert img.shape == (1, 3, 32, 32)
 
 
-def test_resume_is_exact_with_ema(pipe_dirs, tiny_scorer_dir, prompt_files, tmp_path, capsys):
+def test_resume_is_exact_with_ema(pipe_dirs, tiny_model, prompt_files, tmp_path, capsys):
     def run(out, steps):
-        return tune(TuneConfig(generator=str(pipe_dirs["sd3"]), reward=str(tiny_scorer_dir), out=str(out),
+        return tune(TuneConfig(generator=str(pipe_dirs["sd3"]), reward=str(tiny_model), out=str(out),
                                prompts=str(prompt_files[0]), heldout_prompts=str(prompt_files[1]), method="alignprop",
                                k=2, steps=steps, batch_size=2, lr=3e-2, lora_rank=4, sample_steps=3, height=32,
                                width=32, guidance=1.0, max_sequence_length=16, audit_every=2, audit_prompts=2,
@@ -164,8 +163,8 @@ class FallingJudge:
 
 
 @pytest.mark.parametrize("drop,warns", [(0.5, True), (0.0, False)])
-def test_audit_warns_when_a_judge_diverges(pipe_dirs, tiny_scorer_dir, prompt_files, tmp_path, drop, warns):
-    out = tune(TuneConfig(generator=str(pipe_dirs["sd3"]), reward=str(tiny_scorer_dir), out=str(tmp_path / "t"),
+def test_audit_warns_when_a_judge_diverges(pipe_dirs, tiny_model, prompt_files, tmp_path, drop, warns):
+    out = tune(TuneConfig(generator=str(pipe_dirs["sd3"]), reward=str(tiny_model), out=str(tmp_path / "t"),
                           prompts=str(prompt_files[0]), heldout_prompts=str(prompt_files[1]), steps=8, batch_size=2,
                           lr=1e-2, lora=False, sample_steps=4, height=32, width=32, guidance=1.0,
                           max_sequence_length=16, audit_every=4, audit_prompts=3, seed=0),
@@ -212,34 +211,34 @@ def test_ema_update_and_swap():
         EMA({"w": p}, decay=1.0)
 
 
-def test_gen_cli_tunes_a_pipeline(pipe_dirs, tiny_scorer_dir, prompt_files, tmp_path):
+def test_gen_cli_tunes_a_pipeline(pipe_dirs, tiny_model, prompt_files, tmp_path):
     from zreward.align.cli import main
 
     out = tmp_path / "tuned"
-    assert main(["tune", "--generator", str(pipe_dirs["flux"]), "--reward", str(tiny_scorer_dir), "--out", str(out),
+    assert main(["tune", "--generator", str(pipe_dirs["flux"]), "--reward", str(tiny_model), "--out", str(out),
                  "--prompts", str(prompt_files[0]), "--heldout-prompts", str(prompt_files[1]), "--method",
                  "alignprop", "--k", "2", "--steps", "2", "--batch-size", "1", "--sample-steps", "2", "--height",
-                 "32", "--width", "32", "--max-sequence-length", "16", "--judge", str(tiny_scorer_dir),
-                 "--judge", f"teacher={tiny_scorer_dir}:reasoning:2",
+                 "32", "--width", "32", "--max-sequence-length", "16", "--judge", str(tiny_model),
+                 "--judge", f"teacher={tiny_model}:reasoning:2",
                  "--sample-every", "2", "--ema", "0.9", "--audit-every", "2", "--audit-prompts", "2",
                  "--grad-checkpointing"]) == 0
     meta = json.loads((out / "tune.json").read_text())
     c = meta["config"]
     assert (c["method"], c["k"], c["ema"], c["scorer_size"], c["profile"]) == ("alignprop", 2, 0.9, None, "custom")
-    assert {f"judge:{tiny_scorer_dir.name}", "judge:teacher"} <= set(meta["audit"][0]) and len(meta["audit"]) == 2
+    assert {f"judge:{tiny_model.name}", "judge:teacher"} <= set(meta["audit"][0]) and len(meta["audit"]) == 2
     assert (out / "samples" / "step_000002.png").is_file() and (out / "audit.png").is_file()
     assert (out / "lora" / "adapter_model.safetensors").is_file()
     with pytest.raises(ValueError, match="prompts"):
-        main(["tune", "--generator", str(pipe_dirs["flux"]), "--reward", str(tiny_scorer_dir), "--out",
+        main(["tune", "--generator", str(pipe_dirs["flux"]), "--reward", str(tiny_model), "--out",
               str(tmp_path / "x")])
 
 
-def test_judge_specs_follow_the_eval_model_syntax(tiny_scorer_dir):
+def test_judge_specs_follow_the_eval_model_syntax(tiny_model):
     from zreward.align.audit import load_scorer_judges
 
-    teacher, plain = load_scorer_judges([f"teacher={tiny_scorer_dir}:reasoning:3", str(tiny_scorer_dir)])
+    teacher, plain = load_scorer_judges([f"teacher={tiny_model}:reasoning:3", str(tiny_model)])
     assert (teacher.key, teacher.reasoning, teacher.samples) == ("judge:teacher", True, 3)
-    assert (plain.key, plain.reasoning, plain.samples) == (f"judge:{tiny_scorer_dir.name}", False, 1)
+    assert (plain.key, plain.reasoning, plain.samples) == (f"judge:{tiny_model.name}", False, 1)
 
 
 def test_bf16_pipeline_with_checkpointing_trains_fp32_adapters(pipe_dirs, scorer):

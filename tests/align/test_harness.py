@@ -13,8 +13,8 @@ PROMPTS = ["a red circle", "two blue squares"]
 
 
 @pytest.fixture(scope="module")
-def reward(tiny_scorer_dir):
-    return ScorerRewardFn(tiny_scorer_dir, uncertainty_lambda=0.5)
+def reward(tiny_model):
+    return ScorerRewardFn(tiny_model, uncertainty_lambda=0.5)
 
 
 @pytest.fixture(scope="module")

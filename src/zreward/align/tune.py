@@ -48,10 +48,9 @@ import torch.nn.functional as F
 from zreward.align.audit import OracleJudge, audit_row, hacking_warning, load_scorer_judges, plot_audit
 from zreward.align.flow_pipeline import PipelineSampling, is_pipeline_dir, load_pipeline_generator
 from zreward.align.generator import T2IGenerator, load_generator
-from zreward.align.pretrain import split_dir
-from zreward.models.scorer import load_scorer
-from zreward.align.pretrain import save_grid
+from zreward.align.pretrain import save_grid, split_dir
 from zreward.align.tune_state import EMA, load_tune_checkpoint, save_tune_checkpoint, trainable
+from zreward.models.scorer import load_scorer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 METHODS = ("refl", "draft", "alignprop")
@@ -272,8 +271,11 @@ def _prompt_sets(cfg: TuneConfig, shapes: bool) -> tuple[list[str], list[str]]:
         train, held = prompts_of(cfg.data, "train"), prompts_of(cfg.data, "val")
     else:
         raise ValueError(f"prompts: a pipeline generator ({cfg.generator}) needs a prompt file (--prompts)")
-    if not train or not held:
-        raise ValueError("prompts / heldout_prompts: expected at least one training and one held-out prompt")
+    if not train:
+        raise ValueError(f"prompts: {cfg.prompts or cfg.data}: expected at least one training prompt")
+    if not held:
+        raise ValueError("heldout_prompts: expected a file with at least one held-out prompt (--heldout-prompts), "
+                         "for the hacking audit and the sample grids")
     return train, held[: cfg.audit_prompts]
 
 
@@ -296,6 +298,9 @@ def tune(cfg: TuneConfig, judges: list | None = None) -> Path:
         judges = ([OracleJudge()] if shapes else []) + load_scorer_judges(
             cfg.judges or [], cfg.judge_reasoning, cfg.judge_samples, cfg.device, dtype)
     watch = tuple(k for j in judges for k in j.watch)
+    if not watch:
+        print("[gen tune] note: no judge (--judge): the audit records the reward only and cannot warn of hacking",
+              flush=True)
     labels = {k: v for j in judges for k, v in j.labels.items()}
     if cfg.grad_checkpointing:
         gen.transformer.enable_gradient_checkpointing()
