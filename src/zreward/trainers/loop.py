@@ -128,8 +128,8 @@ def _due(every: int, step: int) -> bool:
 
 
 class RunLoop:
-    """One training run (see the module docstring). Attributes after `start`: acc, run, ckpt, scorer, opt, sched,
-    guard, params, start_step, rank, world, device."""
+    """One training run (see the module docstring). Attributes: acc, run_dir, ckpt (checkpoint resumed from or
+    None), rank, world, device, is_main; after `start`: scorer, opt, sched, guard, params, start_step."""
 
     def __init__(self, cfg, name: str, *, accumulation: bool = True, ddp: bool = True):
         self.cfg, self.name, self.ddp = cfg, name, ddp

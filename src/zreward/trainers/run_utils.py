@@ -316,7 +316,7 @@ def seed_everything(seed: int, rank: int = 0) -> int:
 def make_accelerator(cfg: AcceleratorConfig | None = None, **kwargs: Any):
     """Build `accelerate.Accelerator` from an `AcceleratorConfig`.
 
-    On CPU it passes `cpu=True`; under `torchrun` this makes accelerate initialise a gloo process group (NOTES:
+    On CPU it passes `cpu=True`; under `torchrun` this makes accelerate initialise a gloo process group (observed:
     `accelerate launch --cpu --num_processes 2` silently runs one process, torchrun + cpu=True works).
     Extra keyword arguments go to `Accelerator` unchanged.
     """
