@@ -8,7 +8,7 @@ import pytest
 
 from zreward.trainers import sft
 from zreward.trainers.config import parse_cli
-from zreward.trainers.resume import checkpoint_problem, config_changes
+from zreward.trainers.resume import ABSENT, checkpoint_problem, config_changes
 from zreward.trainers.run_utils import read_metrics
 
 KEEP_ALL = ("run.save_every=1", "run.keep_last=null")
@@ -18,10 +18,23 @@ def test_config_changes_names_keys_and_ignores_run_bookkeeping():
     old = {"run": {"max_steps": 2, "seed": 0, "progress": True}, "optim": {"lr": 1e-3, "schedule": "constant"}}
     new = {"run": {"max_steps": 4, "seed": 0, "progress": False}, "optim": {"lr": 2e-3, "schedule": "constant"},
            "gdso": {"eval_temperature": 0.3}}
-    assert config_changes(old, new) == {"optim.lr": (1e-3, 2e-3), "gdso.eval_temperature": (None, 0.3)}
+    assert config_changes(old, new) == {"optim.lr": (1e-3, 2e-3), "gdso.eval_temperature": (ABSENT, 0.3)}
     cos = {**new, "optim": {"lr": 1e-3, "schedule": "cosine"}}
-    assert config_changes({**old, "optim": cos["optim"]}, cos) == {"gdso.eval_temperature": (None, 0.3),
+    assert config_changes({**old, "optim": cos["optim"]}, cos) == {"gdso.eval_temperature": (ABSENT, 0.3),
                                                                    "run.max_steps": (2, 4)}
+
+
+def test_settings_added_after_the_run_started_count_only_off_their_default():
+    # the saved config predates model.lora_targets / gdso.eval_temperature: at their defaults they are no change
+    old = {"model": {"lora": False}, "optim": {"lr": 1e-3}}
+    defaults = {"model": {"lora": False, "lora_targets": None}, "gdso": {"eval_temperature": 0.3},
+                "optim": {"lr": 1e-3}}
+    assert config_changes(old, defaults, defaults) == {}
+    new = {"model": {"lora": False, "lora_targets": ["q_proj"]}, "gdso": {"eval_temperature": 0.3},
+           "optim": {"lr": 1e-3}}
+    assert config_changes(old, new, defaults) == {"model.lora_targets": (ABSENT, ["q_proj"])}
+    # a setting the saved config has and the new one lacks (removed from zreward) is shown as absent
+    assert config_changes({**old, "x": {"y": 1}}, defaults, defaults) == {"x.y": (1, ABSENT)}
 
 
 def test_changed_setting_is_refused_unless_resume_with_changes(tiny_vlm, small_world, tmp_path, sft_config):

@@ -99,14 +99,23 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
-def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """{key path: (old, new)} for every setting that differs and matters for what is trained."""
-    a, b = _flatten(old), _flatten(new)
+ABSENT = "(absent)"  # how a key missing on one side is shown
+
+
+def config_changes(old: dict, new: dict, defaults: dict | None = None) -> dict[str, tuple[Any, Any]]:
+    """{key path: (old, new)} for every setting that differs and matters for what is trained.
+
+    A key the saved config lacks (a setting added to zreward after the run started) is a change only when its new
+    value differs from its default in `defaults` (the Config's own defaults): new settings default to the earlier
+    behaviour. A side that lacks a key shows `ABSENT`.
+    """
+    a, b, d = _flatten(old), _flatten(new), _flatten(defaults or {})
     missing = object()
     diff = {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-            if a.get(k, missing) != b.get(k, missing)}
+            if a.get(k, missing) != b.get(k, missing)
+            and not (k not in a and k in d and b.get(k, missing) == d[k])}
     constant = b.get("optim.schedule", "constant") == "constant" and a.get("optim.schedule", "constant") == "constant"
-    return {k: tuple(None if x is missing else x for x in v) for k, v in diff.items()
+    return {k: tuple(ABSENT if x is missing else x for x in v) for k, v in diff.items()
             if k not in RESUMABLE or (k == "run.max_steps" and not constant)}
 
 
@@ -116,7 +125,7 @@ def check_resume_config(cfg: Any, config_path: Path, step: int, allow: bool, is_
     if not config_path.is_file():
         return
     old = parse_yaml(config_path.read_text(encoding="utf-8"), str(config_path)) or {}
-    changes = config_changes(old, config_to_dict(cfg))
+    changes = config_changes(old, config_to_dict(cfg), config_to_dict(type(cfg)()))
     if not changes:
         return
     listed = "; ".join(f"{k}: {o!r} → {n!r}" for k, (o, n) in changes.items())
