@@ -50,12 +50,13 @@ def wall_seconds(metrics: Path) -> tuple[int, float]:
     return max(steps), sum(steps.values())
 
 
-def write_card(root: Path, steps: int | None, perception: dict) -> dict:
+def write_card(root: Path, steps: int | None, perception: dict, train_commit: str | None = None) -> dict:
     last, wall = wall_seconds(root / "run" / "metrics.jsonl")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    train_commit = train_commit or commit
     card = {"family": FAMILY, "preset": PRESET, "init_seed": SEED, "world_seed": SEED, "world_prompts": PROMPTS,
             "train_images": PROMPTS * 4, "steps": last, "images_per_step": 32, "train_seconds": round(wall, 1),
-            "commit": commit,
+            "commit": commit, "train_commit": train_commit,
             "commands": [f"zreward world build --out {root}/world --prompts {PROMPTS} --seed {SEED}",
                          f"zreward model init --family {FAMILY} --preset {PRESET} --seed {SEED} --out {root}/init",
                          shlex.join(train_command(root, steps or last))],
@@ -76,7 +77,8 @@ reward method of `zreward demo` starts from a copy of it (`zreward model init --
   the world builder keeps the held-out ood (color, shape) combinations out of it. No demo seed (0, 1, 2, ... and
   their pretraining worlds 1000, 1001, ...) is {SEED}.
 - Training: {last} steps × 32 images, AdamW lr 1e-3 (50 warm-up steps, then constant), summed step time
-  {wall / 3600:.2f} h on a 2-core CPU (one thread, other work running beside it). Commit {commit[:12]}.
+  {wall / 3600:.2f} h on a 2-core CPU (one thread, other work running beside it). Trained by the code of commit
+  {train_commit[:12]}; exported and measured at commit {commit[:12]}.
 - Commands (run by `python scripts/build_base.py --ship`):
 
 ```
@@ -104,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=REPO / "runs" / "base")
     ap.add_argument("--steps", type=int, default=None, help="train up to this step (default: the config's)")
     ap.add_argument("--ship", action="store_true", help="measure the perception and write src/zreward/models/base/")
+    ap.add_argument("--train-commit", default=None, help="the commit whose code ran the training (default: HEAD)")
     args = ap.parse_args(argv)
     root = args.root.resolve()
-    if not (root / "world" / "dataset.json").is_file():
+    if not (root / "world" / "card.json").is_file():
         run(["zreward", "world", "build", "--out", f"{root}/world", "--prompts", str(PROMPTS), "--seed", str(SEED),
              "--overwrite"])
     if not (root / "init" / "model.safetensors").is_file():
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         SHIP.mkdir(parents=True, exist_ok=True)
         for name in SCORER_FILES:
             shutil.copy2(root / "run" / "final" / name, SHIP / name)
-        card = write_card(root, args.steps, json.loads(out.read_text())["metrics"])
+        card = write_card(root, args.steps, json.loads(out.read_text())["metrics"], args.train_commit)
         print(json.dumps(card["perception"]["accuracy"], indent=1))
     return 0
 
