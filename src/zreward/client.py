@@ -206,7 +206,7 @@ class RewardClient:
         import torch
         import torch.nn.functional as F
 
-        from zreward.models.level_readout import overall, reward_from_readout
+        from zreward.models.level_readout import overall, reward_from_readout  # imports torch: deferred too
 
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] == 3:  # (B, H, W, 3)
             images = torch.from_numpy(images).permute(0, 3, 1, 2).float() / (255.0 if images.dtype == np.uint8 else 1.0)

@@ -100,3 +100,20 @@ def test_pair_targets_hand_values_and_they_differ():
     assert abs(t.item() - 0.75) > 0.05  # the two targets are different quantities
     # point masses with equal MOS: a tie, 0.5 (var_eps keeps it finite)
     assert pair_target_thurstone(*(torch.tensor([3.0]), torch.tensor([0.0])) * 2).item() == 0.5
+
+
+def test_pair_target_win_prob_stays_a_probability_under_round_off():
+    # two float32 histograms whose product sums to 1.0000001 before the clamp (a real training crash)
+    ha = torch.tensor([0, 0, 0, 0, 0, 6, 0, 1, 5.0])
+    hb = torch.tensor([1, 5, 0, 1, 4, 0, 0, 0, 0.0])
+    p = pair_target_win_prob(ha / ha.sum(), hb / hb.sum())
+    assert float(p) == 1.0
+
+
+def test_pair_target_win_prob_hand_values():
+    eye = torch.eye(9)
+    assert float(pair_target_win_prob(eye[2], eye[1])) == pytest.approx(1.0)
+    assert float(pair_target_win_prob(eye[1], eye[2])) == pytest.approx(0.0)
+    assert float(pair_target_win_prob(eye[4], eye[4])) == pytest.approx(0.5)
+    pa = 0.5 * (eye[0] + eye[1])  # a is below b half the time and ties b half the time
+    assert float(pair_target_win_prob(pa, eye[1])) == pytest.approx(0.25)

@@ -100,23 +100,6 @@ def test_rationale_forward_targets_chain_tokens_and_eos_and_reads_the_inference_
     torch.testing.assert_close(ro.logits, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_label_pair_prob_stays_a_probability_under_round_off():
-    # two float32 histograms whose product sums to 1.0000001 before the clamp (a real training crash)
-    ha = torch.tensor([0, 0, 0, 0, 0, 6, 0, 1, 5.0])
-    hb = torch.tensor([1, 5, 0, 1, 4, 0, 0, 0, 0.0])
-    p = sft.label_pair_prob(ha / ha.sum(), hb / hb.sum())
-    assert float(p) == 1.0
-
-
-def test_label_pair_prob_hand_values():
-    eye = torch.eye(9)
-    assert float(sft.label_pair_prob(eye[2], eye[1])) == pytest.approx(1.0)
-    assert float(sft.label_pair_prob(eye[1], eye[2])) == pytest.approx(0.0)
-    assert float(sft.label_pair_prob(eye[4], eye[4])) == pytest.approx(0.5)
-    pa = 0.5 * (eye[0] + eye[1])  # a is below b half the time and ties b half the time
-    assert float(sft.label_pair_prob(pa, eye[1])) == pytest.approx(0.25)
-
-
 def test_pairwise_sum_huber_and_fidelity_hand_values():
     mean = torch.tensor([[3.0], [2.0], [4.0]])
     std = torch.tensor([[0.0], [0.0], [0.5]])

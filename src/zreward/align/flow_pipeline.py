@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zreward.align.generator import generate_in_chunks
+
 FAMILY_OF_CLASS = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "ZImagePipeline": "zimage",
                    "QwenImagePipeline": "qwenimage"}
 PACKED = ("flux", "qwenimage")  # families whose transformer takes 2×2-packed latent tokens
@@ -258,9 +260,7 @@ class PipelineGenerator:
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None,
                  guidance: float | None = None, batch_size: int = 8) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] on CPU, no gradients, in chunks of `batch_size`."""
-        out = [self.to_image(self.sample(prompts[i:i + batch_size], seeds[i:i + batch_size], steps, guidance))
-               for i in range(0, len(prompts), batch_size)]
-        return torch.cat(out).cpu()
+        return generate_in_chunks(self, prompts, seeds, steps, guidance, batch_size)
 
     def eval(self) -> PipelineGenerator:
         self.transformer.eval()

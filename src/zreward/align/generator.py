@@ -234,9 +234,7 @@ class T2IGenerator(nn.Module):
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None,
                  guidance: float | None = None, batch_size: int = 32) -> torch.Tensor:
         """(B, 3, S, S) images in [0, 1], no gradients, in chunks of `batch_size`."""
-        out = [self.to_image(self.sample(prompts[i:i + batch_size], seeds[i:i + batch_size], steps, guidance))
-               for i in range(0, len(prompts), batch_size)]
-        return torch.cat(out).cpu()
+        return generate_in_chunks(self, prompts, seeds, steps, guidance, batch_size)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
@@ -259,6 +257,15 @@ class T2IGenerator(nn.Module):
         meta = {"format": "zreward-t2i-generator/1", "config": asdict(self.cfg), **(extra or {})}
         (out / GEN_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return out
+
+
+def generate_in_chunks(gen, prompts: list[str], seeds: list[int], steps: int | None, guidance: float | None,
+                       batch_size: int) -> torch.Tensor:
+    """`gen.to_image(gen.sample(...))` over chunks of `batch_size` prompts, concatenated on the CPU: the `generate`
+    of every generator behind the tuner's interface (`T2IGenerator`, `flow_pipeline.PipelineGenerator`)."""
+    out = [gen.to_image(gen.sample(prompts[i:i + batch_size], seeds[i:i + batch_size], steps, guidance))
+           for i in range(0, len(prompts), batch_size)]
+    return torch.cat(out).cpu()
 
 
 def load_generator(directory: str | Path, device: str = "cpu") -> T2IGenerator:

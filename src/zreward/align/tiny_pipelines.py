@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from zreward.align.generator import _grammar_corpus
+
 FAMILIES = ("sd3", "flux", "zimage", "qwenimage")
 SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 # A ChatML template that accepts (and ignores) `enable_thinking`, which ZImagePipeline passes.
@@ -34,8 +36,6 @@ def build_tiny_text_tokenizer(max_length: int = 32, vocab_size: int = 320):
     """A `PreTrainedTokenizerFast` (byte-level BPE on the ShapesWorld grammar, `</s>` appended, pad id 0)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from zreward.align.generator import _grammar_corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)

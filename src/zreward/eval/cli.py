@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["perception"]:
-        from zreward.eval.perception import main as perception_main
+        from zreward.eval.perception import main as perception_main  # deferred (torch + transformers)
 
         return perception_main(argv[1:])
     args = _parser().parse_args(argv)

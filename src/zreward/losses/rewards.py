@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from zreward.losses.distribution import kl_rows
 from zreward.models.level_readout import expectation
 
 __all__ = ["DIST_REWARDS", "LEVEL_REWARDS", "distribution_rewards", "sampled_level_rewards", "pair_outcome_rewards"]
@@ -55,7 +56,7 @@ def distribution_rewards(level_logits: torch.Tensor, levels: torch.Tensor, mos: 
         if target is None:
             raise ValueError("distribution_rewards: kind='neg_kl' needs the target distributions (N, L)")
         t = target.to(logp)
-        return -(torch.xlogy(t, t) - t * logp).sum(-1)
+        return -kl_rows(t, logp)
 
 
 def sampled_level_rewards(level_logits: torch.Tensor, levels: torch.Tensor, mos: torch.Tensor,

@@ -53,17 +53,19 @@ def expectation(probs: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return (probs * levels.to(probs)).sum(-1)
 
 
-def std_of(probs: torch.Tensor, levels: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+def std_of(probs: torch.Tensor, levels: torch.Tensor, mean: torch.Tensor | None = None,
+           eps: float = 1e-12) -> torch.Tensor:
     """Standard deviation of the level distribution. probs: (..., L), levels: (L,) → (...,).
 
-    The variance is clamped at 0 before the square root (float round-off can make it slightly negative), and a tiny
-    epsilon keeps the gradient of sqrt finite for a one-hot distribution.
+    The variance is clamped at 0 before the square root (float round-off can make it slightly negative), and `eps`
+    keeps the gradient of sqrt finite for a one-hot distribution (0: the exact std, for labels that need no gradient).
     """
     lv = levels.to(probs)
     if mean is None:
         mean = expectation(probs, lv)
     var = (probs * (lv - mean.unsqueeze(-1)) ** 2).sum(-1)
-    return (var.clamp_min(0.0) + 1e-12).sqrt()
+    var = var.clamp_min(0.0)
+    return (var + eps if eps else var).sqrt()
 
 
 def readout_from_level_logits(logits: torch.Tensor, levels: torch.Tensor) -> LevelReadout:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from zreward.models import level_readout as lr
+from zreward.models import level_readout
 
 # Default bound on logits held at once: 2**25 fp32 values = 128 MiB (≈ 135 rows at V = 248k).
 MAX_CHUNK_ELEMS = 2**25
@@ -158,12 +158,12 @@ def level_logits(head, hidden: torch.Tensor, ids: list[int], max_chunk_elems: in
 
 
 def hidden_readout(head, hidden: torch.Tensor, ids: list[int], levels: torch.Tensor,
-                   max_chunk_elems: int = MAX_CHUNK_ELEMS) -> lr.LevelReadout:
+                   max_chunk_elems: int = MAX_CHUNK_ELEMS) -> level_readout.LevelReadout:
     """Level readout from (..., H) hidden states at score positions; in-level mass from the chunked normaliser."""
     lv = level_logits(head, hidden, ids, max_chunk_elems)
-    out = lr.readout_from_level_logits(lv, levels.to(hidden.device))
+    out = level_readout.readout_from_level_logits(lv, levels.to(hidden.device))
     log_z = log_normaliser(head, hidden.reshape(-1, hidden.shape[-1]), max_chunk_elems).view(hidden.shape[:-1])
-    out.in_level_mass = lr.in_level_mass(lv, log_z)
+    out.in_level_mass = level_readout.in_level_mass(lv, log_z)
     return out
 
 
@@ -177,7 +177,8 @@ def hidden_at(model, inputs: dict, positions: torch.Tensor) -> torch.Tensor:
 
 def chain_scores(model, inputs: dict, lengths: torch.Tensor, prompt_lens: list[int], chain_ids: list[list[int]],
                  level_ids: list[int], levels: torch.Tensor, with_tokens: bool = True,
-                 max_chunk_elems: int = MAX_CHUNK_ELEMS) -> tuple[torch.Tensor, torch.Tensor, lr.LevelReadout]:
+                 max_chunk_elems: int = MAX_CHUNK_ELEMS
+                 ) -> tuple[torch.Tensor, torch.Tensor, level_readout.LevelReadout]:
     """Chain-token log-probs and the level readout after each chain, from one right-padded forward.
 
     Args:

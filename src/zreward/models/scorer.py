@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from zreward.data.images import load_image
-from zreward.models import level_readout as lr
+from zreward.models import level_readout
 from zreward.models import logprobs as lp
 from zreward.models import vision_share as vs
 from zreward.models.batch import EncodedBatch, build_batch, expand_image_placeholders, item_images
@@ -138,8 +138,6 @@ class Scorer:
             raise ValueError(f"dims: unknown dimensions {bad}; this scorer knows {sorted(self.config.rubrics)}")
         return dims
 
-    _dims = resolve_dims  # short alias used inside the package
-
     def _chat(self, prompt: str, dim: str) -> str:
         t = self.config.templates
         user = t.user.format(prompt=prompt, dim=dim, rubric=self.config.rubrics[dim],
@@ -201,16 +199,14 @@ class Scorer:
         """Full-vocabulary logits (N, V) at one position per row; hidden states are gathered before lm_head."""
         return lp.output_head(self.model)(lp.hidden_at(self.model, batch.inputs, positions))
 
-    def readout_at(self, batch: EncodedBatch, positions: torch.Tensor) -> lr.LevelReadout:
+    def readout_at(self, batch: EncodedBatch, positions: torch.Tensor) -> level_readout.LevelReadout:
         """Level readout (N, L) at one position per row from the L level rows of lm_head (no (N, V) logits)."""
         h = lp.hidden_at(self.model, batch.inputs, positions)
         return lp.hidden_readout(lp.output_head(self.model), h, self.config.level_token_ids, self.levels,
                                  self.max_chunk_elems)
 
-    _logits_at = logits_at
-
     # ------------------------------------------------------------------ direct mode
-    def direct_readout(self, prompts: list[str], images, dims: list[str] | None = None) -> lr.LevelReadout:
+    def direct_readout(self, prompts: list[str], images, dims: list[str] | None = None) -> level_readout.LevelReadout:
         """Direct-mode readout with gradients: one forward for all B·D (image, dim) prompts.
 
         Args:
@@ -219,7 +215,7 @@ class Scorer:
         Returns:
             LevelReadout with logits/probs (B, D, L), mean/std/in_level_mass (B, D).
         """
-        dims = self._dims(dims)
+        dims = self.resolve_dims(dims)
         pixels = images if isinstance(images, PixelInputs) else self.prepare_images(images)
         b = len(prompts)
         if len(pixels.values) != b:
@@ -230,8 +226,8 @@ class Scorer:
         with vs.encode_each_image_once(self.model, image_index, pixels):  # each image encoded once, not D times
             ro = self.readout_at(batch, batch.last_pos)
         shape = (b, len(dims))
-        return lr.LevelReadout(ro.logits.view(*shape, -1), ro.probs.view(*shape, -1), ro.mean.view(shape),
-                               ro.std.view(shape), ro.in_level_mass.view(shape))
+        return level_readout.LevelReadout(ro.logits.view(*shape, -1), ro.probs.view(*shape, -1),
+                                          ro.mean.view(shape), ro.std.view(shape), ro.in_level_mass.view(shape))
 
     def direct_logits(self, prompts: list[str], images, dims: list[str] | None = None) -> torch.Tensor:
         """(B, D, L) level logits at the score position, with gradients (direct mode, teacher-forced)."""
@@ -246,13 +242,13 @@ class Scorer:
             dims: dims to use (default all).  weights: per-dim weights (default: config weights for those dims).
             uncertainty_lambda: λ (default: config value, 0 = plain expectation).
         """
-        dims = self._dims(dims)
+        dims = self.resolve_dims(dims)
         if weights is None:
             weights = self.config.weights_for(dims)
         w = torch.as_tensor(weights, dtype=torch.float32)
         lam = self.config.uncertainty_lambda if uncertainty_lambda is None else uncertainty_lambda
         ro = self.direct_readout(prompts, images, dims)
-        return lr.reward_from_readout(ro.mean, ro.std, w.to(ro.mean.device), lam)
+        return level_readout.reward_from_readout(ro.mean, ro.std, w.to(ro.mean.device), lam)
 
     # ------------------------------------------------------------------ reasoning mode
     def generate_chains(self, prompts: list[str], images, dims: list[str] | None = None, samples: int = 1,
@@ -264,7 +260,7 @@ class Scorer:
             do_sample: default True when samples > 1 (greedy chains would be identical), else False.
             temperature / max_new_tokens: default from zreward.json.
         """
-        dims = self._dims(dims)
+        dims = self.resolve_dims(dims)
         pixels = images if isinstance(images, PixelInputs) else self.prepare_images(images)
         do_sample = samples > 1 if do_sample is None else do_sample
         items = [(b, d) for b in range(len(prompts)) for d in range(len(dims)) for _ in range(samples)]
@@ -320,7 +316,7 @@ class Scorer:
             if reasoning:
                 raise ValueError("reasoning=True: a yes/no (RewardDance) scorer has no reasoning mode")
             return score_yesno(self, prompts, images, dims, batch_size)
-        dims = self._dims(dims)
+        dims = self.resolve_dims(dims)
         if isinstance(images, torch.Tensor) and images.ndim == 3:
             images = images.unsqueeze(0)
         b = len(prompts)
@@ -340,8 +336,9 @@ class Scorer:
                 cb = self.generate_chains(ps, pixels, dims, samples=samples)
                 cf = self.chain_forward(cb, pixels, with_tokens=False)
                 p = torch.softmax(cf.level_logits.float(), -1).view(len(ps), len(dims), samples, -1)
-                probs.append(lr.mean_over_chains(p.transpose(1, 2)).cpu())
-                mass.append(lr.mean_over_chains(cf.in_level_mass.float().view(len(ps), len(dims), samples).mT).cpu())
+                probs.append(level_readout.mean_over_chains(p.transpose(1, 2)).cpu())
+                m = cf.in_level_mass.float().view(len(ps), len(dims), samples)
+                mass.append(level_readout.mean_over_chains(m.mT).cpu())
                 per = len(dims) * samples
                 chains += [cb.texts[i * per: (i + 1) * per] for i in range(len(ps))]
         P = torch.cat(probs) if probs else torch.zeros(0, len(dims), len(self.levels))
@@ -351,9 +348,9 @@ class Scorer:
     def score_output(self, probs: torch.Tensor, in_level_mass: torch.Tensor, dims: list[str],
                      chains: list[list[str]] | None = None) -> ScoreOutput:
         """ScoreOutput from (B, D, L) level distributions: mean, std and the weighted overall are computed here."""
-        mean = lr.expectation(probs, self.levels)
-        overall = lr.overall(mean, torch.tensor(self.config.weights_for(dims)))
-        return ScoreOutput(probs, mean, lr.std_of(probs, self.levels, mean), overall, in_level_mass, dims,
+        mean = level_readout.expectation(probs, self.levels)
+        overall = level_readout.overall(mean, torch.tensor(self.config.weights_for(dims)))
+        return ScoreOutput(probs, mean, level_readout.std_of(probs, self.levels, mean), overall, in_level_mass, dims,
                            self.levels.clone(), chains)
 
     # ------------------------------------------------------------------ persistence

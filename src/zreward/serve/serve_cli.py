@@ -37,7 +37,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def _uvicorn_server(app, cfg: ServeConfig, graceful_timeout: float | None, log_level: str):
     import uvicorn
 
-    from zreward.serve.connection_guard import guarded_h11
+    from zreward.serve.connection_guard import guarded_h11  # deferred with uvicorn (it imports uvicorn and h11)
 
     # uvicorn's own limit_concurrency counts idle connections and refuses /health too: the app's RequestLimits
     # middleware replaces it, and the guarded h11 protocol adds the header timeout and the per-client cap.

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from zreward.atomic import atomic_write_text
 from zreward.data.images import image_to_tensor, load_image
 from zreward.data.records import IMAGES_FILE, ImageRecord, RecordError, read_split
+from zreward.data.shapes_world.captions import caption
+from zreward.data.shapes_world.scene import SceneError
 from zreward.trainers.common import TrainConfig, build_scorer
 from zreward.trainers.config import parse_cli
 from zreward.trainers.data import float_images
@@ -123,9 +125,6 @@ def record_caption(rec: ImageRecord, path: Path) -> str:
     Raises:
         RecordError: naming `path`, the line and the record id, when there is neither (or either is malformed).
     """
-    from zreward.data.shapes_world.captions import caption
-    from zreward.data.shapes_world.scene import SceneError
-
     def where() -> str:
         line = _line_of(path, rec.id)
         return f"{path}:{line} (id {rec.id})" if line else f"{path} (id {rec.id})"

@@ -10,27 +10,27 @@ A checkpoint is a directory `<run_dir>/checkpoints/step_XXXXXX/` holding:
   numpy's and Python's global RNG states as JSON;
 * `state.json`              - the step, the world size and the trainer's extra JSON-able state.
 
-Writes are atomic: everything goes into a hidden temporary directory that is renamed to `step_XXXXXX` only
-after every file is written and fsync'ed, so a crash or exception never leaves a half-written checkpoint that
+Writes are atomic (`zreward.atomic.atomic_dir`): everything goes into a hidden temporary directory that is renamed
+to `step_XXXXXX` only after every file is written and fsync'ed, so a crash or exception never leaves a half-written checkpoint that
 `latest_checkpoint` would pick. Pruning (`keep_last`) renames old checkpoints away before deleting them.
 Nothing here calls `pickle` or `torch.load`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from zreward.atomic import atomic_dir
 
 STEP_DIR_RE = re.compile(r"^step_(\d+)$")
 FORMAT_VERSION = 1
@@ -38,76 +38,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read back; the message names the file and the problem."""
-
-
-# ------------------------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same directory and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `path`, on an exception it is removed.
-
-    An existing `path` is swapped out (renamed aside, then deleted) only after the new one is complete.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
-    try:
-        yield tmp
-        for p in tmp.iterdir():
-            if p.is_file():
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        old = None
-        if path.exists():  # POSIX rename cannot replace a non-empty directory: move the old one aside first
-            old = path.parent / f".old-{path.name}-{os.getpid()}"
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.replace(old, path)
-            raise
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ------------------------------------------------------------- state_dict <-> (tensors, JSON) without pickle

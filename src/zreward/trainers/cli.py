@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"zreward.trainers.{method}")
     rc = int(module.main(rest) or 0)
-    from zreward.trainers.run_utils import end_distributed
+    from zreward.trainers.run_utils import end_distributed  # deferred (torch): `zreward train --help` stays instant
 
     end_distributed()  # under torchrun: a clean gloo/NCCL teardown on every rank
     return rc

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from zreward.models.load import LoraOptions
+from zreward.models.scorer import load_scorer
 from zreward.trainers.data import TrainData
 from zreward.trainers.run_utils import AcceleratorConfig, RunConfig
 
@@ -103,9 +105,6 @@ def build_scorer(cfg: ModelConfig, device: str | torch.device = "cpu"):
     """Load the Scorer to train (train mode, LoRA/gradient checkpointing per config)."""
     if not cfg.init_from:
         raise ValueError("model.init_from is required: a scorer directory, an HF VLM directory or a hub name")
-    from zreward.models.load import LoraOptions
-    from zreward.models.scorer import load_scorer
-
     lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=cfg.lora_targets,
                        include_vision=cfg.lora_vision, train_level_rows=cfg.lora_level_rows) if cfg.lora else None
     scorer = load_scorer(cfg.init_from, device=str(device), dtype=cfg.dtype, lora=lora,
@@ -153,6 +152,8 @@ def val_pairs(data: TrainData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def val_pairwise_accuracy(scorer, data: TrainData, *, batch_size: int = 64, reasoning: bool = False,
                           samples: int = 1) -> dict[str, float]:
     """Pairwise accuracy (non-tie pairs) of the scorer's `overall` on a held-out split; also mean KL to labels."""
+    # Upward (trainers → eval): the held-out metrics are eval's one definition; kept out of the module imports so
+    # that the trainers layer does not depend on eval at import time (issue 15: move the metrics below trainers).
     from zreward.eval.metrics import kl, pairwise_accuracy
 
     was_training = scorer.model.training

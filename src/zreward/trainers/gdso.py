@@ -62,6 +62,7 @@ from zreward.losses import (
     kl_div_levels,
     masked_advantages,
     pair_outcome_rewards,
+    pair_target_thurstone,
     score_gap_huber,
     thurstone_fidelity,
 )
@@ -122,8 +123,7 @@ def pair_term(g: GDSOConfig, mu: torch.Tensor, sd: torch.Tensor, lab: R.Labels, 
     pair_mask = lm[ia] & lm[ib]
     if g.pair_loss == "huber":
         return score_gap_huber(mu[ia] - mu[ib], (lab.mos[ia] - lab.mos[ib]).to(mu), g.huber_delta, mask=pair_mask)
-    s2 = (lab.std[ia] ** 2 + lab.std[ib] ** 2 + 1e-6).sqrt()
-    p_t = torch.special.ndtr((lab.mos[ia] - lab.mos[ib]) / s2).to(mu)
+    p_t = pair_target_thurstone(lab.mos[ia], lab.std[ia], lab.mos[ib], lab.std[ib]).to(mu)
     return thurstone_fidelity(mu[ia], sd[ia], mu[ib], sd[ib], p_t, mask=pair_mask)
 
 

@@ -38,6 +38,7 @@ import torch
 
 from zreward.losses import clipped_pg_loss, masked_advantages, sampled_level_rewards
 from zreward.losses.rewards import LEVEL_REWARDS
+from zreward.models.level_readout import expectation
 from zreward.trainers import rollout as R
 from zreward.trainers.common import TrainConfig
 from zreward.trainers.config import parse_cli
@@ -90,7 +91,7 @@ def grpo_losses(g: GRPOConfig, scorer, mb: MicroBatch, state: RolloutState | Non
     with torch.no_grad():
         r = state.rewards[mask_c]
         p = torch.softmax(cf.level_logits.float(), -1)
-        mu = (p * scorer.levels.to(p)).sum(-1)
+        mu = expectation(p, scorer.levels)
         stats = {"loss": loss.detach(), "pg_loss": loss.detach(), "reward_mean": r.mean() if r.numel() else torch.zeros(()),
                  "mu_abs_err": ((mu - mos_c.to(mu)).abs()[mask_c]).mean() if r.numel() else torch.zeros(()),
                  "kl": st["kl"], "clip_frac": st["clip_frac"], "ratio_mean": st["ratio_mean"],

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from zreward.trainers.checkpoint import atomic_dir, gather_rng_states, load_checkpoint, save_checkpoint
+from zreward.atomic import atomic_dir
+from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
 from zreward.trainers.common import build_optimizer, trainable_parameters
 from zreward.trainers.config import dump_config
 from zreward.trainers.resume import check_resume_config

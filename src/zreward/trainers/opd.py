@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 
 from zreward.losses import generalized_jsd
+from zreward.models.level_readout import expectation
+from zreward.models.scorer import ChainBatch, load_scorer
 from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
 from zreward.trainers.data import load_train_data
@@ -115,8 +117,6 @@ def teacher_level_logits(teacher, prompts: list[str], images, dims: list[str], q
     """
     if query == "direct":
         return teacher.direct_logits(prompts, images, dims)
-    from zreward.models.scorer import ChainBatch
-
     pixels = teacher.prepare_images(images)
     items = [(b, d) for b in range(len(prompts)) for d in range(len(dims))]
     texts = [teacher.reasoning_prompt(prompts[b], dims[d]) for b, d in items]
@@ -139,8 +139,6 @@ def check_teacher(student, teacher, dims: list[str]) -> None:
 
 def train(cfg: Config) -> Path:
     """Distil `cfg.teacher.path` into the student `cfg.model.init_from` on-policy; returns the final Scorer dir."""
-    from zreward.models.scorer import load_scorer
-
     o = cfg.opd
     if not cfg.teacher.path:
         raise ValueError("teacher.path is required: the Scorer dir of the teacher to distil")
@@ -150,7 +148,7 @@ def train(cfg: Config) -> Path:
     scorer = build_scorer(cfg.model, device=loop.device)
     teacher = load_scorer(cfg.teacher.path, device=str(loop.device), dtype=cfg.teacher.dtype)
     teacher.model.eval().requires_grad_(False)
-    dims = scorer._dims(o.dims)
+    dims = scorer.resolve_dims(o.dims)
     check_teacher(scorer, teacher, dims)
     query = cfg.teacher.query
     if query == "auto":
@@ -178,8 +176,8 @@ def train(cfg: Config) -> Path:
         loop.backward(loss)
         loop.optimizer_step(step, loss)
         with torch.no_grad():
-            lv = scorer.levels.to(s_logits.device)
-            gap = ((s_logits.softmax(-1) - t_logits.softmax(-1)) @ lv).abs().mean()
+            gap = (expectation(s_logits.softmax(-1), scorer.levels)
+                   - expectation(t_logits.softmax(-1), scorer.levels)).abs().mean()
             fwd = generalized_jsd(s_logits, t_logits, beta=0.0, temperature=o.temperature)
         metrics = {"loss": loop.acc.reduce(reverse_kl.detach(), "mean"), "forward_kl": fwd, "mean_abs_gap": gap}
         if o.estimator == "sampled":

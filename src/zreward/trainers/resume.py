@@ -1,8 +1,10 @@
 """Resume protects the record: the same settings, an intact checkpoint, no debris of failed saves.
 
-- `sweep_debris`: removes what an interrupted save or prune leaves in `checkpoints/` (`.tmp-step_*`, `.del-step_*`,
-  `.old-step_*`) and in the run dir (`.tmp-final-*`, `.old-final-*`); `checkpoint.atomic_dir` cleans up after an
-  exception, but not after a kill. Run at every start.
+- `sweep_debris`: removes what an interrupted save or prune leaves in `checkpoints/` (`.step_*.tmp-<pid>-*`,
+  `.step_*.old-<pid>`, `.del-step_*`) and in the run dir (`.final.tmp-<pid>-*`, `.final.old-<pid>`): the `zreward.atomic`
+  temporaries of a dead process (`sweep_stale_tmp`; those of a live writer are kept), plus the names of the
+  earlier checkpoint writer (`.tmp-step_*`, `.old-step_*`, `.tmp-final-*`, `.old-final-*`). `atomic_dir` cleans up
+  after an exception, but not after a kill. Run at every start.
 - `latest_intact_checkpoint`: the newest checkpoint whose files are all complete — every `.json` parses, every
   `.safetensors` is as long as its header says — so a truncated latest checkpoint (a copy or sync cut short, a
   full disk) is skipped, named, and the run resumes from the newest intact one.
@@ -17,13 +19,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import sys
 from pathlib import Path
 from typing import Any
 
-from zreward.trainers.checkpoint import atomic_write_text, list_checkpoints
+from zreward.atomic import atomic_write_text, sweep_stale_tmp
+from zreward.trainers.checkpoint import list_checkpoints
 from zreward.trainers.config import config_to_dict, parse_yaml
 
 __all__ = ["RESUMABLE", "sweep_debris", "checkpoint_problem", "latest_intact_checkpoint", "config_changes",
@@ -32,19 +36,21 @@ __all__ = ["RESUMABLE", "sweep_debris", "checkpoint_problem", "latest_intact_che
 RESUMABLE = ("run.output_dir", "run.max_steps", "run.resume", "run.resume_with_changes", "run.overwrite",
              "run.progress", "run.keep_last", "run.save_every", "run.log_every", "run.max_nonfinite_skips",
              "data.eval_every", "data.eval_batch_size")
-_DEBRIS = (".tmp-step_", ".del-step_", ".old-step_", ".tmp-final-", ".old-final-")
+_DEBRIS = (".del-step_", ".tmp-step_", ".old-step_", ".tmp-final-", ".old-final-")  # prunes; the earlier writer
+_ATOMIC_TMP = re.compile(r"^\.(step_\d+|final)\.(?:tmp|old)-\d+")  # `zreward.atomic` temporaries of these targets
 
 
 def sweep_debris(run_root: Path) -> list[Path]:
     """Delete leftovers of interrupted checkpoint / final writes and prunes of a run; returns what was removed."""
-    gone = [p for d in (run_root, run_root / "checkpoints") if d.is_dir() for p in d.iterdir()
-            if p.name.startswith(_DEBRIS)]
+    dirs = [d for d in (run_root, run_root / "checkpoints") if d.is_dir()]
+    gone = [p for d in dirs for p in d.iterdir() if p.name.startswith(_DEBRIS)]
     for p in gone:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-    return gone
+    targets = {d / m.group(1) for d in dirs for p in d.iterdir() if (m := _ATOMIC_TMP.match(p.name))}
+    return gone + [p for t in sorted(targets) for p in sweep_stale_tmp(t)]
 
 
 def _safetensors_problem(path: Path) -> str | None:

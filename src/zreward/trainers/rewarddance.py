@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zreward.data.images import image_to_tensor, load_image
 from zreward.losses import yes_no_ce, yes_probability
 from zreward.models.scorer import score_yesno
 from zreward.models.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob
-from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer
+from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer, val_pairs
 from zreward.trainers.config import parse_cli
 from zreward.trainers.data import TrainData, load_train_data
 from zreward.trainers.loop import RunLoop
@@ -114,8 +115,6 @@ def pick_reference(data: TrainData, reference: str, weights: list[float]) -> tor
         return data.images[i].float() / 255.0
     if reference == "blank":
         return torch.full_like(data.images[0], 128, dtype=torch.float32) / 255.0
-    from zreward.data.images import image_to_tensor, load_image
-
     return image_to_tensor(load_image(reference, what="rewarddance.reference"))
 
 
@@ -125,8 +124,8 @@ def evaluate(scorer, yn: YesNoConfig, ids: tuple[int, int], data: TrainData, bat
     `Scorer.score` returns), the candidate-set average (`val_acc_group`: mean of the symmetrised P(better) over the
     image's labelled partners, i.e. the other candidates of its prompt) and the direct pair judgement
     (`val_acc_pair`)."""
+    # Upward (trainers → eval), as in `common.val_pairwise_accuracy`: not a module import of the trainers layer.
     from zreward.eval.metrics import pairwise_accuracy
-    from zreward.trainers.common import val_pairs
 
     was = scorer.model.training
     scorer.model.eval()

@@ -42,6 +42,7 @@ from safetensors.torch import save as st_save
 
 from zreward.atomic import atomic_write_bytes
 from zreward.losses import kl_div_levels, risd_kl, score_gap_huber
+from zreward.models.scorer import load_scorer
 from zreward.trainers.common import DataConfig, TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
 from zreward.trainers.data import TrainData, group_batch, load_train_data, split_by_group, within_group_pairs
@@ -211,8 +212,6 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
 
 def _run_teacher(cfg: Config, data: TrainData, dims: list[str], idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Score `idx` with the teacher in reasoning mode, M samples each; returns ((n, D, L) probs, (n, D) mass)."""
-    from zreward.models.scorer import load_scorer
-
     t = cfg.teacher
     teacher = load_scorer(t.path, device=str(device), dtype=t.dtype)
     teacher.model.eval()

@@ -231,8 +231,7 @@ def batch_labels(data, idx: np.ndarray, dim_idx: list[int], levels: torch.Tensor
     """Labels of batch images `idx` (into a TrainData) on the dims `dim_idx` (into its dims); std from the target."""
     target = torch.from_numpy(data.target[idx][:, dim_idx])
     mos = torch.from_numpy(data.mos[idx][:, dim_idx])
-    var = (target * (levels - mos.unsqueeze(-1)) ** 2).sum(-1)
-    return Labels(mos, var.clamp_min(0).sqrt(), target, torch.from_numpy(data.mask[idx][:, dim_idx]))
+    return Labels(mos, std_of(target, levels, mos, eps=0.0), target, torch.from_numpy(data.mask[idx][:, dim_idx]))
 
 
 def resolve_dims(g_dims: list[str] | None, data, scorer, where: str = "dims") -> list[str]:

@@ -39,8 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zreward.losses import expected_score_loss, kl_div_levels, score_gap_huber, thurstone_fidelity
-from zreward.models import level_readout as lr
+from zreward.losses import (expected_score_loss, kl_div_levels, pair_target_win_prob, score_gap_huber,
+                            thurstone_fidelity)
+from zreward.models import level_readout
 from zreward.trainers.common import TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
 from zreward.trainers.data import TrainData, group_batch, load_train_data, split_by_group, within_group_pairs
@@ -85,24 +86,6 @@ class Config(TrainConfig):
 # ------------------------------------------------------------------------------------------- loss terms
 
 
-def label_pair_prob(pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
-    """P(a ≻ b) + ½·P(tie) for independent level distributions.
-
-    Args:
-        pa, pb: (..., L) distributions.
-
-    Returns:
-        (...,) probabilities in [0, 1].
-    """
-    joint = pa.unsqueeze(-1) * pb.unsqueeze(-2)  # (..., L_a, L_b)
-    n = pa.shape[-1]
-    above = torch.tril(torch.ones(n, n, dtype=pa.dtype, device=pa.device), diagonal=-1)  # level_a > level_b
-    weight = above + 0.5 * torch.eye(n, dtype=pa.dtype, device=pa.device)
-    # label distributions sum to 1 only up to float round-off (e.g. 7-rater histograms / 7 in float32): keep the
-    # result a probability, as the pairwise losses require
-    return (joint * weight).sum((-1, -2)).clamp(0.0, 1.0)
-
-
 def pair_counts(group: np.ndarray, mask: np.ndarray) -> int:
     """Number of (within-prompt pair, dim) items where both images are labelled. group: (B,), mask: (B, D)."""
     ia, ib = within_group_pairs(group)
@@ -117,7 +100,7 @@ def pairwise_sum(mean: torch.Tensor, std: torch.Tensor, group: np.ndarray, targe
         mean, std: (B, D) predicted expected score and spread.  group: (B,) prompt group ids.
         target: (B, D, L) label distributions.  mos: (B, D) label means.  mask: (B, D) bool, labelled.
         kind: "huber" (E[s] gap vs MOS gap, losses.score_gap_huber) or "fidelity" (losses.thurstone_fidelity
-            against `label_pair_prob`).
+            against `losses.pair_target_win_prob`).
     """
     ia, ib = (torch.as_tensor(x, dtype=torch.long, device=mean.device) for x in within_group_pairs(group))
     if len(ia) == 0:
@@ -126,7 +109,7 @@ def pairwise_sum(mean: torch.Tensor, std: torch.Tensor, group: np.ndarray, targe
     if kind == "huber":
         return score_gap_huber((mean[ia] - mean[ib]).flatten(), (mos[ia] - mos[ib]).flatten(), delta=delta,
                                mask=m, reduction="sum")
-    p = label_pair_prob(target[ia], target[ib]).flatten()
+    p = pair_target_win_prob(target[ia], target[ib]).flatten()
     return thurstone_fidelity(mean[ia].flatten(), std[ia].flatten(), mean[ib].flatten(), std[ib].flatten(), p,
                               mask=m, reduction="sum")
 
@@ -167,7 +150,7 @@ def rationale_forward(scorer, prompts: list[str], images, dims: list[str], chain
     ce = F.cross_entropy(logits[rows, local].float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="sum")
     score_local = (batch.lengths - 1 - (t - k)).to(logits.device)
     full = logits[torch.arange(n, device=logits.device), score_local].view(b, d, -1)
-    ro = lr.readout(full, scorer.level_token_ids.to(full.device), scorer.levels.to(full.device))
+    ro = level_readout.readout(full, scorer.level_token_ids.to(full.device), scorer.levels.to(full.device))
     return ce, int((targets != -100).sum()), ro
 
 

@@ -1,9 +1,10 @@
 """Shared machinery for the public-dataset loaders (`zreward data convert`).
 
 A loader reads the original files of one dataset and feeds a `Sink`, which wraps the atomic `SplitWriter`:
-- every source record is processed inside `with sink.record(where):`; a `RecordError` raised inside (a bad field,
-  a missing or undecodable image) aborts the conversion, or — with `skip_bad` — skips that record and keeps the
-  message (`file:record N: field: expected ...`) for the end-of-run report. Nothing is ever dropped silently;
+- every source record is processed inside `with sink.record(where):` (`sink.take(rows)` stops at `limit`); a
+  `RecordError` raised inside (a bad field, a missing or undecodable image) aborts the conversion, or — with
+  `skip_bad` — skips that record and keeps the message (`file:record N: field: expected ...`) for the end-of-run
+  report. Nothing is ever dropped silently;
 - images referenced by path are read and their bytes copied into `SPLIT_DIR/images/` (the split is
   self-contained); embedded bytes are written as they are. Either way the bytes are first validated by decoding
   them with the single loader (`zreward.data.images.load_image`), and the extension follows the real format;
@@ -21,7 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from zreward.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, probe_image_bytes
 from zreward.data.records import DimLabel, ImageRecord, PairRecord, RecordError
@@ -92,6 +93,14 @@ class Sink:
     def done(self) -> bool:
         """True once `limit` source records were processed."""
         return self.opts.limit is not None and self.n_source >= self.opts.limit
+
+    def take(self, rows: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+        """The (where, raw) source rows until `limit` records were processed (`done`; each counts when its
+        `record` scope opens)."""
+        for row in rows:
+            if self.done():
+                return
+            yield row
 
     def note(self, reason: str, n: int = 1) -> None:
         """Count a deliberate, documented drop that is not an error."""

@@ -25,9 +25,7 @@ EXTRA = {"labels": "pairwise overall preference only (no per-image labels)",
 
 def run(src: Path, sink: Sink) -> None:
     bases = [src.parent] if src.is_file() else [src]
-    for n, (where, raw) in enumerate(iter_table(src)):
-        if sink.done():
-            break
+    for n, (where, raw) in enumerate(sink.take(iter_table(src))):
         with sink.record(where):
             rec = as_dict(raw, where)
             prompt = need(rec, "prompt", where, str, "a non-empty prompt string")

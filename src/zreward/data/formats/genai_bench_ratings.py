@@ -50,9 +50,7 @@ def _ratings(rec: dict, where: str) -> dict[str, list[float]]:
 
 def run(src: Path, sink: Sink) -> None:
     bases = [src.parent] if src.is_file() else [src]
-    for n, (where, raw) in enumerate(iter_table(src)):
-        if sink.done():
-            break
+    for n, (where, raw) in enumerate(sink.take(iter_table(src))):
         with sink.record(where):
             rec = as_dict(raw, where)
             pkey = "Prompt" if "Prompt" in rec else "prompt"

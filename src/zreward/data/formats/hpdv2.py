@@ -58,9 +58,7 @@ def _pair_votes(ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def run(src: Path, sink: Sink) -> None:
     split = src.stem.lower()
     bases = [src.parent / split, src.parent] if split in ("train", "test") else [src.parent]
-    for where, raw in read_json_list(src):
-        if sink.done():
-            break
+    for where, raw in sink.take(read_json_list(src)):
         with sink.record(where):
             rec = as_dict(raw, where)
             prompt = need(rec, "prompt", where, str, "a non-empty prompt string")

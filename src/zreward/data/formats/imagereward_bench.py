@@ -50,9 +50,7 @@ def _ranking(rec: dict, n: int, where: str) -> list[int]:
 
 def run(src: Path, sink: Sink) -> None:
     bases = [src.parent / "test_images", src.parent]
-    for where, raw in read_json_list(src):
-        if sink.done():
-            break
+    for where, raw in sink.take(read_json_list(src)):
         with sink.record(where):
             rec = as_dict(raw, where)
             prompt = need(rec, "prompt", where, str, "a non-empty prompt string")

@@ -39,9 +39,7 @@ def run(src: Path, sink: Sink) -> None:
         return
     bases = [src.parent, *list(src.parents)[1:4]]
     groups: dict[str, list[tuple[str, float]]] = {}  # prompt_id -> [(image id, rank)] in file order
-    for where, raw in iter_table(src):
-        if sink.done():
-            break
+    for where, raw in sink.take(iter_table(src)):
         with sink.record(where):
             rec = as_dict(raw, where)
             path = need(rec, "image_path", where, str, "the image path")

@@ -47,9 +47,7 @@ def _image_path(resp, where: str, fld: str) -> tuple[str, str | None]:
 
 def run(src: Path, sink: Sink) -> None:
     bases = [src.parent]
-    for where, raw in read_json_list(src, key="pairs"):
-        if sink.done():
-            break
+    for where, raw in sink.take(read_json_list(src, key="pairs")):
         with sink.record(where):
             rec = as_dict(raw, where)
             pid = need(rec, "id", where, (str, int), "a pair id")

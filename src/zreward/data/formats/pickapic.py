@@ -24,9 +24,7 @@ _LABELS = {(1.0, 0.0): "a", (0.0, 1.0): "b", (0.5, 0.5): "tie"}
 
 
 def run(src: Path, sink: Sink) -> None:
-    for n, (where, row) in enumerate(iter_parquet(src)):
-        if sink.done():
-            break
+    for n, (where, row) in enumerate(sink.take(iter_parquet(src))):
         with sink.record(where):
             if row.get("has_label") is False:
                 sink.note("unlabeled row (has_label=false)")
