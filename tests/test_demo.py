@@ -173,6 +173,7 @@ def test_report_keys_without_results(tmp_path, configs):
 def test_report_budgets_side_by_side(tmp_path, configs):
     ctx = Ctx(out=tmp_path, profile="test", seed=0)
     configs = {"sft": "run: {max_steps: 300}\ndata: {images_per_batch: 32}\noptim: {lr: 0.0003}\n",
+               "opd_student": "run: {max_steps: 100}\ndata: {prompts_per_batch: 8}\nopd: {images_per_batch: 16}\n",
                "risd_student": ("run: {max_steps: 200}\ndata: {prompts_per_batch: 4, max_images: 400, "
                                 "extra_unlabelled: /x}\nrisd: {human_weight: 0.0}\noptim: {lr: 0.001}\n")}
     for name, cfg in configs.items():
@@ -181,7 +182,8 @@ def test_report_budgets_side_by_side(tmp_path, configs):
         ctx.status[name] = {"state": "done", "seconds": 120.0, "cpu_s": 60.0}
     ctx.status["world"] = {"state": "done", "seconds": 5.0}  # no run dir: not a trained stage
     rows = {b["stage"]: b for b in demo_report.budgets(ctx)}
-    assert set(rows) == {"sft", "risd_student"}
+    assert set(rows) == {"sft", "risd_student", "opd_student"}
+    assert rows["opd_student"]["batch"] == "16 images"  # its own section's batch, not data.prompts_per_batch
     assert (rows["sft"]["steps"], rows["sft"]["batch"], rows["sft"]["train_images"], rows["sft"]["labels"],
             rows["sft"]["lr"]) == (300, "32 images", "all", True, 0.0003)
     r = rows["risd_student"]

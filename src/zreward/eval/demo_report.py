@@ -86,7 +86,10 @@ def budgets(ctx) -> list[dict]:
             continue
         c = yaml.safe_load(cfg_file.read_text()) or {}
         data, run = c.get("data") or {}, c.get("run") or {}
-        batch = (f"{data['images_per_batch']} images" if data.get("images_per_batch")
+        # a method section may batch by images itself (OPD's opd.images_per_batch) instead of data.*
+        per_images = next((sec["images_per_batch"] for k, sec in c.items() if k != "data" and isinstance(sec, dict)
+                           and sec.get("images_per_batch")), None) or data.get("images_per_batch")
+        batch = (f"{per_images} images" if per_images
                  else f"{data['prompts_per_batch']} prompts" if data.get("prompts_per_batch") else "–")
         extra = data.get("extra_unlabelled")
         rows.append({"stage": name, "steps": run.get("max_steps"), "batch": batch,
