@@ -44,3 +44,23 @@ def tiny_factory(tmp_path_factory):
 def tiny_model(tiny_factory):
     """The default tiny Scorer directory (qwen2_vl, preset tiny, seed 0), shared read-only by the session."""
     return tiny_factory()
+
+
+@pytest.fixture
+def loopback_servers():
+    """loopback_servers(scorer, model_dir, **ServeConfig fields) → a running ServerHandle on 127.0.0.1 (uvicorn in a
+    thread); every server started is stopped at teardown."""
+    from zreward.serve.app import ServeConfig
+    from zreward.serve.serve_cli import start_server_thread
+
+    handles = []
+
+    def _start(scorer, model_dir, **kw):
+        h = start_server_thread(scorer, ServeConfig(model=str(model_dir), **kw))
+        handles.append(h)
+        return h
+
+    yield _start
+    for h in handles:
+        if h.thread.is_alive():
+            h.stop()

@@ -35,19 +35,6 @@ def adv_scorer(adv_scorer_dir):
 
 
 @pytest.fixture
-def serve(adv_scorer_dir):
+def serve(adv_scorer_dir, loopback_servers):
     """serve(scorer, **ServeConfig fields) → a running ServerHandle on 127.0.0.1; all stopped at teardown."""
-    from zreward.serve.app import ServeConfig
-    from zreward.serve.serve_cli import start_server_thread
-
-    handles = []
-
-    def _start(scorer, **kw):
-        h = start_server_thread(scorer, ServeConfig(model=str(adv_scorer_dir), **kw))
-        handles.append(h)
-        return h
-
-    yield _start
-    for h in handles:
-        if h.thread.is_alive():
-            h.stop()
+    return lambda scorer, **kw: loopback_servers(scorer, adv_scorer_dir, **kw)

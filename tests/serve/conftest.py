@@ -12,19 +12,6 @@ def scorer(tiny_model):
 
 
 @pytest.fixture
-def start(scorer, tiny_model):
+def start(scorer, tiny_model, loopback_servers):
     """start(**ServeConfig fields) → a running ServerHandle; all are stopped at teardown."""
-    from zreward.serve.app import ServeConfig
-    from zreward.serve.serve_cli import start_server_thread
-
-    handles = []
-
-    def _start(**kw):
-        h = start_server_thread(scorer, ServeConfig(model=str(tiny_model), **kw))
-        handles.append(h)
-        return h
-
-    yield _start
-    for h in handles:
-        if h.thread.is_alive():
-            h.stop()
+    return lambda **kw: loopback_servers(scorer, tiny_model, **kw)
