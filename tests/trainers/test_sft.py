@@ -130,6 +130,33 @@ def test_split_by_group_keeps_groups_and_normalisers_single_process():
 def test_config_rejects_bad_mode():
     with pytest.raises(ValueError, match="sft.mode"):
         sft.SFTConfig(mode="cot")
+    with pytest.raises(ValueError, match="caption_weight"):
+        sft.SFTConfig(mode="direct", caption_weight=0.5)  # captioning is kept alive in the cold start only
+
+
+def test_cold_start_caption_term_is_the_captioning_ce_and_is_learned(tiny_model, small_world, tmp_path):
+    from zreward.models.scorer import load_scorer
+    from zreward.trainers.caption import caption_forward, split_captions, tokenize_captions
+    from zreward.trainers.data import load_train_data
+
+    cfg = _cfg(tiny_model, small_world, tmp_path / "run", sft__mode="reasoning", sft__max_chain_tokens=24,
+               sft__caption_weight=0.5)
+    cfg.data.val, cfg.run.max_steps = None, 5
+    sft.train(cfg)
+    logs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert logs[-1]["caption"] < logs[0]["caption"]
+    for e in logs:  # the logged loss is the weighted sum of its terms, the caption term included
+        assert e["loss"] == pytest.approx(e["kl"] + e["ce"] + 0.5 * e["caption"], rel=1e-5)
+    # step 1's caption term is the captioning CE of the initial model on that batch (mean per caption token + EOS)
+    data = load_train_data(small_world / "train")
+    ids, texts = split_captions(small_world / "train")
+    assert ids == data.ids
+    sc = load_scorer(tiny_model)
+    caps = tokenize_captions(sc.tokenizer, texts, sft.CaptionConfig.max_tokens)
+    idx = sft.group_batch(data, 2, 0, cfg.run.seed)
+    with torch.no_grad():
+        ce, n, _ = caption_forward(sc, data.image_batch(idx), [caps[i] for i in idx], sft.CaptionConfig.instruction)
+    assert logs[0]["caption"] == pytest.approx(float(ce) / n, rel=1e-4)
 
 
 def test_lora_resume_gives_identical_losses_and_rejects_other_adapters(tiny_model, small_world, tmp_path):

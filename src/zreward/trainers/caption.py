@@ -143,6 +143,18 @@ def record_caption(rec: ImageRecord, path: Path) -> str:
                       "to caption the image (captioning pretraining needs one of them)")
 
 
+def split_captions(split_dir: str | Path, max_images: int | None = None) -> tuple[list[str], list[str]]:
+    """(ids, captions) of a split's first `max_images` records, without decoding any image.
+
+    Raises:
+        RecordError: an invalid record or a record without caption or scene (names the record).
+    """
+    split = read_split(split_dir)
+    recs = split.images[:max_images] if max_images else split.images
+    path = split.root / IMAGES_FILE
+    return [r.id for r in recs], [record_caption(r, path) for r in recs]
+
+
 def load_caption_data(split_dir: str | Path, max_images: int | None = None) -> CaptionData:
     """Images (decoded once into a uint8 cache) and captions of a canonical split; labels are not needed.
 
@@ -154,7 +166,7 @@ def load_caption_data(split_dir: str | Path, max_images: int | None = None) -> C
     path = split.root / IMAGES_FILE
     if not recs:
         raise RecordError(f"{path}: records: expected at least one image record")
-    captions = [record_caption(r, path) for r in recs]  # fail on captions before decoding any image
+    _, captions = split_captions(split_dir, max_images)  # fail on captions before decoding any image
     images = [(image_to_tensor(load_image(split.image_path(r), what=f"{path} (id {r.id})")) * 255.0)
               .round_().to(torch.uint8) for r in recs]
     return CaptionData(ids=[r.id for r in recs], images=images, captions=captions)

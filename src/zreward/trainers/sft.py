@@ -20,7 +20,10 @@ Two variants (`sft.mode`), both explicit loops over prompt-grouped batches (`zre
   after it generated a chain and cut it at EOS. One forward gives both, because the EOS logits and the first close
   token's logits sit at the same (causal) position.
   Choices where the paper is silent: rows without a rationale get no CE (the KL still applies); CE is a mean over
-  rationale tokens (+EOS) of the whole global batch, `ce_weight` 1.
+  rationale tokens (+EOS) of the whole global batch, `ce_weight` 1. Optional `caption_weight` > 0 adds the
+  captioning CE of `zreward.trainers.caption` on the batch's own images (their scene captions; mean over caption
+  tokens + EOS of the global batch), so that the cold start keeps the base VLM's description — which the
+  describe-then-compare chains begin with — alive (measured: without it a cold start no longer captions at all).
 
 Normalisation (exact under DDP): every term is a sum over its items divided by the item count of the **global**
 batch (counts all-reduced once per step), so N processes with the same global batch give the same loss and
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from zreward.losses import (expected_score_loss, kl_div_levels, pair_target_win_prob, score_gap_huber,
                             thurstone_fidelity)
 from zreward.models import level_readout
+from zreward.trainers.caption import CaptionConfig, caption_forward, split_captions, tokenize_captions
 from zreward.trainers.common import TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
 from zreward.trainers.data import TrainData, group_batch, load_train_data, split_by_group, within_group_pairs
@@ -63,6 +67,7 @@ class SFTConfig:
     pair_delta: float = field(default=1.0, metadata={"help": "Huber threshold of the score-gap term"})
     ce_weight: float = field(default=1.0, metadata={"help": "reasoning mode: weight of the rationale next-token CE"})
     max_chain_tokens: int = field(default=64, metadata={"help": "reasoning mode: rationales are cut to this many tokens"})
+    caption_weight: float = field(default=0.0, metadata={"help": "reasoning mode: weight of a captioning CE on the batch's images (keeps the base VLM's description alive; 0: off)"})
 
     def __post_init__(self) -> None:
         if self.mode not in ("direct", "reasoning"):
@@ -73,6 +78,9 @@ class SFTConfig:
             raise ValueError(f"sft.expected_kind must be mse or huber, got {self.expected_kind!r}")
         if self.max_chain_tokens < 1:
             raise ValueError(f"sft.max_chain_tokens must be >= 1, got {self.max_chain_tokens}")
+        if self.caption_weight < 0 or (self.caption_weight and self.mode != "reasoning"):
+            raise ValueError(f"sft.caption_weight must be >= 0 and is for sft.mode=reasoning only, got "
+                             f"{self.caption_weight} with mode {self.mode!r}")
 
 
 @dataclass
@@ -174,7 +182,7 @@ def _check_dims(cfg: Config, scorer, data: TrainData) -> list[str]:
 
 
 def step_losses(cfg: Config, scorer, data: TrainData, idx: np.ndarray, dims: list[str], norms: dict[str, float],
-                device) -> dict[str, torch.Tensor]:
+                device, captions: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """Weighted-ready loss terms of one (micro-)batch, each Σ_items / global normaliser. See module docstring."""
     s = cfg.sft
     di = data.dim_index(dims)
@@ -187,6 +195,9 @@ def step_losses(cfg: Config, scorer, data: TrainData, idx: np.ndarray, dims: lis
         chains = tokenize_rationales(scorer.tokenizer, data, idx, dims, s.max_chain_tokens)
         ce, _, ro = rationale_forward(scorer, prompts, images, dims, chains)
         terms["ce"] = ce / norms["ce"]
+        if s.caption_weight:
+            cap, _, _ = caption_forward(scorer, images, [captions[i] for i in idx], CaptionConfig.instruction)
+            terms["caption"] = cap / norms["caption"]
     else:
         ro = scorer.direct_readout(prompts, images, dims)
     logits = ro.logits.float()
@@ -202,7 +213,8 @@ def step_losses(cfg: Config, scorer, data: TrainData, idx: np.ndarray, dims: lis
 
 def _weights(cfg: Config) -> dict[str, float]:
     s = cfg.sft
-    return {"kl": s.kl_weight, "expected": s.expected_weight, "pair": s.pair_weight, "ce": s.ce_weight}
+    return {"kl": s.kl_weight, "expected": s.expected_weight, "pair": s.pair_weight, "ce": s.ce_weight,
+            "caption": s.caption_weight}
 
 
 def train(cfg: Config) -> Path:
@@ -216,6 +228,12 @@ def train(cfg: Config) -> Path:
     dims = _check_dims(cfg, scorer, data)
     loop.start(scorer)
     weights, ga, device = _weights(cfg), cfg.accelerator.gradient_accumulation_steps, loop.device
+    captions = None
+    if cfg.sft.caption_weight:  # the scene captions of the training images, in the split's order
+        ids, texts = split_captions(cfg.data.train, cfg.data.max_images)
+        if ids != data.ids:
+            raise ValueError(f"{cfg.data.train}: caption records do not line up with the training records")
+        captions = tokenize_captions(scorer.tokenizer, texts, CaptionConfig.max_tokens)
 
     def train_step(step: int) -> dict:
         idx = group_batch(data, cfg.data.prompts_per_batch, step, cfg.run.seed, rank=loop.rank,
@@ -225,10 +243,13 @@ def train(cfg: Config) -> Path:
         if cfg.sft.mode == "reasoning":
             n_ce = sum(len(c) + 1 for c in tokenize_rationales(scorer.tokenizer, data, idx, dims,
                                                                cfg.sft.max_chain_tokens) if c)
-        rows, pairs, ce = global_normalisers([mask.sum(), pair_counts(data.group[idx], mask), n_ce], device)
-        norms = {"rows": rows, "pairs": pairs, "ce": ce}
+        n_cap = sum(len(captions[i]) + 1 for i in idx) if captions is not None else 0
+        rows, pairs, ce, cap = global_normalisers([mask.sum(), pair_counts(data.group[idx], mask), n_ce, n_cap],
+                                                  device)
+        norms = {"rows": rows, "pairs": pairs, "ce": ce, "caption": cap}
         return loop.step_on_terms(step, split_by_group(idx, data.group, ga),
-                                  lambda part: step_losses(cfg, scorer, data, part, dims, norms, device), weights)
+                                  lambda part: step_losses(cfg, scorer, data, part, dims, norms, device, captions),
+                                  weights)
 
     def evaluate(step: int) -> dict:
         return val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size,
