@@ -30,8 +30,9 @@ SCORER_FILES = ("config.json", "model.safetensors", "generation_config.json", "t
 
 
 def run(cmd: list[str]) -> None:
+    """Print and run a `zreward ...` command with this Python (no activated environment needed)."""
     print("+ " + shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run([sys.executable, "-m", "zreward.cli", *cmd[1:]], check=True)
 
 
 def train_command(root: Path, steps: int | None) -> list[str]:
