@@ -88,6 +88,7 @@ class _Main:
     """The bits of an Accelerator that `teacher_targets` uses, single process."""
 
     is_main_process = True
+    process_index, num_processes = 0, 1
     device = torch.device("cpu")
 
     def wait_for_everyone(self) -> None:
@@ -101,7 +102,9 @@ def test_teacher_cache_is_rebuilt_when_inputs_change(models, small_world, tmp_pa
     shutil.copytree(models[0], teacher)
     cfg = _cfg(models, small_world, tmp_path / "run")
     cfg.teacher.path = str(teacher)
-    data = load_train_data(small_world / "train", max_images=4)
+    split = tmp_path / "split"
+    shutil.copytree(small_world / "train", split)
+    data = load_train_data(split, max_images=4)
     acc, cache = _Main(), tmp_path / "cache"
     _, info = risd.teacher_targets(cfg, data, data.dims, cache, acc)
     assert info["computed"] == 4
@@ -113,7 +116,10 @@ def test_teacher_cache_is_rebuilt_when_inputs_change(models, small_world, tmp_pa
     zr["temperature"] = 0.7  # the teacher dir changed: new fingerprint
     (teacher / "zreward.json").write_text(json.dumps(zr))
     assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 4
-    data.images[0] = 255 - data.images[0]  # an image changed under the same id: only that row is recomputed
+    from PIL import Image
+
+    f = data.images.paths[0]  # an image changed under the same id: only that row is recomputed
+    Image.fromarray(255 - data.images[0].permute(1, 2, 0).numpy()).save(f)
     assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 1
     assert len(list(cache.glob("teacher_*.safetensors"))) == 3
 
