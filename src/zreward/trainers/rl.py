@@ -186,7 +186,9 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
             loop.optimizer_step(step, agg["loss"])
             t_update += time.perf_counter() - t0
         return {**agg, "t_rollout": t_rollout, "t_score": t_score, "t_update": t_update,
-                "gen_tokens": ro.gen_tokens, "gen_tok_per_s": ro.gen_tokens / max(t_rollout, 1e-9)}
+                "gen_tokens": ro.gen_tokens, "gen_tok_per_s": ro.gen_tokens / max(t_rollout, 1e-9),
+                # this rank's first chain (image 0, dim 0, sample 0) as text: JSONL and trackers (run.trackers)
+                "sample_chain": f"{prompts[0]} | {sdims[0]}: {ro.chains.texts[0]}"}
 
     def evaluate(step: int) -> dict:
         return val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size, reasoning=g.eval_reasoning,
