@@ -9,7 +9,8 @@ on the 4 dims, no pairs). To keep building it cheap the records point at a pool 
 2. decoder throughput: images/s of `image_batch` over `--decode-batches` batches, with 0 and `--workers` decode
    threads;
 3. trains a tiny direct-mode SFT model (`zreward.models.tiny`, CPU) for `--steps` steps with `data.max_pixels`
-   capping the images to 64×64, sampling RSS every 0.1 s; prints RSS per step (min / max / first / last, and the
+   capping the images to 64×64 (`--train-workers` decode threads, which also prefetch the next batch), sampling RSS
+   every 0.1 s; prints RSS per step (min / max / first / last, and the
    slope over the second half) and training images/s (images per step / step time).
 
 Usage: python benchmarks/bench_stream.py [--records N] [--size PX] [--steps S] [--out FILE.json]
@@ -63,7 +64,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--prompts-per-batch", type=int, default=8)
     p.add_argument("--decode-batches", type=int, default=20)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="decode threads of the decoder-throughput measurement")
+    p.add_argument("--train-workers", type=int, default=0,
+                   help="data.decode_workers of the training run (> 0: the next batch is decoded during the step)")
     p.add_argument("--out", default=None, help="also write the summary here as JSON")
     args = p.parse_args()
 
@@ -108,7 +111,8 @@ def main() -> None:
     cfg = load_config(sft.Config, None, [f"model.init_from={model}", f"data.train={split}", "data.max_pixels=4096",
                                          f"data.prompts_per_batch={args.prompts_per_batch}", "run.progress=false",
                                          f"run.output_dir={tmp / 'run'}", f"run.max_steps={args.steps}",
-                                         "run.save_every=0", "accelerator.device=cpu"])
+                                         "run.save_every=0", "accelerator.device=cpu",
+                                         f"data.decode_workers={args.train_workers}"])
     sampler.start()
     sft.train(cfg)
     stop.set()
@@ -120,7 +124,8 @@ def main() -> None:
     slope = float(np.polyfit(np.arange(len(half)), half, 1)[0]) if len(half) > 1 else float("nan")
     images_per_step = args.prompts_per_batch * 4
     step_times = np.array([e["step_time"] for e in logs[1:]])  # step 1 includes lazy initialisations
-    out.update(train_steps=len(logs), rss_step_first_mib=round(per_step[0], 1), rss_step_last_mib=round(per_step[-1], 1),
+    out.update(train_steps=len(logs), train_decode_workers=args.train_workers,
+               rss_step_first_mib=round(per_step[0], 1), rss_step_last_mib=round(per_step[-1], 1),
                rss_step_min_mib=round(min(per_step), 1), rss_step_max_mib=round(max(per_step), 1),
                rss_slope_second_half_mib_per_step=round(slope, 3),
                train_img_per_s_median=round(images_per_step / float(np.median(step_times)), 1),

@@ -120,13 +120,18 @@ def test_loading_decodes_nothing_and_a_rank_decodes_only_its_shard(small_world, 
     assert sorted(seen) == sorted(mine.tolist())
 
 
-def test_decode_workers_keep_order(small_world):
+def test_decode_workers_keep_order_and_prefetch_the_next_batch(small_world):
     import torch
 
     one = load_train_data(small_world / "train", max_images=16)
     four = load_train_data(small_world / "train", max_images=16, decode_workers=4)
     idx = [5, 0, 11, 3, 3]
     assert torch.equal(four.image_batch(idx), one.image_batch(idx))
+    b0 = group_batch(four, 2, step=0, seed=5)
+    assert np.array_equal(b0, group_batch(one, 2, step=0, seed=5))  # same indices with or without workers
+    b1 = group_batch(one, 2, step=1, seed=5)
+    assert sorted(four.images._ahead) == sorted(b1.tolist())  # step 1's images are being decoded already
+    assert torch.equal(four.image_batch(b1), one.image_batch(b1))
 
 
 def test_max_pixels_caps_the_decoded_size(small_world, tiny_vlm, tmp_path):

@@ -6,7 +6,9 @@ white, the decompression-bomb limit), optionally downscales it to `max_pixels` (
 a uint8 tensor (3, H, W) (`kind="uint8"`, the trainers) or the RGB `PIL.Image` (`kind="pil"`, evaluation).
 Nothing is cached: memory stays flat however many records a split has, and a process decodes only the images
 its own batches use (its shard under torchrun). `workers` > 0 decodes the images of one batch in that many
-threads (PIL's decoders release the GIL); results keep the order of the request.
+threads (PIL's decoders release the GIL); results keep the order of the request. With workers, `prefetch(idx)`
+starts decoding a coming batch in the background (only the latest prefetched batch is held); `batch` then takes
+those images instead of decoding them again.
 
 Holds only a path and an error label per record (the label names the records file and the record id, so a bad
 image fails with `ImageLoadError` naming both, as the eager loaders did).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from zreward.data.images import ImageLoadError, cap_pixels, image_to_uint8, load_image
@@ -47,6 +49,7 @@ class ImageStore(Sequence):
         self.whats = list(whats)
         self.kind, self.max_pixels, self.workers = kind, max_pixels, workers
         self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[int, Future] = {}
 
     @classmethod
     def for_split(cls, split, recs: Iterable, **kwargs) -> ImageStore:
@@ -71,11 +74,22 @@ class ImageStore(Sequence):
     def batch(self, idx: Iterable[int]) -> list:
         """Decoded images at `idx`, in that order (in `workers` threads when > 0)."""
         idx = [int(i) for i in idx]
-        if self.workers == 0 or len(idx) < 2:
+        ahead = self._ahead
+        if self.workers == 0 or (len(idx) < 2 and not ahead):
             return [self.load(i) for i in idx]
+        futures = [ahead.get(i) or self._submit(i) for i in idx]
+        return [f.result() for f in futures]
+
+    def prefetch(self, idx: Iterable[int]) -> None:
+        """Start decoding `idx` in the background (a no-op without workers); replaces the previous prefetch."""
+        if self.workers:
+            old = self._ahead
+            self._ahead = {int(i): old.get(int(i)) or self._submit(int(i)) for i in idx}
+
+    def _submit(self, i: int) -> Future:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zreward-decode")
-        return list(self._pool.map(self.load, idx))
+        return self._pool.submit(self.load, i)
 
     def file_bytes(self, i: int) -> bytes:
         """The encoded file of record `i` (for content hashes that need no decoding)."""
@@ -96,7 +110,7 @@ class ImageStore(Sequence):
                           max_pixels=self.max_pixels, workers=max(self.workers, other.workers))
 
     def __getstate__(self) -> dict:  # a thread pool does not pickle (DataLoader workers, spawn)
-        return {**self.__dict__, "_pool": None}
+        return {**self.__dict__, "_pool": None, "_ahead": {}}
 
     def __del__(self) -> None:
         if getattr(self, "_pool", None) is not None:

@@ -197,12 +197,21 @@ def group_batch(data: TrainData, prompts_per_batch: int, step: int, seed: int, *
                 world_size: int = 1, max_per_prompt: int | None = None) -> np.ndarray:
     """Image indices for `rank` at global `step`: all images (up to `max_per_prompt`) of a seeded choice of prompts.
 
+    With decode workers (`data.decode_workers` > 0) it also tells the image store to start decoding this rank's
+    batch of step + 1 in the background (`ImageStore.prefetch`), so decoding overlaps the step; the indices
+    returned stay a pure function of (seed, step, rank).
+
     Raises:
         ValueError: prompts_per_batch not divisible by world_size or larger than the number of prompts.
     """
-    gi = batch_indices(len(data.groups), prompts_per_batch, step, seed, rank=rank, world_size=world_size)
-    parts = [data.groups[g][:max_per_prompt] if max_per_prompt else data.groups[g] for g in gi]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    def pick(s: int) -> np.ndarray:
+        gi = batch_indices(len(data.groups), prompts_per_batch, s, seed, rank=rank, world_size=world_size)
+        parts = [data.groups[g][:max_per_prompt] if max_per_prompt else data.groups[g] for g in gi]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    if isinstance(data.images, ImageStore) and data.images.workers:
+        data.images.prefetch(pick(step + 1).tolist())
+    return pick(step)
 
 
 def within_group_pairs(group_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
