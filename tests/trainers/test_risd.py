@@ -188,3 +188,48 @@ def test_risd_resume_gives_identical_losses(models, small_world, tmp_path):
     assert [e["step"] for e in b] == [1, 2, 3]
     for key in ("loss", "kl", "gap", "grad_norm"):
         assert [e[key] for e in a] == [e[key] for e in b], key
+
+
+def test_sharded_teacher_cache_equals_one_process(models, small_world, tmp_path, monkeypatch):
+    """Play both ranks of a 2-process teacher pass in one process: each runs its chunks (seeded per chunk), the
+    gathered chunks make the byte-identical cache file one process writes. (torchrun: test_sharding.py, slow.)"""
+    import hashlib
+
+    from zreward.trainers.data import load_train_data
+
+    cfg = _cfg(models, small_world, tmp_path / "run")
+    cfg.teacher.batch_size = 3  # 7 images: chunks of 3, 3, 1; rank 0 runs chunks 0 and 2, rank 1 chunk 1
+    data = load_train_data(small_world / "train", max_images=7)
+    one, _ = risd.teacher_targets(cfg, data, data.dims, tmp_path / "one", _Main())
+    shares = [risd.item_keys(data, list(range(0, 4))), risd.item_keys(data, list(range(4, 7)))]
+    parts = {}
+
+    class Recorded(Exception):
+        pass
+
+    class Rank(_Main):
+        def __init__(self, r):
+            self.process_index, self.num_processes, self.is_main_process = r, 2, r == 0
+
+    def gather(obj, timeout_s, what):
+        if "keys" in what:
+            assert obj == shares[acc.process_index]  # each rank hashed only its contiguous share
+            return shares
+        if acc.process_index in parts:  # the final pass: both ranks' chunks
+            return [parts[0], parts[1]]
+        parts[acc.process_index] = obj
+        raise Recorded
+
+    monkeypatch.setattr(risd, "all_gather_objects", gather)
+    monkeypatch.setattr(risd, "barrier", lambda timeout_s, what: None)
+    for r in (1, 0):
+        acc = Rank(r)
+        with pytest.raises(Recorded):
+            risd.teacher_targets(cfg, data, data.dims, tmp_path / "two", acc)
+    assert sorted(parts[0]) == [0, 2] and sorted(parts[1]) == [1]
+    acc = Rank(0)
+    two, info = risd.teacher_targets(cfg, data, data.dims, tmp_path / "two", acc)
+    assert torch.equal(two, one) and info["computed"] == 7
+    f1, f2 = (next((tmp_path / d).glob("teacher_*.safetensors")) for d in ("one", "two"))
+    assert f1.name == f2.name
+    assert hashlib.sha256(f1.read_bytes()).digest() == hashlib.sha256(f2.read_bytes()).digest()

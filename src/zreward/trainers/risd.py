@@ -170,7 +170,7 @@ def _read_cache(path: Path) -> tuple[dict[str, int], torch.Tensor | None, torch.
         return {}, None, None
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = json.loads(f.metadata()["keys"])
+            keys = json.loads(f.metadata()["zreward"])["keys"]
             probs, mass = f.get_tensor("probs"), f.get_tensor("in_level_mass")
     except Exception as e:  # a torn/foreign file: rebuild rather than train on garbage
         print(f"[risd] {path}: unreadable teacher cache ({e}); rebuilding it", file=sys.stderr)
@@ -220,7 +220,9 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
             probs = new_p if probs is None else torch.cat([probs, new_p])
             mass = new_m if mass is None else torch.cat([mass, new_m])
             blob = st_save({"probs": probs.contiguous(), "in_level_mass": mass.contiguous()},
-                           metadata={"keys": json.dumps(all_keys), "settings": json.dumps(settings)})
+                           # one metadata entry: safetensors writes several in a per-process random (hash) order,
+                           # and the file must not depend on which process wrote it
+                           metadata={"zreward": json.dumps({"keys": all_keys, "settings": settings})})
             atomic_write_bytes(path, blob)
         barrier(wait, "risd teacher cache write")
         rows, probs, mass = _read_cache(path)
