@@ -231,17 +231,17 @@ def test_sharded_scoring_merges_to_the_one_process_scores(monkeypatch, small_wor
     class Recorded(Exception):
         pass
 
-    def record(obj, timeout_s, what):
-        parts[rank] = obj
+    def record(fn, timeout_s, what):
+        parts[rank] = fn()
         raise Recorded
 
-    monkeypatch.setattr(runner, "all_gather_objects", record)
+    monkeypatch.setattr(runner, "run_and_gather", record)
     for rank in (1, 0):  # rank 1 first: which process runs a call must not matter
         monkeypatch.setattr(runner, "rank_world", lambda r=rank: (r, 2))
         with pytest.raises(Recorded):
             runner.score_model(scorer, data, **kw)
     assert sorted(parts[0][0]) == [0, 2] and sorted(parts[1][0]) == [1]  # calls of 2, 2, 1 images: k mod 2
-    monkeypatch.setattr(runner, "all_gather_objects", lambda obj, timeout_s, what: [parts[0], parts[1]])
+    monkeypatch.setattr(runner, "run_and_gather", lambda fn, timeout_s, what: [parts[0], parts[1]])
     monkeypatch.setattr(runner, "rank_world", lambda: (0, 2))
     two = runner.score_model(scorer, data, **kw)
     for f in ("probs", "mean", "std", "overall"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from torchrun_helper import run_torchrun
-from zreward.trainers.sharding import chunks, my_chunks
+from zreward.trainers.sharding import chunks, my_chunks, run_and_gather
 
 SCRIPT = Path(__file__).with_name("sharded_script.py")
 COST = {"img_per_s", "img_per_s_total", "peak_memory_mb", "score_seconds"}  # timings: this machine, this run
@@ -30,6 +30,23 @@ def tiny_reasoner(tmp_path_factory):
 
     return init_tiny("qwen2_vl", tmp_path_factory.mktemp("sharding") / "t", preset="tiny", seed=1, mode="reasoning",
                      max_new_tokens=6)
+
+
+def test_run_and_gather_single_process_returns_or_raises_the_own_error():
+    assert run_and_gather(lambda: {"k": 1}, 5, "work") == [{"k": 1}]
+    with pytest.raises(ValueError, match="no dims"):
+        run_and_gather(lambda: (_ for _ in ()).throw(ValueError("no dims")), 5, "work")
+
+
+def test_a_failing_share_fails_every_process_at_once(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    run_torchrun(Path(__file__).with_name("gather_fail_script.py"), 2, [tmp_path], timeout=120)
+    assert time.perf_counter() - t0 < 60  # the gather timeout is 60 s: nobody waited it out
+    assert (tmp_path / "rank1.txt").read_text() == "ValueError: teacher has no dims ['realism']"
+    assert (tmp_path / "rank0.txt").read_text() == ("RuntimeError: risd teacher targets: process 1 failed: "
+                                                    "ValueError: teacher has no dims ['realism']")
 
 
 def _strip(report: dict) -> dict:

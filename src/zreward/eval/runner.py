@@ -48,7 +48,7 @@ from zreward.eval.cost import Timer, peak_memory_bytes, reset_peak_memory
 from zreward.data.shapes_world.oracle import DIMS as ODIMS
 from zreward.eval.model_metrics import ceiling_metrics, compute_metrics
 from zreward.models.scorer import load_scorer
-from zreward.trainers.sharding import all_gather_objects, chunk_seed, chunks, my_chunks, rank_world
+from zreward.trainers.sharding import chunk_seed, chunks, my_chunks, rank_world, run_and_gather
 
 __all__ = ["ModelSpec", "parse_model_spec", "resolve_mode", "EvalData", "load_eval_data", "ModelScores",
            "score_model", "evaluate", "json_clean", "compute_metrics", "ceiling_metrics", "start_distributed"]
@@ -238,26 +238,26 @@ def score_model(scorer, data: EvalData, *, reasoning: bool, samples: int, batch_
     n = len(data.ids)
     parts = chunks(n, batch_size)
     rank, world = rank_world()
-    kind = reset_peak_memory(device)
-    mine = {}
-    for k in my_chunks(len(parts), rank, world):  # timed per call: the median rate resists other load
-        a, b = parts[k].start, parts[k].stop
-        ims = data.images[a:b]  # decoded outside the timer
-        torch.manual_seed(chunk_seed(seed, k))  # the chains of call k, whichever process runs it
-        with Timer(device) as t:
-            o = scorer.score(data.prompts[a:b], ims, **kw)
-        tokens = 0
-        if reasoning:
-            texts = [c for per_image in o.chains for c in per_image]
-            tokens = sum(len(x) for x in scorer.tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else 0
-        mine[k] = ({f: getattr(o, f).double().numpy() for f in ("probs", "mean", "std", "overall")},
-                   t.seconds, tokens, (o.chains or [])[:8])
-    peak = peak_memory_bytes(device, kind)
-    done: dict = {}
-    peaks = []
-    for part, p in all_gather_objects((mine, peak), GATHER_TIMEOUT_S, "zreward eval: gathering scores"):
-        done.update(part)
-        peaks.append(p)
+
+    def my_share() -> tuple[dict, int, str]:
+        kind = reset_peak_memory(device)
+        mine = {}
+        for k in my_chunks(len(parts), rank, world):  # timed per call: the median rate resists other load
+            a, b = parts[k].start, parts[k].stop
+            ims = data.images[a:b]  # decoded outside the timer
+            torch.manual_seed(chunk_seed(seed, k))  # the chains of call k, whichever process runs it
+            with Timer(device) as t:
+                o = scorer.score(data.prompts[a:b], ims, **kw)
+            texts = [c for per_image in o.chains for c in per_image] if reasoning else []
+            ids = scorer.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+            tokens = sum(len(x) for x in ids)
+            mine[k] = ({f: getattr(o, f).double().numpy() for f in ("probs", "mean", "std", "overall")},
+                       t.seconds, tokens, (o.chains or [])[:8])
+        return mine, peak_memory_bytes(device, kind), kind
+
+    got = run_and_gather(my_share, GATHER_TIMEOUT_S, "zreward eval: scoring")
+    done = {k: v for part, _, _ in got for k, v in part.items()}
+    peaks, kind = [p for _, p, _ in got], got[0][2]
     calls = [done[k] for k in range(len(parts))]
     cat = {f: np.concatenate([c[0][f] for c in calls]) for f in ("probs", "mean", "std", "overall")}
     sizes = np.array([len(r) for r in parts], np.float64)

@@ -51,7 +51,7 @@ from zreward.trainers.config import parse_cli
 from zreward.trainers.data import TrainData, group_batch, split_by_group, within_group_pairs
 from zreward.trainers.loop import RunLoop, global_normalisers
 from zreward.trainers.run_utils import RunConfig
-from zreward.trainers.sharding import all_gather_objects, barrier, chunk_seed, chunks, my_chunks
+from zreward.trainers.sharding import all_gather_objects, barrier, chunk_seed, chunks, my_chunks, run_and_gather
 
 
 @dataclass
@@ -210,8 +210,8 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
         parts = chunks(len(missing), t.batch_size)
         mine = {k: [missing[j] for j in parts[k]] for k in my_chunks(len(parts), rank, world)}
         done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for got in all_gather_objects(_run_teacher(cfg, data, dims, mine, acc.device) if mine else {}, wait,
-                                      "risd teacher targets (raise teacher.barrier_timeout_s)"):
+        for got in run_and_gather(lambda: _run_teacher(cfg, data, dims, mine, acc.device) if mine else {}, wait,
+                                  "risd teacher targets (teacher.barrier_timeout_s)"):
             done.update(got)
         if acc.is_main_process:
             new_p = torch.cat([done[k][0] for k in range(len(parts))])

@@ -9,10 +9,12 @@ random draws, and the gathered results are identical (CPU; on GPUs up to the dev
 there for the slowest one, and that wait must be allowed to last longer than a collective normally does (the
 default group's timeout, 10–30 minutes, is for steps, not for a teacher pass over a split). Pickled objects go
 through host memory, so this works the same under an NCCL default group. With one process (or no process group)
-they return at once.
+they return at once. `run_and_gather` runs a rank's share and gathers it; an exception on any rank is raised on
+every rank (instead of leaving the others waiting out the timeout).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -79,6 +81,33 @@ def all_gather_objects(obj: Any, timeout_s: float, what: str = "gather") -> list
     out: list[Any] = [None] * world
     _collective(lambda g: torch.distributed.all_gather_object(out, obj, group=g), timeout_s, what)
     return out
+
+
+def run_and_gather(fn: Callable[[], Any], timeout_s: float, what: str) -> list[Any]:
+    """`fn()` on this rank, then every rank's result in rank order (`all_gather_objects`). If `fn` raised on some
+    rank, every rank raises: that rank its own exception, the others a RuntimeError naming the rank and error."""
+    try:
+        mine: Any = fn()
+    except Exception as e:  # noqa: BLE001 - handed to every rank, then re-raised
+        mine = _Failed(f"{type(e).__name__}: {e}")
+        failure: Exception | None = e
+    else:
+        failure = None
+    got = all_gather_objects(mine, timeout_s, what)
+    bad = [(r, g) for r, g in enumerate(got) if isinstance(g, _Failed)]
+    if failure is not None:
+        raise failure
+    if bad:
+        r, g = bad[0]
+        raise RuntimeError(f"{what}: process {r} failed: {g.message}")
+    return got
+
+
+class _Failed:
+    """What a rank whose share raised sends to the others."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
 
 def barrier(timeout_s: float, what: str = "barrier") -> None:
