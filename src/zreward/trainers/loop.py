@@ -41,8 +41,9 @@ import torch
 from zreward.atomic import atomic_dir
 from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
 from zreward.trainers.common import build_optimizer, trainable_parameters
-from zreward.trainers.config import dump_config
+from zreward.trainers.config import config_to_dict, dump_config
 from zreward.trainers.resume import check_resume_config
+from zreward.trainers.trackers import start_trackers
 from zreward.trainers.run_utils import (
     MetricsLogger,
     NonFiniteGuard,
@@ -166,8 +167,10 @@ class RunLoop:
             scorer.model, self.opt = self.acc.prepare(model, self.opt)
         if self.is_main:
             dump_config(cfg, self.run_dir.config)
+        trackers = (start_trackers(cfg.run.trackers, self.run_dir.root, config_to_dict(cfg), cfg.run.tracker_project)
+                    if self.is_main else [])
         self.log = MetricsLogger(self.run_dir.metrics, resume_step=self.start_step if self.ckpt else None,
-                                 enabled=self.is_main)
+                                 enabled=self.is_main, trackers=trackers)
         self.bar = progress_bar(cfg.run.max_steps, initial=self.start_step, desc=self.name,
                                 enabled=cfg.run.progress, is_main=self.is_main)
         self.grad_norm: torch.Tensor | float = float("nan")
