@@ -157,7 +157,9 @@ class _Driver:
         self.records = {s.name: json.loads(p.read_text()) for s in stages
                         if (p := self.rec_dir / f"{s.name}.json").is_file()}
         first = {**PROFILES[profile]["estimates"], **PROFILES[profile].get("gen", {}).get("estimates", {})}
-        self.est = {s.name: float(self.records.get(s.name, {}).get("seconds") or first.get(s.name, 60))
+        # a copied base ("init" kind) takes seconds whatever its name (the shipped copy is called "pretrain")
+        self.est = {s.name: float(self.records.get(s.name, {}).get("seconds")
+                                  or (first.get("init_base", 5) if s.kind == "init" else first.get(s.name, 60)))
                     for s in stages}
         self.index = {s.name: i for i, s in enumerate(stages)}
         self.t0 = time.time()
