@@ -331,3 +331,19 @@ def test_priorities_follow_the_longest_path():
     est = {"world": 1.0, "init_student": 2.0, "a": 10.0, "b": 5.0, "c": 7.0}
     p = demo._priorities(stages, est)
     assert p == {"b": 5.0, "c": 7.0, "a": 15.0, "init_student": 17.0, "world": 16.0}
+
+
+def test_goals_carry_the_paired_ci_of_each_difference():
+    methods = {m: {"accuracy": a, "img_per_s": ips} for m, a, ips in
+               (("sft", 0.60, 50.0), ("grpo", 0.58, 5.0), ("rewarddance", 0.62, 80.0), ("gdso_teacher", 0.66, 5.0),
+                ("risd_student", 0.64, 60.0), ("opd_student", 0.61, 60.0))}
+    paired = [{"a": "rewarddance", "b": "gdso_teacher", "diff": -0.04, "diff_ci": [-0.07, -0.01], "diff_n": 900},
+              {"a": "risd_student", "b": "gdso_teacher", "diff": -0.02, "diff_ci": [-0.05, 0.01], "diff_n": 900}]
+    g = demo_report.goals(methods, 0.89, paired)
+    teacher = next(x for x in g if x["claim"].startswith("GDSO teacher ≥"))
+    assert math.isclose(teacher["value"], 4.0) and teacher["holds"] is True
+    assert teacher["ci"] == pytest.approx([1.0, 7.0])  # best baseline = RewardDance; its pair is stored b − a
+    risd = next(x for x in g if x["claim"].startswith("RISD student ≥"))
+    assert math.isclose(risd["value"], -2.0) and risd["ci"] == pytest.approx([-5.0, 1.0])
+    opd = next(x for x in g if x["claim"].startswith("RISD student above"))
+    assert opd["ci"] is None and len(g) == 5  # no stored pair: no interval, never invented

@@ -338,7 +338,7 @@ def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
     results, cals, scores = evaluate(specs, data, reasoning=True, samples=m, seed=ctx.seed, temperature=t, log=_log)
     write_eval_report(out, data, results, cals, scores, {"command": cmd, "settings": {"samples": m, "temperature": t,
                                                                                       "seed": ctx.seed}},
-                      ceiling=ceiling_metrics(data, seed=ctx.seed))
+                      ceiling=ceiling_metrics(data, seed=ctx.seed), seed=ctx.seed)
     return out
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from zreward.data.records import DatasetInfo, DimLabel, ImageRecord, PairRecord, read_split
 from zreward.data.split_writer import write_split
 from zreward.eval.cli import main
-from zreward.eval.model_metrics import compute_metrics, mos_pairs
+from zreward.eval.model_metrics import compute_metrics, mos_pairs, paired_differences
 from zreward.eval.runner import ModelScores, load_eval_data, parse_model_spec, resolve_mode
 
 REQUIRED = ("accuracy", "accuracy_ci", "accuracy_ties", "per_dim", "kl", "js", "w1", "srcc", "plcc", "ece",
@@ -102,6 +102,24 @@ def test_metrics_hand_computed(hand_split):
     assert rep2["accuracy"] == 0.5
 
 
+def test_paired_differences_hand_computed(hand_split):
+    """right = both non-tie pairs right (1.0); half = x0 < x1, y pair right (0.5); tie = predicted ties (0.5)."""
+    data = load_eval_data(hand_split)
+    right, half = _scores([4.0, 3.0, 3.0, 2.0, 4.5]), _scores([2.0, 3.0, 3.0, 2.0, 4.5])
+    tie = _scores([3.0, 3.0, 3.0, 3.0, 3.0])
+    out = paired_differences(data, {"right": right, "half": half, "tie": tie}, n_boot=400, seed=0)
+    assert [(p["a"], p["b"]) for p in out] == [("right", "half"), ("right", "tie"), ("half", "tie")]
+    diffs = {(p["a"], p["b"]): p for p in out}
+    assert diffs[("right", "half")]["diff"] == 0.5 and diffs[("right", "tie")]["diff"] == 0.5
+    assert diffs[("half", "tie")]["diff"] == 0.0 and all(p["diff_n"] == 2 for p in out)
+    # the two prompts each hold one non-tie pair: a resample holds p0 (half is wrong there: +1.0), p1 (both right:
+    # 0.0) or both (+0.5) — the paired interval spans exactly those values, and the same models agree everywhere
+    lo, hi = diffs[("right", "half")]["diff_ci"]
+    assert lo == 0.0 and hi == 1.0
+    same = paired_differences(data, {"a": right, "b": _scores([4.0, 3.0, 3.0, 2.0, 4.5])}, n_boot=100)
+    assert same[0]["diff"] == 0.0 and same[0]["diff_ci"] == [0.0, 0.0]
+
+
 def test_mos_pairs_within_prompt_only(hand_split):
     a, b, lab = mos_pairs(load_eval_data(hand_split), 0)
     assert sorted(zip(a.tolist(), b.tolist(), lab.tolist())) == [(0, 1, "a"), (0, 2, "a"), (1, 2, "tie"), (3, 4, "b")]
@@ -155,7 +173,12 @@ def test_cli_on_shapes_world(small_world, tiny_model, tiny_reasoner, tmp_path):
     teach = rep["models"]["teach"]
     assert teach["mode"] == "reasoning" and teach["samples"] == 2 and teach["tokens_per_image"] > 0
     assert 0.5 <= rep["ceiling"]["accuracy"] <= 1.0  # ShapesWorld oracle present
+    (pair,) = rep["paired"]  # the two models on the same pairs: a − b equals the difference of their accuracies
+    assert (pair["a"], pair["b"]) == (direct, "teach") and pair["diff_n"] == teach["n_non_tie"]
+    assert math.isclose(pair["diff"], rep["models"][direct]["accuracy"] - teach["accuracy"], abs_tol=1e-12)
+    assert pair["diff_ci"][0] <= pair["diff"] <= pair["diff_ci"][1]
     md = (out / "report.md").read_text()
+    assert "### Paired differences" in md
     for png in ("accuracy_vs_cost.png", f"reliability_{direct}.png", "reliability_teach.png", "examples.png"):
         assert (out / png).stat().st_size > 1000 and f"({png})" in md
     pred = np.load(out / "predictions" / "teach.npz")

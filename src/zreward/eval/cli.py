@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"reasoning": args.reasoning, "samples": args.samples, "temperature": args.temperature,
                          "batch_size": args.batch_size, "n_boot": args.n_boot, "seed": args.seed,
                          "max_images": args.max_images, "device": args.device}}
-    write_eval_report(args.out, data, results, cals, scores, meta, ceiling=ceiling_metrics(data, n_boot=args.n_boot,
-                                                                                              seed=args.seed))
+    write_eval_report(args.out, data, results, cals, scores, meta, n_boot=args.n_boot, seed=args.seed,
+                      ceiling=ceiling_metrics(data, n_boot=args.n_boot, seed=args.seed))
     print(f"[eval] wrote {Path(args.out) / 'report.md'} and report.json")
     end_distributed()
     return 0

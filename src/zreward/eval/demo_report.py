@@ -42,26 +42,42 @@ def _pt(r: dict | None, key: str = "accuracy") -> float | None:
     return None if r is None else r.get(key)
 
 
-def goals(methods: dict, ceiling: float | None) -> list[dict]:
-    """The paper's claims on our numbers (accuracy in points = ×100). A claim whose inputs are missing is null."""
+def paired_ci(paired: list[dict], a: str | None, b: str | None) -> list[float] | None:
+    """The paired 95% CI of accuracy(a) − accuracy(b) in points from an eval report's `paired` list, or None."""
+    for p in paired:
+        if (p["a"], p["b"]) == (a, b):
+            return [100 * p["diff_ci"][0], 100 * p["diff_ci"][1]]
+        if (p["a"], p["b"]) == (b, a):
+            return [-100 * p["diff_ci"][1], -100 * p["diff_ci"][0]]
+    return None
+
+
+def goals(methods: dict, ceiling: float | None, paired: list[dict] | None = None) -> list[dict]:
+    """The paper's claims on our numbers (accuracy in points = ×100). A claim whose inputs are missing is null.
+    Claims between two methods carry `ci`: the paired 95% CI of their difference (test eval's `paired`)."""
     def acc(m):
         return _pt(methods.get(m))
 
+    paired = paired or []
     out = []
-    base = [acc(m) for m in ("sft", "grpo", "rewarddance")]
+    base = {m: acc(m) for m in ("sft", "grpo", "rewarddance") if acc(m) is not None}
     t, s, o = acc("gdso_teacher"), acc("risd_student"), acc("opd_student")
-    best = max((b for b in base if b is not None), default=None)
+    best_m = max(base, key=base.get) if base else None
+    best = base.get(best_m)
     out.append({"claim": "GDSO teacher ≥ best of SFT / GRPO / RewardDance + 3 points",
                 "value": None if t is None or best is None else 100 * (t - best), "target": 3.0,
+                "ci": paired_ci(paired, "gdso_teacher", best_m),
                 "holds": None if t is None or best is None else 100 * (t - best) >= 3.0})
     out.append({"claim": "GDSO teacher within 2 points of the annotator ceiling",
                 "value": None if t is None or ceiling is None else 100 * (ceiling - t), "target": 2.0,
                 "holds": None if t is None or ceiling is None else 100 * (ceiling - t) <= 2.0})
     out.append({"claim": "RISD student ≥ teacher − 0.5 points",
                 "value": None if s is None or t is None else 100 * (s - t), "target": -0.5,
+                "ci": paired_ci(paired, "risd_student", "gdso_teacher"),
                 "holds": None if s is None or t is None else 100 * (s - t) >= -0.5})
     out.append({"claim": "RISD student above OPD student",
                 "value": None if s is None or o is None else 100 * (s - o), "target": 0.0,
+                "ci": paired_ci(paired, "risd_student", "opd_student"),
                 "holds": None if s is None or o is None else s > o})
     ti = _pt(methods.get("gdso_teacher"), "img_per_s")
     si = _pt(methods.get("risd_student"), "img_per_s")
@@ -178,7 +194,7 @@ def write_demo_report(ctx, wall_s: float, command: str, machine: dict | None = N
         "stages_wall_s": sum(st.get("seconds") or 0.0 for st in ctx.status.values()),
         "n_reused": sum(st["state"] == "reused" for st in ctx.status.values()),
         "dataset_dir": str(out / "world"),
-        "cost_ratio": cost_ratio, "goals": goals(methods, ceiling),
+        "cost_ratio": cost_ratio, "goals": goals(methods, ceiling, (ev["test"] or {}).get("paired")),
         "eval": {s: {"n_images": (ev[s] or {}).get("n_images"), "pairs": (ev[s] or {}).get("pairs")} for s in ev},
         "generator": generator, "budgets": budgets(ctx),
         "stages": ctx.status, "commands": {"demo": command, **ctx.commands}, "software": software_versions(),
@@ -272,10 +288,14 @@ def _markdown(rep: dict, ev: dict, gen_detail: dict | None = None) -> list[str]:
     cr = rep["cost_ratio"]
     L += ["", "Teacher vs student cost: student images/s ÷ teacher images/s = "
           + ", ".join(f"{m}: {fmt(v, 1)}×" for m, v in cr.items()) + " (same machine, same run).", "",
-          "## The paper's claims on our numbers", "", "| claim | measured | target | holds |", "|---|---|---|---|"]
+          "## The paper's claims on our numbers", "",
+          "Differences in points on the test pairs; the CI is the paired one (both methods on each resampled "
+          "prompt set).",
+          "", "| claim | measured | paired 95% CI | target | holds |", "|---|---|---|---|---|"]
     for g in rep["goals"]:
-        L.append(f"| {g['claim']} | {fmt(g['value'], 2)} | {g['target']} | "
-                 f"{'–' if g['holds'] is None else 'yes' if g['holds'] else 'no'} |")
+        ci = g.get("ci")
+        L.append(f"| {g['claim']} | {fmt(g['value'], 2)} | {'–' if not ci else f'[{ci[0]:+.1f}, {ci[1]:+.1f}]'} | "
+                 f"{g['target']} | {'–' if g['holds'] is None else 'yes' if g['holds'] else 'no'} |")
     L += ["", "## Budgets (from each run's config.yaml; wall / CPU minutes of the stage on this machine)", "",
           "| stage | steps | batch | train images | + unlabelled | human labels | lr | wall min | CPU min |",
           "|---|---|---|---|---|---|---|---|---|"]

@@ -9,6 +9,8 @@ Implemented (no new maths here — `metrics`, `calibration`, `bootstrap` do it):
   averaged over dimensions; ECE of the Thurstone P(a ≻ b) vs the rater vote share on the headline pairs, with
   overall σ = √Σ_d (w_d/Σw)²σ_d² (dims treated as independent). Each number has a 95% bootstrap CI resampling
   prompts and its n; `flatten` turns {"point", "ci", "n"} into `x`, `x_ci`, `x_n` keys.
+- `paired_differences(data, scores)`: accuracy of a minus b for every two models on the same headline pairs, with
+  the paired prompt-bootstrap CI (one resample, both models).
 - `ceiling_metrics(data)`: the ShapesWorld annotator ceiling (oracle mean-weight overall on non-tie human pairs,
   oracle ties half right — the dataset card's definition) with its CI.
 """
@@ -24,7 +26,7 @@ from zreward.eval.bootstrap import bootstrap_ci
 from zreward.eval.calibration import Calibration, calibration, ece, thurstone_prob
 from zreward.eval.metrics import accuracy_with_ties, js, kl, pairwise_accuracy, plcc, srcc, w1
 
-__all__ = ["compute_metrics", "ceiling_metrics", "mos_pairs", "flatten"]
+__all__ = ["compute_metrics", "ceiling_metrics", "headline", "mos_pairs", "paired_differences", "flatten"]
 
 
 def _ci(stat_fn, groups, n: int, n_boot: int, seed: int) -> dict:
@@ -57,6 +59,52 @@ def mos_pairs(data, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return a, b, np.where(d > 0, "a", np.where(d < 0, "b", "tie")).astype(object)
 
 
+def headline(data, s) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The headline pairs of one model and, per pair of the split, the score it is judged by and that score's σ.
+
+    Returns:
+        (indices of the headline pairs: the split's overall pairs, or without them every per-dimension pair of a
+        dimension the model scores; μ_a, μ_b, σ_a, σ_b: (P,) over all the split's pairs — `overall` and its σ
+        for overall pairs, the pair's dimension's mean and std otherwise).
+    """
+    col = {d: k for k, d in enumerate(s.dims)}
+    wn = s.weights / s.weights.sum()
+    sigma_overall = np.sqrt((s.std ** 2) @ (wn ** 2))
+    known = np.array([d == "overall" or d in col for d in data.pdim], dtype=bool)
+    is_overall = data.pdim == "overall"
+    idx_dim = np.array([col.get(d, 0) for d in data.pdim], np.int64)
+    mu_a = np.where(is_overall, s.overall[data.pa], s.mean[data.pa, idx_dim])
+    mu_b = np.where(is_overall, s.overall[data.pb], s.mean[data.pb, idx_dim])
+    sd_a = np.where(is_overall, sigma_overall[data.pa], s.std[data.pa, idx_dim])
+    sd_b = np.where(is_overall, sigma_overall[data.pb], s.std[data.pb, idx_dim])
+    return np.flatnonzero(is_overall if is_overall.any() else known), mu_a, mu_b, sd_a, sd_b
+
+
+def paired_differences(data, scores: dict, *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Accuracy of model a minus model b on the same headline non-tie pairs, for every two models (in the order
+    given), with a 95% CI from one prompt bootstrap: both accuracies are computed on the same resampled prompts, so
+    the interval is the paired one (narrower than the two separate intervals suggest when the models agree).
+
+    Returns:
+        [{"a", "b", "diff", "diff_ci", "diff_n"}]: accuracy points as fractions (0.05 = 5 points); n = non-tie pairs.
+    """
+    heads = {name: headline(data, s) for name, s in scores.items()}
+    names, out = list(scores), []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (ha, aa, ab, _, _), (hb, ba, bb, _, _) = heads[a], heads[b]
+            h = np.intersect1d(ha, hb)
+            lab = data.plabel[h]
+            n = int((lab != "tie").sum())
+            if not n:
+                continue
+            ci = _ci(lambda w: pairwise_accuracy(aa[h], ab[h], lab, weights=w)
+                     - pairwise_accuracy(ba[h], bb[h], lab, weights=w),
+                     data.prompt_code[data.pa[h]], n, n_boot, seed)
+            out.append({"a": a, "b": b, "diff": ci["point"], "diff_ci": ci["ci"], "diff_n": ci["n"]})
+    return out
+
+
 def compute_metrics(data, s, *, n_boot: int = 1000, seed: int = 0) -> tuple[dict, Calibration | None]:
     """Every metric of one model on one split (see the module docstring).
 
@@ -68,20 +116,11 @@ def compute_metrics(data, s, *, n_boot: int = 1000, seed: int = 0) -> tuple[dict
     """
     mdims = s.dims
     col = {d: k for k, d in enumerate(mdims)}
-    wn = s.weights / s.weights.sum()
-    sigma_overall = np.sqrt((s.std ** 2) @ (wn ** 2))
-    known = np.array([d == "overall" or d in col for d in data.pdim], dtype=bool)
+    h, mu_a, mu_b, sd_a, sd_b = headline(data, s)
     is_overall = data.pdim == "overall"
-    head = is_overall if is_overall.any() else known
-    # Per pair: the score it is judged by (overall, or its own dimension's mean) and that score's σ.
-    idx_dim = np.array([col.get(d, 0) for d in data.pdim], np.int64)
-    mu_a = np.where(is_overall, s.overall[data.pa], s.mean[data.pa, idx_dim])
-    mu_b = np.where(is_overall, s.overall[data.pb], s.mean[data.pb, idx_dim])
-    sd_a = np.where(is_overall, sigma_overall[data.pa], s.std[data.pa, idx_dim])
-    sd_b = np.where(is_overall, sigma_overall[data.pb], s.std[data.pb, idx_dim])
+    known = np.array([d == "overall" or d in col for d in data.pdim], dtype=bool)
     rep: dict = {"pairs_used": "overall" if is_overall.any() else "per-dimension",
                  "pairs_skipped_unknown_dim": int((~known).sum())}
-    h = np.flatnonzero(head)
     groups = data.prompt_code[data.pa[h]]
     rep.update(_pair_block(mu_a[h], mu_b[h], data.plabel[h], groups, n_boot, seed))
     cal = None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from zreward.eval.calibration import plot_reliability
+from zreward.eval.model_metrics import paired_differences
 from zreward.eval.runner import EvalData, ModelScores, json_clean
 
 __all__ = ["software_versions", "fmt", "fmt_ci", "plot_acc_vs_cost", "plot_training_curves", "plot_examples",
@@ -217,8 +218,11 @@ def model_tables(results: dict[str, dict], dims: list[str]) -> list[str]:
 
 
 def write_eval_report(out: str | Path, data: EvalData, results: dict, cals: dict, scores: dict[str, ModelScores],
-                      meta: dict, *, ceiling: dict | None = None) -> dict:
-    """Write report.json, report.md, PNGs and predictions/ under `out`. Returns the report.json content."""
+                      meta: dict, *, ceiling: dict | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Write report.json, report.md, PNGs and predictions/ under `out`. Returns the report.json content.
+
+    With two or more models, report.json's `paired` lists a − b accuracy for every two of them on the same pairs,
+    with the paired bootstrap CI (`n_boot` resamples, `seed`)."""
     out = Path(out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     plots = {}
@@ -235,7 +239,8 @@ def write_eval_report(out: str | Path, data: EvalData, results: dict, cals: dict
     report = json_clean({
         "data": str(data.split.root), "dataset": data.split.info.name, "n_images": len(data.ids),
         "n_prompts": int(data.prompt_code.max() + 1), "pairs": data.pair_counts(), "dims": data.dims,
-        "ceiling": ceiling, "models": results, "plots": plots, **meta, "software": software_versions()})
+        "ceiling": ceiling, "models": results, "paired": paired_differences(data, scores, n_boot=n_boot, seed=seed),
+        "plots": plots, **meta, "software": software_versions()})
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     L = [f"# zreward eval — {data.split.info.name} `{data.split.root}`", "",
          f"{len(data.ids)} images, {report['n_prompts']} prompts, pairs per dim: {data.pair_counts() or 'none'}.",
@@ -245,6 +250,11 @@ def write_eval_report(out: str | Path, data: EvalData, results: dict, cals: dict
         L += [f"Annotator ceiling (ShapesWorld oracle on the overall pairs): {ceil}", ""]
     L += model_tables(results, sorted({d for r in results.values() for d in r.get("per_dim", {})},
                                       key=lambda d: (d not in data.dims, d)))
+    if report["paired"]:
+        L += ["", "### Paired differences (accuracy of a − b in points on the same non-tie pairs; 95% CI by prompt, "
+              "both models on each resample)", "", "| a | b | a − b | pairs |", "|---|---|---|---|"]
+        L += [f"| {p['a']} | {p['b']} | {100 * p['diff']:+.1f} [{100 * p['diff_ci'][0]:+.1f}, "
+              f"{100 * p['diff_ci'][1]:+.1f}] | {p['diff_n']} |" for p in report["paired"]]
     L += ["", "## Plots", "", "![accuracy vs cost](accuracy_vs_cost.png)", ""]
     L += [f"![reliability {n}](reliability_{n}.png)" for n in cals if cals[n] is not None]
     if scores:
