@@ -4,6 +4,7 @@
                  [--reasoning] [--samples M] [--temperature T] [--batch-size B] [--n-boot R] [--seed S]
                  [--max-images N] [--device cpu|cuda]
     zreward eval perception --model DIR --data SPLIT [--max-images N] [--out FILE]   (captioning VLMs)
+    zreward eval compare --eval DIR --eval DIR ... [--n-boot R] [--out FILE]   (paired differences across runs)
 
 Under `torchrun --nproc_per_node N -m zreward.cli eval ...` each process scores its share of the images (on
 `cuda:LOCAL_RANK` with `--device cuda`) and the main process writes the report: the same scores as one process.
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from zreward.eval.perception import main as perception_main  # deferred (torch + transformers)
 
         return perception_main(argv[1:])
+    if argv[:1] == ["compare"]:
+        from zreward.eval.compare import main as compare_main  # deferred (torch via the runner)
+
+        return compare_main(argv[1:])
     args = _parser().parse_args(argv)
     # deferred (torch + transformers): `zreward eval --help` and bad arguments answer without loading them
     from zreward.eval.report import write_eval_report

@@ -4,7 +4,8 @@ Implemented:
 - `write_eval_report(out, data, results, cals, scores, meta)`: what `zreward eval` writes — report.json (per model
   name under `models`, plus split facts, ceiling, settings, software, command), report.md (accuracy, per-dimension,
   distribution/calibration and cost tables; every number with its 95% CI and n), reliability diagrams per model,
-  accuracy vs cost, an example grid, and `predictions/<name>.npz` (ids, dims, levels, probs) for later plots.
+  accuracy vs cost, an example grid, and `predictions/<name>.npz` (ids, dims, levels, probs, mean, overall) for
+  later plots and `zreward eval compare`.
 - Plot helpers shared with `zreward demo`: `plot_acc_vs_cost`, `plot_training_curves` (from metrics.jsonl),
   `plot_examples` (test images with each model's level distribution next to the annotator histogram).
 - `software_versions()`: python / torch / transformers / numpy / ... versions for the report.
@@ -235,7 +236,8 @@ def write_eval_report(out: str | Path, data: EvalData, results: dict, cals: dict
         plots["examples"] = plot_examples(data, scores, out / "examples.png").name
     for name, s in scores.items():
         np.savez_compressed(out / "predictions" / f"{name}.npz", ids=np.array(data.ids), dims=np.array(s.dims),
-                            levels=np.asarray(data.levels), probs=s.probs.astype(np.float32))
+                            levels=np.asarray(data.levels), probs=s.probs.astype(np.float32), mean=s.mean,
+                            overall=s.overall)
     report = json_clean({
         "data": str(data.split.root), "dataset": data.split.info.name, "n_images": len(data.ids),
         "n_prompts": int(data.prompt_code.max() + 1), "pairs": data.pair_counts(), "dims": data.dims,
