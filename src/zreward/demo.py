@@ -268,7 +268,9 @@ def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = No
                     settled = True
                 elif len(running) < jobs:
                     pending.remove(stage)
-                    resume = d.start(stage, max([prio[s.name] for s in pending] + [0.0]))
+                    # ETA: the longest estimated path among the stages not finished yet, this one included
+                    left = [prio[s.name] for s in pending] + [prio[s.name] for s, _ in running.values()]
+                    resume = d.start(stage, max(left + [prio[stage.name]]))
                     running[pool.submit(_run_in_worker, runner, stage, d.ctx, resume)] = (stage, time.time())
             if settled:
                 continue  # stages settled without a worker may have made others ready
