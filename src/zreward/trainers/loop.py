@@ -132,10 +132,13 @@ def global_normalisers(counts: list[float], device: torch.device | str = "cpu") 
 def generation(model):
     """Around `generate` with an FSDP2 module (a no-op otherwise): keep the root unit's own parameters gathered.
     `generate` calls the vision tower (and its patch embedding, a root parameter) outside the root's forward, where
-    FSDP's hooks would not gather them (observed: "got mixed torch.Tensor and DTensor")."""
+    FSDP's hooks would not gather them (observed: "got mixed torch.Tensor and DTensor"). The root is first
+    initialised as the root (torch's `_lazy_init`, otherwise run by the root's first forward): before a training
+    forward, `generate` reaches a vision block first, which would then claim to be a root (observed)."""
     if not is_sharded(model):
         yield
         return
+    model._get_fsdp_state()._lazy_init()  # no-op once initialised
     model.unshard()
     try:
         yield
@@ -206,9 +209,6 @@ class RunLoop:
         self.opt, self.sched = build_optimizer(self.params, cfg.optim, total_steps or cfg.run.max_steps)
         self.param_dtype = self.params[0].dtype  # of the exported scorer (FSDP's mixed precision may upcast)
         if self.fsdp:
-            if getattr(scorer, "generation_batch", None):
-                raise ValueError("model.generation_batch with FSDP: ranks could make different numbers of generate "
-                                 "calls (each forward is a collective); leave it null under FSDP")
             scorer.model, self.opt = self.acc.prepare(model, self.opt)  # parameters become DTensor shards
             self.params = trainable_parameters(scorer.model)
             _mark_fsdp_for_generate(scorer.model)
