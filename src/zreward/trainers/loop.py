@@ -61,7 +61,7 @@ from zreward.trainers.run_utils import (
     progress_bar,
     seed_everything,
 )
-from zreward.trainers.shards import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
+from zreward.trainers.shards import is_sharded, load_sharded_checkpoint, reshard_all, save_sharded_checkpoint
 
 __all__ = ["RunLoop", "generation", "global_normalisers", "is_lora", "model_state", "restore_model_state",
            "resume_or_seed", "unwrapped"]
@@ -143,7 +143,7 @@ def generation(model):
     try:
         yield
     finally:
-        model.reshard()
+        reshard_all(model)  # also the units a no-grad forward left gathered
 
 
 def _mark_fsdp_for_generate(model) -> None:
@@ -319,6 +319,7 @@ class RunLoop:
         """Save `run_dir/checkpoints/step_XXXXXX` (collective: every rank calls it)."""
         rng = gather_rng_states()
         if self.fsdp:
+            reshard_all(self.scorer.model)  # shards, not gathered parameters, go to the files
             save_sharded_checkpoint(self.run_dir.checkpoints, step, model_state(self.scorer.model, self.lora),
                                     optimizer=self.opt, scheduler=self.sched, rng_states=rng,
                                     extra={"guard": self.guard.state_dict()}, keep_last=self.cfg.run.keep_last,

@@ -32,12 +32,21 @@ from zreward.trainers.checkpoint import (FORMAT_VERSION, Checkpoint, CheckpointE
                                          _unshare, decode_state, encode_state, prune_checkpoints, restore_rng_state,
                                          step_dir_name)
 
-__all__ = ["is_sharded", "save_sharded_checkpoint", "load_sharded_checkpoint", "shard_file"]
+__all__ = ["is_sharded", "reshard_all", "save_sharded_checkpoint", "load_sharded_checkpoint", "shard_file"]
 
 
 def is_sharded(model) -> bool:
     """Whether `model` is an FSDP2 (`fully_shard`) module."""
     return isinstance(model, FSDPModule)
+
+
+def reshard_all(model) -> None:
+    """Put every FSDP2 unit of `model` back to its sharded parameters (local, no collective). Units that do not
+    reshard after forward (the root, accelerate's output head) stay gathered after a no-grad forward, e.g. an
+    evaluation, until the next backward; their parameters are then plain full tensors, not DTensor shards."""
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def shard_file(stem: str, rank: int) -> str:
