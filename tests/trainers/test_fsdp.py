@@ -8,7 +8,11 @@ kind or another process count) are checked in process.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,6 +147,34 @@ def test_fsdp_gdso_chunked_generation_and_lora(tiny_model, small_world, tmp_path
     assert sorted(final) == sorted(base)
     assert any(not torch.equal(final[k], base[k]) for k in base)  # and trained
     assert all(torch.equal(merged[k], v) for k, v in _weights(resumed).items())
+
+
+@pytest.mark.slow
+def test_fsdp_job_killed_with_sigkill_in_a_save_resumes_bitwise(tiny_model, small_world, tmp_path):
+    """SIGKILL of every process of an FSDP job inside its step-4 save (all shards written, not yet renamed into
+    place), then a plain restart: it resumes from step 2, sweeps the dead save's directory and gives the losses
+    and weights of the straight run, bitwise."""
+    args = [f"model.init_from={tiny_model}", f"data.train={small_world / 'train'}", "data.prompts_per_batch=4",
+            "run.max_steps=6", "run.save_every=2", "optim.lr=3e-3", "sft.pair_weight=0.5"]
+    straight = _run(tmp_path, "straight", 2, "sft", args, fsdp=True)
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT),
+           str(tmp_path / "unused.json"), "sft", "--sigkill-at-save", "4", *args, f"run.output_dir={run_dir}",
+           "accelerator.device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ZREWARD_NO_PROGRESS": "1", **fsdp_env()}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) == ["step_000002"]
+    dead = [p for p in ckpts.iterdir() if p.name.startswith(".step_000004.tmp-")]
+    assert len(dead) == 1 and (dead[0] / "model_rank00001.safetensors").is_file()  # the shards were written
+    resumed = _run(tmp_path, "killed", 2, "sft", args, fsdp=True)
+    assert [e["step"] for e in resumed["metrics"]] == list(range(1, 7))
+    for key in ("loss", "grad_norm"):
+        assert [e[key] for e in resumed["metrics"]] == [e[key] for e in straight["metrics"]], key
+    wa, wb = _weights(straight), _weights(resumed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not [p for p in ckpts.iterdir() if p.name.startswith(".")]  # the dead save's directory was swept
 
 
 # ------------------------------------------------------------------------------------------ in process
