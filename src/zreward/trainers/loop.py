@@ -143,7 +143,7 @@ def generation(model):
     try:
         yield
     finally:
-        reshard_all(model)  # also the units a no-grad forward left gathered
+        reshard_all(model)
 
 
 def _mark_fsdp_for_generate(model) -> None:

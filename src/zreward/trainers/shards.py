@@ -41,9 +41,10 @@ def is_sharded(model) -> bool:
 
 
 def reshard_all(model) -> None:
-    """Put every FSDP2 unit of `model` back to its sharded parameters (local, no collective). Units that do not
-    reshard after forward (the root, accelerate's output head) stay gathered after a no-grad forward, e.g. an
-    evaluation, until the next backward; their parameters are then plain full tensors, not DTensor shards."""
+    """Put every FSDP2 unit of `model` back to its sharded parameters (local, no collective): after `generation`
+    gathered the root explicitly, and before a checkpoint reads the parameters, so that shards, never gathered
+    full tensors, are written. (A guard: with torch 2.13 the parameters were DTensors again after a no-grad
+    forward as well, checked.)"""
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.reshard()
