@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
+import time
 
 import pytest
 
@@ -267,3 +269,65 @@ def test_shipped_base_stage_copies_the_packaged_model(tmp_path):
     assert (out / "model.safetensors").read_bytes() == (BASE_DIR / "model.safetensors").read_bytes()
     assert ctx.commands["pretrain"] == f"zreward model init --from base --out {out}"
     assert stage_parts(stage, ctx)["config"] == digest(base_card())  # a new base rebuilds its users
+
+
+class TimedRunner:
+    """A picklable fake runner for worker processes: sleeps, logs (stage, start, end) to a file, fails on request."""
+
+    def __init__(self, log_dir, sleep: float = 0.0, fail: str | None = None):
+        self.log_dir, self.sleep, self.fail = log_dir, sleep, fail
+
+    def __call__(self, stage, ctx, resume):
+        t0 = time.time()
+        if stage.name == self.fail:
+            raise RuntimeError("boom in a worker")
+        time.sleep(self.sleep)
+        ctx.commands[stage.name] = f"fake {stage.name}"
+        out = ctx.out / "fake" / stage.name
+        out.mkdir(parents=True, exist_ok=True)
+        (self.log_dir / f"{stage.name}.json").write_text(json.dumps([t0, time.time(), os.getpid()]))
+        return out
+
+
+def test_parallel_jobs_run_independent_stages_side_by_side(tmp_path, configs):
+    """--jobs 2: the two stages that only need init_student overlap in time, each in its own process; every stage
+    starts after its inputs finished; keys, outputs and recorded commands equal those of the in-order run."""
+    stages = _stages(Stage("c", "train", "sft", (("model.init_from", "init_student"),) + _DATA))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ctx = run_demo(tmp_path / "par", "test", 0, stages, runner=TimedRunner(logs, sleep=1.0), log=lambda *_: None,
+                   jobs=2)
+    assert all(s["state"] == "done" for s in ctx.status.values()), ctx.status
+    t = {s.name: json.loads((logs / f"{s.name}.json").read_text()) for s in stages}
+    for s in stages:
+        assert all(t[d][1] <= t[s.name][0] for d in s.deps)  # inputs finished before the stage started
+    assert t["a"][0] < t["c"][1] and t["c"][0] < t["a"][1]  # a and c ran at the same time
+    assert len({v[2] for v in t.values()}) == len(stages) and os.getpid() not in {v[2] for v in t.values()}
+    assert ctx.commands["c"] == "fake c" and ctx.outputs["c"] == tmp_path / "par" / "fake" / "c"
+    seq = run_demo(tmp_path / "seq", "test", 0, stages, runner=FakeRunner(), log=lambda *_: None)
+    assert seq.keys == ctx.keys
+    # a second parallel run reuses everything without starting a worker
+    again = run_demo(tmp_path / "par", "test", 0, stages, runner=TimedRunner(logs, fail="world"), log=lambda *_: None,
+                     jobs=2)
+    assert all(s["state"] == "reused" for s in again.status.values())
+
+
+def test_parallel_failure_in_a_worker_blocks_only_dependents(tmp_path, configs):
+    stages = _stages(Stage("c", "train", "sft", (("model.init_from", "init_student"),) + _DATA))
+    lines: list[str] = []
+    ctx = run_demo(tmp_path / "d", "test", 0, stages, runner=TimedRunner(tmp_path, fail="a"), log=lines.append,
+                   jobs=2)
+    st = ctx.status
+    assert st["a"]["state"] == "failed" and "boom in a worker" in st["a"]["reason"]
+    assert "boom in a worker" in st["a"]["traceback"]
+    assert st["b"]["state"] == "skipped" and st["c"]["state"] == "done"
+    assert any("] a: FAILED after" in ln for ln in lines) and any("] b: SKIPPED (needs a)" in ln for ln in lines)
+    rec = json.loads((tmp_path / "d" / "stages" / "a.json").read_text())
+    assert rec["finished"] is False  # a failed stage is rebuilt next time
+
+
+def test_priorities_follow_the_longest_path():
+    stages = _stages(Stage("c", "train", "sft", (("model.init_from", "init_student"),) + _DATA))
+    est = {"world": 1.0, "init_student": 2.0, "a": 10.0, "b": 5.0, "c": 7.0}
+    p = demo._priorities(stages, est)
+    assert p == {"b": 5.0, "c": 7.0, "a": 15.0, "init_student": 17.0, "world": 16.0}

@@ -164,3 +164,19 @@ def test_image_to_tensor():
     assert float(t.sum()) == pytest.approx(1.2)
     with pytest.raises(ValueError, match="RGB"):
         image_to_tensor(Image.new("L", (2, 2)))
+
+
+def test_cap_pixels_hand_values_and_uint8_round_trip():
+    from PIL import Image
+
+    from zreward.data.images import cap_pixels, image_to_tensor, image_to_uint8
+
+    im = Image.new("RGB", (100, 50), (10, 200, 30))
+    assert cap_pixels(im, None) is im and cap_pixels(im, 5000) is im  # at or under the cap: untouched
+    assert cap_pixels(im, 1250).size == (50, 25)  # s = sqrt(1250 / 5000) = 0.5
+    assert cap_pixels(im, 1249).size[0] * cap_pixels(im, 1249).size[1] <= 1249
+    assert cap_pixels(Image.new("RGB", (1000, 1), 0), 10).size == (10, 1)  # a side never drops below 1 px
+    rnd = Image.fromarray(np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8))
+    u8 = image_to_uint8(rnd)
+    assert u8.shape == (3, 7, 5) and u8.dtype.is_floating_point is False
+    assert (u8 == (image_to_tensor(rnd) * 255.0).round().to(u8.dtype)).all()

@@ -1,6 +1,7 @@
 """`zreward demo [--profile quick|full] [--out DIR] [--seed S]`: the paper's comparison on ShapesWorld, end to end.
 
-Stages (`STAGES`, run in order; each one entry, so plugging a trainer in is one line):
+Stages (`STAGES`; each one entry, so plugging a trainer in is one line; `--jobs N` runs up to N side by side,
+each as soon as its inputs are final, default one per CPU):
   world          build the default ShapesWorld (2000 train prompts × 4 candidates, 64 px) into DIR/world
   pretrain       the "pretrained VLM" every method starts from: by default a copy of the base VLM shipped in the
                  package (`zreward model init --from base`; zreward/models/base/MODEL_CARD.md says how it was
@@ -48,11 +49,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shlex
 import sys
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -110,65 +113,177 @@ def demo_stages(from_scratch: bool = False) -> list[Stage]:
 
 # ---------------------------------------------------------------------------------------------------- driver
 
-def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = None,
-             runner: Callable[[Stage, Ctx, bool], Path] = run_stage, log=_log) -> Ctx:
-    """Run (or reuse) every stage in order; failures are recorded in ctx.status and block only dependents."""
-    stages = STAGES if stages is None else stages
-    ctx = Ctx(out=out, profile=profile, seed=seed)
-    rec_dir = out / "stages"
-    rec_dir.mkdir(parents=True, exist_ok=True)
-    records = {s.name: json.loads(p.read_text()) for s in stages if (p := rec_dir / f"{s.name}.json").is_file()}
-    first = {**PROFILES[profile]["estimates"], **PROFILES[profile].get("gen", {}).get("estimates", {})}
-    est = {s.name: float(records.get(s.name, {}).get("seconds") or first.get(s.name, 60)) for s in stages}
-    t0 = time.time()
-    for i, stage in enumerate(stages):
-        eta = sum(est[s.name] for s in stages[i:] if ctx.status.get(s.name, {}).get("state") != "reused")
-        head = f"[demo {i + 1}/{len(stages)}] {stage.name}"
-        missing = [d for d in stage.deps if ctx.status.get(d, {}).get("state") not in ("done", "reused")]
+_TERMINAL = ("done", "reused", "failed", "skipped")
+
+
+def default_jobs() -> int:
+    """Stages run side by side by default: one per CPU, at most 4 (the stage graph seldom has more ready at once)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _priorities(stages: list[Stage], est: dict[str, float]) -> dict[str, float]:
+    """Longest estimated path (s) from each stage to the end of the graph: the scheduler starts the stage that
+    holds up the most work first."""
+    users: dict[str, list[str]] = {s.name: [] for s in stages}
+    for s in stages:
+        for d in s.deps + s.optional:
+            users.setdefault(d, []).append(s.name)
+    prio: dict[str, float] = {}
+    for s in reversed(stages):  # every user comes later in the list (test_default_stage_list_wiring)
+        prio[s.name] = est[s.name] + max((prio.get(u, 0.0) for u in users[s.name]), default=0.0)
+    return prio
+
+
+def _worker_init(threads: int) -> None:
+    """A stage process: one share of the CPUs for torch's intra-op threads, unless the caller set its own."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def _run_in_worker(runner: Callable[[Stage, Ctx, bool], Path], stage: Stage, ctx: Ctx,
+                   resume: bool) -> tuple[str, str, float, float]:
+    """One stage in a worker process: (output, recorded command, wall s, CPU s); an exception travels back."""
+    ts, cs = time.time(), time.process_time()
+    output = runner(stage, ctx, resume)
+    return str(output), ctx.commands.get(stage.name, ""), time.time() - ts, time.process_time() - cs
+
+
+class _Driver:
+    """The bookkeeping of one demo run: which stage is reused, fails at once, or runs, and what each left behind."""
+
+    def __init__(self, out: Path, profile: str, seed: int, stages: list[Stage], log):
+        self.ctx, self.stages, self.log = Ctx(out=out, profile=profile, seed=seed), stages, log
+        self.rec_dir = out / "stages"
+        self.rec_dir.mkdir(parents=True, exist_ok=True)
+        self.records = {s.name: json.loads(p.read_text()) for s in stages
+                        if (p := self.rec_dir / f"{s.name}.json").is_file()}
+        first = {**PROFILES[profile]["estimates"], **PROFILES[profile].get("gen", {}).get("estimates", {})}
+        # a copied base ("init" kind) takes seconds whatever its name (the shipped copy is called "pretrain")
+        self.est = {s.name: float(self.records.get(s.name, {}).get("seconds")
+                                  or (first.get("init_base", 5) if s.kind == "init" else first.get(s.name, 60)))
+                    for s in stages}
+        self.index = {s.name: i for i, s in enumerate(stages)}
+        self.t0 = time.time()
+        self.plans: dict[str, dict] = {}
+
+    def head(self, stage: Stage) -> str:
+        return f"[demo {self.index[stage.name] + 1}/{len(self.stages)}] {stage.name}"
+
+    def state(self, name: str) -> str | None:
+        return self.ctx.status.get(name, {}).get("state")
+
+    def ready(self, stage: Stage) -> bool:
+        """Every input of the stage (an eval stage: every model it may evaluate) has reached a final state."""
+        return all(self.state(d) in _TERMINAL for d in stage.deps + stage.optional if d in self.index)
+
+    def plan(self, stage: Stage) -> bool:
+        """Key the stage; settle it at once when it is skipped, fails to key, or is reused. True: it must run."""
+        ctx, head = self.ctx, self.head(stage)
+        missing = [d for d in stage.deps if self.state(d) not in ("done", "reused")]
         if missing:
             ctx.status[stage.name] = {"state": "skipped", "reason": f"needs failed/skipped stage(s) {missing}"}
-            log(f"{head}: SKIPPED (needs {', '.join(missing)})")
-            continue
+            self.log(f"{head}: SKIPPED (needs {', '.join(missing)})")
+            return False
         try:
             parts = stage_parts(stage, ctx)
             key = digest(parts)
         except StageError as e:
             ctx.status[stage.name] = {"state": "failed", "reason": str(e)}
-            log(f"{head}: FAILED — {e}")
-            continue
+            self.log(f"{head}: FAILED — {e}")
+            return False
         ctx.keys[stage.name] = key
-        rec = records.get(stage.name, {})
+        rec = self.records.get(stage.name, {})
         if rec.get("key") == key and rec.get("finished") and Path(rec.get("output", "")).exists():
             ctx.outputs[stage.name] = Path(rec["output"])
             ctx.status[stage.name] = {"state": "reused", "seconds": rec.get("seconds"), "cpu_s": rec.get("cpu_s"),
                                       "key": key}
             ctx.commands[stage.name] = rec.get("command", "")
-            log(f"{head}: reused (key {key})")
-            continue
-        resume = rec.get("key") == key and not rec.get("finished")
+            self.log(f"{head}: reused (key {key})")
+            return False
         why = [p for p in parts if rec.get("parts", {}).get(p) != parts[p]] if rec.get("parts") else []
-        log(f"{head}: {'resuming' if resume else 'running'}"
-            + (f" ({', '.join(why)} changed since the last build)" if why and not resume else "")
-            + f" — elapsed {_fmt_s(time.time() - t0)}, ETA ≈ {_fmt_s(eta)}")
-        (rec_dir / f"{stage.name}.json").write_text(json.dumps({"key": key, "parts": parts, "finished": False,
-                                                                "seconds": rec.get("seconds")}) + "\n")
-        ts, cs = time.time(), time.process_time()
-        try:
-            output = runner(stage, ctx, resume)
-        except Exception as e:  # noqa: BLE001 - a failed stage is reported, its dependents skipped
-            ctx.status[stage.name] = {"state": "failed", "reason": f"{type(e).__name__}: {e}",
-                                      "traceback": traceback.format_exc(limit=8)}
-            log(f"{head}: FAILED after {_fmt_s(time.time() - ts)} — {type(e).__name__}: {e}")
-            continue
-        sec, cpu = time.time() - ts, time.process_time() - cs
-        ctx.outputs[stage.name] = Path(output)
-        ctx.status[stage.name] = {"state": "done", "seconds": sec, "cpu_s": cpu, "key": key,
-                                  **({"rebuilt_because": why} if why else {})}
-        (rec_dir / f"{stage.name}.json").write_text(json.dumps(
-            {"key": key, "parts": parts, "finished": True, "seconds": sec, "cpu_s": cpu, "output": str(output),
-             "command": ctx.commands.get(stage.name, "")}) + "\n")
-        log(f"{head}: done in {_fmt_s(sec)} (CPU time of this process {_fmt_s(cpu)})")
-    return ctx
+        self.plans[stage.name] = {"key": key, "parts": parts, "why": why,
+                                  "resume": rec.get("key") == key and not rec.get("finished")}
+        return True
+
+    def start(self, stage: Stage, eta: float) -> bool:
+        """Log the start and mark the stage unfinished on disk (an interrupted stage resumes next time)."""
+        p, rec = self.plans[stage.name], self.records.get(stage.name, {})
+        self.log(f"{self.head(stage)}: {'resuming' if p['resume'] else 'running'}"
+                 + (f" ({', '.join(p['why'])} changed since the last build)" if p["why"] and not p["resume"] else "")
+                 + f" — elapsed {_fmt_s(time.time() - self.t0)}, ETA ≈ {_fmt_s(eta)}")
+        (self.rec_dir / f"{stage.name}.json").write_text(json.dumps(
+            {"key": p["key"], "parts": p["parts"], "finished": False, "seconds": rec.get("seconds")}) + "\n")
+        return p["resume"]
+
+    def finish(self, stage: Stage, output: str, command: str, sec: float, cpu: float) -> None:
+        p = self.plans[stage.name]
+        self.ctx.outputs[stage.name] = Path(output)
+        self.ctx.commands[stage.name] = command
+        self.ctx.status[stage.name] = {"state": "done", "seconds": sec, "cpu_s": cpu, "key": p["key"],
+                                       **({"rebuilt_because": p["why"]} if p["why"] else {})}
+        (self.rec_dir / f"{stage.name}.json").write_text(json.dumps(
+            {"key": p["key"], "parts": p["parts"], "finished": True, "seconds": sec, "cpu_s": cpu, "output": output,
+             "command": command}) + "\n")
+        self.log(f"{self.head(stage)}: done in {_fmt_s(sec)} (CPU time of the stage {_fmt_s(cpu)})")
+
+    def fail(self, stage: Stage, e: BaseException, sec: float, tb: str) -> None:
+        self.ctx.status[stage.name] = {"state": "failed", "reason": f"{type(e).__name__}: {e}", "traceback": tb}
+        self.log(f"{self.head(stage)}: FAILED after {_fmt_s(sec)} — {type(e).__name__}: {e}")
+
+
+def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = None,
+             runner: Callable[[Stage, Ctx, bool], Path] = run_stage, log=_log, jobs: int = 1) -> Ctx:
+    """Run (or reuse) every stage; failures are recorded in ctx.status and block only dependents.
+
+    jobs = 1: in list order, in this process. jobs > 1: each stage in its own worker process (spawned; `runner`
+    must be picklable), up to `jobs` at once, a stage as soon as its inputs are final, the one with the longest
+    estimated path to the end first; each worker gets cpu_count // jobs torch threads unless OMP_NUM_THREADS is set.
+    """
+    d = _Driver(out, profile, seed, STAGES if stages is None else stages, log)
+    if jobs <= 1:
+        for i, stage in enumerate(d.stages):
+            if not d.plan(stage):
+                continue
+            eta = sum(d.est[s.name] for s in d.stages[i:] if d.state(s.name) != "reused")
+            resume = d.start(stage, eta)
+            ts, cs = time.time(), time.process_time()
+            try:
+                output = runner(stage, d.ctx, resume)
+            except Exception as e:  # noqa: BLE001 - a failed stage is reported, its dependents skipped
+                d.fail(stage, e, time.time() - ts, traceback.format_exc(limit=8))
+                continue
+            d.finish(stage, str(output), d.ctx.commands.get(stage.name, ""), time.time() - ts,
+                     time.process_time() - cs)
+        return d.ctx
+    prio = _priorities(d.stages, d.est)
+    pending, running = list(d.stages), {}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,), max_tasks_per_child=1)
+    try:
+        while pending or running:
+            settled = False
+            for stage in sorted((s for s in pending if d.ready(s)), key=lambda s: (-prio[s.name], d.index[s.name])):
+                if stage.name not in d.plans and not d.plan(stage):
+                    pending.remove(stage)  # skipped, failed to key or reused: no worker needed
+                    settled = True
+                elif len(running) < jobs:
+                    pending.remove(stage)
+                    resume = d.start(stage, max([prio[s.name] for s in pending] + [0.0]))
+                    running[pool.submit(_run_in_worker, runner, stage, d.ctx, resume)] = (stage, time.time())
+            if settled:
+                continue  # stages settled without a worker may have made others ready
+            if not running:
+                raise RuntimeError(f"demo stage graph: {[s.name for s in pending]} can never start")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                stage, ts = running.pop(fut)
+                try:
+                    d.finish(stage, *fut.result())
+                except Exception as e:  # noqa: BLE001 - a failed stage is reported, its dependents skipped
+                    d.fail(stage, e, time.time() - ts, "".join(traceback.format_exception(e, limit=8)))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return d.ctx
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,14 +295,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed for the world and every stage (default: 0)")
     ap.add_argument("--from-scratch", action="store_true",
                     help="rebuild the base VLM by captioning pretraining instead of copying the shipped one")
+    ap.add_argument("--jobs", type=int, default=default_jobs(),
+                    help="stages run side by side, each in its own process (default: one per CPU, at most 4; "
+                         "1 runs them in order in this process)")
     args = ap.parse_args(argv)
     from zreward.eval.demo_report import write_demo_report  # deferred (matplotlib): `--help` stays instant
 
     out = Path(args.out).resolve()
     t0, c0, load0 = time.time(), time.process_time(), os.getloadavg()[0]
-    ctx = run_demo(out, args.profile, args.seed, stages=demo_stages(args.from_scratch))
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    ctx = run_demo(out, args.profile, args.seed, stages=demo_stages(args.from_scratch), jobs=args.jobs)
     wall = time.time() - t0
-    machine = {"cpu_s": time.process_time() - c0, "cpus": os.cpu_count(),
+    cpu = time.process_time() - c0  # with workers, this process only waits: add the CPU time of the stages it ran
+    cpu += sum(s.get("cpu_s") or 0.0 for s in ctx.status.values() if s["state"] == "done") if args.jobs > 1 else 0.0
+    machine = {"cpu_s": cpu, "cpus": os.cpu_count(), "jobs": args.jobs,
                "load_avg_1min": [load0, os.getloadavg()[0]]}  # other processes slow the wall time down
     command = shlex.join(["zreward", "demo", "--profile", args.profile, "--out", args.out, "--seed", str(args.seed)]
                          + (["--from-scratch"] if args.from_scratch else []))

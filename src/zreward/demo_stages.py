@@ -37,21 +37,26 @@ EVAL_TEMPERATURE = 0.3
 PROFILES: dict[str, dict] = {
     "quick": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": 200,
               "eval_samples": 2, "eval_temperature": EVAL_TEMPERATURE,
-              # generator stages (`GEN_DEFAULTS`): measured 116 + 30 + 5 s (1-min load 2.5 → 5)
+              # generator stages (`GEN_DEFAULTS`): measured 178 + 33 + 8 s (seed 0, in order, 2026-12-01)
               "gen": {"pretrain_steps": 800, "tune_steps": 40, "eval_prompts": 100,
-                      "estimates": {"gen_pretrain": 120, "gen_tune": 30, "gen_eval": 5}},
+                      "estimates": {"gen_pretrain": 180, "gen_tune": 35, "gen_eval": 8}},
               "overrides": {"pretrain": ["run.max_steps=500", "data.eval_every=0", "data.val_max_images=100"],
                             "sft": ["run.max_steps=300", "data.eval_every=0", "data.val_max_images=200"],
                             "rewarddance": ["run.max_steps=150", "data.val_max_images=100"],
-                            "sft_cold": ["run.max_steps=250", "data.eval_every=0", "data.val_max_images=48"],
+                            # the cold start's length is the measured lever (seed-0 world, shipped base, 700 val
+                            # images / 958 pairs, M = 2 at T = 0.3): 250 steps 59.9%, 400 61.2%, 600 65.9%
+                            "sft_cold": ["run.max_steps=600", "data.eval_every=0", "data.val_max_images=48"],
                             "grpo": ["run.max_steps=15", "data.val_max_images=48"],
                             "gdso_teacher": ["run.max_steps=15", "data.val_max_images=48"],
                             "risd_student": ["run.max_steps=200", "data.eval_every=0", "data.max_images=400",
                                              "data.val_max_images=200"],
-                            "opd_student": ["run.max_steps=100", "data.val_max_images=200"]},
-              "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 150, "sft": 120,
-                            "rewarddance": 90, "sft_cold": 150, "grpo": 100, "gdso_teacher": 120,
-                            "risd_student": 150, "opd_student": 60, "eval_test": 60, "eval_ood": 60}},
+                            # the same 400 images and image visits as RISD (200 steps × 16 images)
+                            "opd_student": ["run.max_steps=200", "data.max_images=400", "data.val_max_images=200"]},
+              # rough durations from the in-order runs of 2026-12-01 and the cold-start sweep (one stage per core);
+              # with --jobs > 1 they also decide which ready stage starts first (the longest path to the end)
+              "estimates": {"world": 40, "pretrain_world": 40, "init_base": 5, "pretrain": 600, "sft": 190,
+                            "rewarddance": 70, "sft_cold": 680, "grpo": 30, "gdso_teacher": 35,
+                            "risd_student": 150, "opd_student": 180, "eval_test": 65, "eval_ood": 65}},
     "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
              "eval_samples": 4, "eval_temperature": EVAL_TEMPERATURE, "overrides": {},
              # generator stages: measured 278 + 103 + 8 s (1-min load 3.5–4.7)

@@ -213,3 +213,37 @@ def test_temperature_overrides_reasoning_models_only(monkeypatch, small_world, t
                    str(small_world / "test"), "--out", str(tmp_path / f"o{bad}"), "--max-images", "4"])
         assert rc == 2 and "--temperature must be a finite number > 0" in capsys.readouterr().err
         assert not (tmp_path / f"o{bad}").exists()
+
+
+def test_sharded_scoring_merges_to_the_one_process_scores(monkeypatch, small_world, tiny_factory):
+    """In one process, play both ranks of a 2-process `score_model` (reasoning, sampled chains): each rank's calls,
+    seeded per call, gathered, equal the 1-process scores exactly. (The real torchrun run: tests/trainers/
+    test_sharding.py, -m slow.)"""
+    from zreward.eval import runner
+    from zreward.models.scorer import load_scorer
+
+    scorer = load_scorer(tiny_factory(seed=1, mode="reasoning", max_new_tokens=6))
+    data = load_eval_data(small_world / "test", max_images=5)
+    kw = dict(reasoning=True, samples=2, batch_size=2, seed=4)
+    one = runner.score_model(scorer, data, **kw)
+    parts = {}
+
+    class Recorded(Exception):
+        pass
+
+    def record(fn, timeout_s, what):
+        parts[rank] = fn()
+        raise Recorded
+
+    monkeypatch.setattr(runner, "run_and_gather", record)
+    for rank in (1, 0):  # rank 1 first: which process runs a call must not matter
+        monkeypatch.setattr(runner, "rank_world", lambda r=rank: (r, 2))
+        with pytest.raises(Recorded):
+            runner.score_model(scorer, data, **kw)
+    assert sorted(parts[0][0]) == [0, 2] and sorted(parts[1][0]) == [1]  # calls of 2, 2, 1 images: k mod 2
+    monkeypatch.setattr(runner, "run_and_gather", lambda fn, timeout_s, what: [parts[0], parts[1]])
+    monkeypatch.setattr(runner, "rank_world", lambda: (0, 2))
+    two = runner.score_model(scorer, data, **kw)
+    for f in ("probs", "mean", "std", "overall"):
+        assert np.array_equal(getattr(two, f), getattr(one, f)), f
+    assert two.chains == one.chains and len(one.chains) == 5 and two.tokens_per_image == one.tokens_per_image

@@ -22,13 +22,13 @@ import sys
 import torch
 
 from zreward.models import logprobs
-from zreward.trainers import loop, shards
+from zreward.trainers import loop, sharded_checkpoint
 from zreward.trainers.config import load_config
 from zreward.trainers.run_utils import end_distributed, read_metrics
 
 
 def _sigkill_at_save(kill_step: int) -> None:
-    save, rename = loop.save_sharded_checkpoint, shards.replace_dir
+    save, rename = loop.save_sharded_checkpoint, sharded_checkpoint.replace_dir
     pids: list[int] = []
 
     def save_and_learn_pids(ckpt_root, step, *args, **kw):
@@ -45,7 +45,7 @@ def _sigkill_at_save(kill_step: int) -> None:
                 os.kill(pid, signal.SIGKILL)
         return rename(tmp, target)
 
-    loop.save_sharded_checkpoint, shards.replace_dir = save_and_learn_pids, kill_before_rename
+    loop.save_sharded_checkpoint, sharded_checkpoint.replace_dir = save_and_learn_pids, kill_before_rename
 
 
 def main() -> None:

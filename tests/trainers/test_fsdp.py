@@ -26,7 +26,7 @@ from zreward.trainers.checkpoint import CheckpointError, load_checkpoint
 from zreward.trainers.common import val_pairwise_accuracy
 from zreward.trainers.data import load_train_data
 from zreward.trainers.run_utils import AcceleratorConfig, make_accelerator
-from zreward.trainers.shards import load_sharded_checkpoint
+from zreward.trainers.sharded_checkpoint import load_sharded_checkpoint
 
 SCRIPT = Path(__file__).with_name("fsdp_script.py")
 FSDP_YAML = Path(__file__).parents[2] / "configs" / "accelerate" / "fsdp.yaml"

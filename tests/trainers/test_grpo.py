@@ -31,6 +31,8 @@ def test_grpo_short_run_improves_reward_and_saves(tiny_model, small_world, tmp_p
     final = grpo.train(_cfg(tiny_model, small_world, tmp_path / "run", steps=10))
     m = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert len(m) == 10 and all(np.isfinite(e["loss"]) for e in m)
+    # a sampled chain as text on every line (what run.trackers shows as text): "<prompt> | <dim>: <chain>"
+    assert all(isinstance(e["sample_chain"], str) and " | " in e["sample_chain"] for e in m)
     # MOS are mostly high (4-5); a random scorer's expectation sits near 3, so the error must shrink
     first, last = np.mean([e["mu_abs_err"] for e in m[:2]]), np.mean([e["mu_abs_err"] for e in m[-2:]])
     assert last < first - 0.1, (first, last)

@@ -88,6 +88,7 @@ class _Main:
     """The bits of an Accelerator that `teacher_targets` uses, single process."""
 
     is_main_process = True
+    process_index, num_processes = 0, 1
     device = torch.device("cpu")
 
     def wait_for_everyone(self) -> None:
@@ -101,7 +102,9 @@ def test_teacher_cache_is_rebuilt_when_inputs_change(models, small_world, tmp_pa
     shutil.copytree(models[0], teacher)
     cfg = _cfg(models, small_world, tmp_path / "run")
     cfg.teacher.path = str(teacher)
-    data = load_train_data(small_world / "train", max_images=4)
+    split = tmp_path / "split"
+    shutil.copytree(small_world / "train", split)
+    data = load_train_data(split, max_images=4)
     acc, cache = _Main(), tmp_path / "cache"
     _, info = risd.teacher_targets(cfg, data, data.dims, cache, acc)
     assert info["computed"] == 4
@@ -113,7 +116,10 @@ def test_teacher_cache_is_rebuilt_when_inputs_change(models, small_world, tmp_pa
     zr["temperature"] = 0.7  # the teacher dir changed: new fingerprint
     (teacher / "zreward.json").write_text(json.dumps(zr))
     assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 4
-    data.images[0] = 255 - data.images[0]  # an image changed under the same id: only that row is recomputed
+    from PIL import Image
+
+    f = data.images.paths[0]  # an image changed under the same id: only that row is recomputed
+    Image.fromarray(255 - data.images[0].permute(1, 2, 0).numpy()).save(f)
     assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 1
     assert len(list(cache.glob("teacher_*.safetensors"))) == 3
 
@@ -182,3 +188,50 @@ def test_risd_resume_gives_identical_losses(models, small_world, tmp_path):
     assert [e["step"] for e in b] == [1, 2, 3]
     for key in ("loss", "kl", "gap", "grad_norm"):
         assert [e[key] for e in a] == [e[key] for e in b], key
+
+
+def test_sharded_teacher_cache_equals_one_process(models, small_world, tmp_path, monkeypatch):
+    """Play both ranks of a 2-process teacher pass in one process: each runs its chunks (seeded per chunk), the
+    gathered chunks make the byte-identical cache file one process writes. (torchrun: test_sharding.py, slow.)"""
+    import hashlib
+
+    from zreward.trainers.data import load_train_data
+
+    cfg = _cfg(models, small_world, tmp_path / "run")
+    cfg.teacher.batch_size = 3  # 7 images: chunks of 3, 3, 1; rank 0 runs chunks 0 and 2, rank 1 chunk 1
+    data = load_train_data(small_world / "train", max_images=7)
+    one, _ = risd.teacher_targets(cfg, data, data.dims, tmp_path / "one", _Main())
+    shares = [risd.item_keys(data, list(range(0, 4))), risd.item_keys(data, list(range(4, 7)))]
+    parts = {}
+
+    class Recorded(Exception):
+        pass
+
+    class Rank(_Main):
+        def __init__(self, r):
+            self.process_index, self.num_processes, self.is_main_process = r, 2, r == 0
+
+    def gather(obj, timeout_s, what):
+        assert obj == shares[acc.process_index]  # each rank hashed only its contiguous share
+        return shares
+
+    def run_gather(fn, timeout_s, what):
+        if acc.process_index in parts:  # the final pass: both ranks' chunks
+            return [parts[0], parts[1]]
+        parts[acc.process_index] = fn()
+        raise Recorded
+
+    monkeypatch.setattr(risd, "all_gather_objects", gather)
+    monkeypatch.setattr(risd, "run_and_gather", run_gather)
+    monkeypatch.setattr(risd, "barrier", lambda timeout_s, what: None)
+    for r in (1, 0):
+        acc = Rank(r)
+        with pytest.raises(Recorded):
+            risd.teacher_targets(cfg, data, data.dims, tmp_path / "two", acc)
+    assert sorted(parts[0]) == [0, 2] and sorted(parts[1]) == [1]
+    acc = Rank(0)
+    two, info = risd.teacher_targets(cfg, data, data.dims, tmp_path / "two", acc)
+    assert torch.equal(two, one) and info["computed"] == 7
+    f1, f2 = (next((tmp_path / d).glob("teacher_*.safetensors")) for d in ("one", "two"))
+    assert f1.name == f2.name
+    assert hashlib.sha256(f1.read_bytes()).digest() == hashlib.sha256(f2.read_bytes()).digest()

@@ -12,7 +12,9 @@
 - every failure (missing file, unknown/unsupported format, truncated or corrupt data, too many pixels) raises
   `ImageLoadError` whose message starts with `what` (the record the image belongs to) and names the path.
 
-`image_to_tensor` turns a loaded image into a float tensor (3, H, W) in [0, 1] (torch imported lazily).
+`image_to_tensor` turns a loaded image into a float tensor (3, H, W) in [0, 1], `image_to_uint8` into the uint8
+tensor (3, H, W) the trainers keep (torch imported lazily); `cap_pixels` downscales an image to at most a pixel
+count (the trainers' `data.max_pixels`), aspect ratio kept.
 """
 from __future__ import annotations
 
@@ -176,3 +178,29 @@ def image_to_tensor(img: Image.Image):
         raise ValueError(f"image_to_tensor: expected an RGB image (use load_image), got mode {img.mode!r}")
     a = np.array(img, dtype=np.uint8, copy=True)  # (H, W, 3), writable for from_numpy
     return torch.from_numpy(a).permute(2, 0, 1).contiguous().to(torch.float32).div_(255.0)
+
+
+def cap_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
+    """Downscale `img` (bicubic, aspect ratio kept) so that width * height <= `max_pixels`; smaller images and
+    `max_pixels=None` return `img` itself.
+
+    The new size is (floor(w·s), floor(h·s)) with s = sqrt(max_pixels / (w·h)), each side at least 1 pixel (the
+    width is trimmed to max_pixels // height where that still exceeds the cap).
+    """
+    w, h = img.size
+    if max_pixels is None or w * h <= max_pixels:
+        return img
+    s = (max_pixels / (w * h)) ** 0.5
+    nw, nh = max(1, int(w * s)), max(1, int(h * s))
+    if nw * nh > max_pixels:  # float rounding, or a side clamped to 1 px: trim the other side
+        nw = max(1, max_pixels // nh)
+    return img.resize((nw, nh), Image.Resampling.BICUBIC)
+
+
+def image_to_uint8(img: Image.Image):
+    """RGB image → uint8 tensor (3, H, W), the exact pixel values (`image_to_tensor` · 255 rounds back to them)."""
+    import torch
+
+    if img.mode != "RGB":
+        raise ValueError(f"image_to_uint8: expected an RGB image (use load_image), got mode {img.mode!r}")
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()

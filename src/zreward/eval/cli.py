@@ -5,6 +5,9 @@
                  [--max-images N] [--device cpu|cuda]
     zreward eval perception --model DIR --data SPLIT [--max-images N] [--out FILE]   (captioning VLMs)
 
+Under `torchrun --nproc_per_node N -m zreward.cli eval ...` each process scores its share of the images (on
+`cuda:LOCAL_RANK` with `--device cuda`) and the main process writes the report: the same scores as one process.
+
 Model names default to the directory name (`runs/sft/final` → "sft"). A model whose zreward.json mode is
 "reasoning" is scored in reasoning mode with M chains per (image, dim) when `--reasoning` is given; a per-model
 suffix overrides that (`:direct`, `:reasoning`, `:reasoning:8`). See `zreward.eval.runner` for every metric and
@@ -48,20 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # deferred (torch + transformers): `zreward eval --help` and bad arguments answer without loading them
     from zreward.eval.report import write_eval_report
-    from zreward.eval.runner import ceiling_metrics, evaluate, load_eval_data, parse_model_spec
+    from zreward.eval.runner import ceiling_metrics, evaluate, load_eval_data, parse_model_spec, start_distributed
+    from zreward.trainers.run_utils import end_distributed
+    from zreward.trainers.sharding import rank_world
 
     if args.samples < 1 or args.batch_size < 1 or args.n_boot < 1:
         print("zreward eval: --samples, --batch-size and --n-boot must be >= 1", file=sys.stderr)
         return 2
+    device = start_distributed(args.device)
     try:
         specs = [parse_model_spec(m) for m in args.model]
         data = load_eval_data(args.data, max_images=args.max_images)
         results, cals, scores = evaluate(specs, data, reasoning=args.reasoning, samples=args.samples,
                                          batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed,
-                                         device=args.device, temperature=args.temperature)
+                                         device=device, temperature=args.temperature)
     except (ValueError, FileNotFoundError) as e:
         print(f"zreward eval: {e}", file=sys.stderr)
         return 2
+    if rank_world()[0] != 0:  # a non-main process of a torchrun job: the main one writes the report
+        end_distributed()
+        return 0
     meta = {"command": "zreward eval " + shlex.join(argv),
             "settings": {"reasoning": args.reasoning, "samples": args.samples, "temperature": args.temperature,
                          "batch_size": args.batch_size, "n_boot": args.n_boot, "seed": args.seed,
@@ -69,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     write_eval_report(args.out, data, results, cals, scores, meta, ceiling=ceiling_metrics(data, n_boot=args.n_boot,
                                                                                               seed=args.seed))
     print(f"[eval] wrote {Path(args.out) / 'report.md'} and report.json")
+    end_distributed()
     return 0
 
 

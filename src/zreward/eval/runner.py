@@ -19,13 +19,20 @@ Implemented (the maths lives in `metrics`, `calibration`, `bootstrap`, `cost`; t
   `img_per_s_total` = images / total seconds; generated tokens per image (reasoning:
   the decoded chains re-tokenised — equal to the generated count except special tokens, which are skipped);
   peak memory over the timed pass (`cost.reset_peak_memory` / `peak_memory_bytes`, which says which counter).
-
-All images of the split are decoded once into memory (fine for evaluation splits of a few thousand images).
+  Images are decoded per call (`zreward.data.image_store.ImageStore`), before its timer starts.
+- **Sharded** under `torchrun --nproc_per_node N zreward ...` (`start_distributed`): the split is cut into calls of
+  `batch_size` images; process r scores calls k ≡ r (mod N) (decoding only those images), every call seeded with
+  `chunk_seed(seed, k)` so the sampled chains do not depend on N or on which process ran them; the calls are
+  gathered (`zreward.trainers.sharding`) and the main process computes the metrics and writes the report. N = 1 is
+  the same computation in one process, so the scores are identical. Cost under N processes: `seconds` sums every
+  process's timed calls (device-seconds; `img_per_s` stays a per-device rate), peak memory is the largest
+  process's.
 """
 from __future__ import annotations
 
 import gc
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zreward.data.images import load_image
+from zreward.data.image_store import ImageStore
 from zreward.data.labels import dist_mean_std, label_dist
 from zreward.data.records import Split, read_split
 from zreward.eval.calibration import pair_outcome
@@ -41,9 +48,13 @@ from zreward.eval.cost import Timer, peak_memory_bytes, reset_peak_memory
 from zreward.data.shapes_world.oracle import DIMS as ODIMS
 from zreward.eval.model_metrics import ceiling_metrics, compute_metrics
 from zreward.models.scorer import load_scorer
+from zreward.trainers.sharding import chunk_seed, chunks, my_chunks, rank_world, run_and_gather
 
 __all__ = ["ModelSpec", "parse_model_spec", "resolve_mode", "EvalData", "load_eval_data", "ModelScores",
-           "score_model", "evaluate", "json_clean", "compute_metrics", "ceiling_metrics"]
+           "score_model", "evaluate", "json_clean", "compute_metrics", "ceiling_metrics", "start_distributed"]
+
+# how long a process that finished its calls waits for the others at the gather (shares differ by one call)
+GATHER_TIMEOUT_S = 3600.0
 
 _NAME_RE = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
 _MODE_RE = re.compile(r"^(.*?):(direct|reasoning)(?::(\d+))?$")
@@ -117,7 +128,7 @@ class EvalData:
     split: Split
     ids: list[str]
     prompts: list[str]
-    images: list
+    images: ImageStore
     prompt_code: np.ndarray
     dims: list[str]
     levels: list[float]
@@ -135,7 +146,7 @@ class EvalData:
 
 
 def load_eval_data(split_dir: str | Path, *, max_images: int | None = None) -> EvalData:
-    """Read a canonical split, decode its images, turn labels and pairs into arrays.
+    """Read a canonical split, turn labels and pairs into arrays; images are decoded when scored.
 
     Args:
         split_dir: split directory.  max_images: keep only the first N images (and the pairs among them).
@@ -163,7 +174,8 @@ def load_eval_data(split_dir: str | Path, *, max_images: int | None = None) -> E
     if all(isinstance(r.meta.get("oracle"), dict) for r in recs):
         if all(all(k in r.meta["oracle"] for k in ODIMS) for r in recs):
             oracle = np.array([[float(r.meta["oracle"][k]) for k in ODIMS] for r in recs])
-    images = [load_image(split.image_path(r), what=f"{split.root}: image {r.id!r}") for r in recs]
+    images = ImageStore([split.image_path(r) for r in recs], [f"{split.root}: image {r.id!r}" for r in recs],
+                        kind="pil")
     _, prompt_code = np.unique([r.prompt for r in recs], return_inverse=True)
     pos = {r.id: i for i, r in enumerate(recs)}
     pairs = [p for p in split.pairs if p.a in pos and p.b in pos]
@@ -216,33 +228,56 @@ class ModelScores:
 
 
 def score_model(scorer, data: EvalData, *, reasoning: bool, samples: int, batch_size: int = 32,
-                device: str | None = None) -> ModelScores:
-    """Score every image of `data` on all the model's dims (see the module docstring for the cost protocol)."""
+                device: str | None = None, seed: int = 0) -> ModelScores:
+    """Score every image of `data` on all the model's dims (see the module docstring for the cost protocol and
+    for the sharding over processes; every process calls this and gets the whole split's scores)."""
     dims = scorer.dims
     kw = dict(dims=dims, reasoning=reasoning, samples=samples)
     scorer.model.eval()
     scorer.score(data.prompts[:2], data.images[:2], **kw)  # warm-up: allocator, lazy inits
     n = len(data.ids)
-    kind = reset_peak_memory(device)
-    outs, sec = [], []
-    for s in range(0, n, batch_size):  # timed per call: the median rate resists other load on the machine
-        with Timer(device) as t:
-            outs.append(scorer.score(data.prompts[s:s + batch_size], data.images[s:s + batch_size], **kw))
-        sec.append(t.seconds / len(outs[-1].overall))
-    peak = peak_memory_bytes(device, kind)
-    chains = [c for o in outs for c in (o.chains or [])]
-    tokens = float("nan")
-    if reasoning:
-        texts = [c for per_image in chains for c in per_image]
-        ids = scorer.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        tokens = sum(len(x) for x in ids) / n
-    cat = {k: np.concatenate([getattr(o, k).double().numpy() for o in outs])
-           for k in ("probs", "mean", "std", "overall")}
-    per_img = np.array(sec)
-    total = float(per_img @ np.array([len(o.overall) for o in outs]))
+    parts = chunks(n, batch_size)
+    rank, world = rank_world()
+
+    def my_share() -> tuple[dict, int, str]:
+        kind = reset_peak_memory(device)
+        mine = {}
+        for k in my_chunks(len(parts), rank, world):  # timed per call: the median rate resists other load
+            a, b = parts[k].start, parts[k].stop
+            ims = data.images[a:b]  # decoded outside the timer
+            torch.manual_seed(chunk_seed(seed, k))  # the chains of call k, whichever process runs it
+            with Timer(device) as t:
+                o = scorer.score(data.prompts[a:b], ims, **kw)
+            texts = [c for per_image in o.chains for c in per_image] if reasoning else []
+            ids = scorer.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+            tokens = sum(len(x) for x in ids)
+            mine[k] = ({f: getattr(o, f).double().numpy() for f in ("probs", "mean", "std", "overall")},
+                       t.seconds, tokens, (o.chains or [])[:8])
+        return mine, peak_memory_bytes(device, kind), kind
+
+    got = run_and_gather(my_share, GATHER_TIMEOUT_S, "zreward eval: scoring")
+    done = {k: v for part, _, _ in got for k, v in part.items()}
+    peaks, kind = [p for _, p, _ in got], got[0][2]
+    calls = [done[k] for k in range(len(parts))]
+    cat = {f: np.concatenate([c[0][f] for c in calls]) for f in ("probs", "mean", "std", "overall")}
+    sizes = np.array([len(r) for r in parts], np.float64)
+    per_img = np.array([c[1] for c in calls]) / sizes
+    chains = [ch for c in calls for ch in c[3]][:8]
+    tokens = sum(c[2] for c in calls) / n if reasoning else float("nan")
     return ModelScores(cat["probs"], cat["mean"], cat["std"], cat["overall"], list(dims),
-                       np.array(scorer.config.weights_for(list(dims)), np.float64), reasoning, samples, total, tokens,
-                       peak, kind, chains[:8], 1.0 / float(np.median(per_img)))
+                       np.array(scorer.config.weights_for(list(dims)), np.float64), reasoning, samples,
+                       float(sum(c[1] for c in calls)), tokens, max(peaks), kind, chains,
+                       1.0 / float(np.median(per_img)))
+
+
+def start_distributed(device: str) -> str:
+    """Under torchrun (WORLD_SIZE > 1): start the process group (gloo on CPU, NCCL on CUDA, through accelerate)
+    and return this process's device (`cuda:LOCAL_RANK`); otherwise return `device` unchanged."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    from accelerate import PartialState
+
+    return str(PartialState(cpu=device == "cpu").device)
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -255,9 +290,14 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
     `temperature` overrides the chain sampling temperature of every model scored in reasoning mode with M > 1
     (None: each model's zreward.json value; M = 1 is greedy whatever the temperature).
 
+    Under torchrun every process must call this (each scores its share, see the module docstring); the metrics
+    are computed on the main process only, the others get empty `results` / `calibrations` and log nothing.
+
     Returns:
         (results {name: report dict}, calibrations {name: Calibration | None}, scores {name: ModelScores}).
     """
+    main = rank_world()[0] == 0
+    log = log if main else (lambda *a, **k: None)
     names = [s.name for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -268,19 +308,21 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
     for spec in specs:
         if not (spec.path / "zreward.json").is_file():
             raise FileNotFoundError(f"--model {spec.path}: expected a Scorer directory with zreward.json")
-        torch.manual_seed(seed)  # reasoning chains are sampled: same seed → same report
         scorer = load_scorer(spec.path, device=device, add_level_tokens=False)
         use_r, m = resolve_mode(spec, scorer.config.mode, reasoning, samples)
         if use_r and temperature is not None:
             scorer.config.temperature = temperature
         how = f"reasoning, M={m}, T={scorer.config.temperature}" if use_r else "direct"
         log(f"[eval] {spec.name}: {how} on {len(data.ids)} images")
-        sc = score_model(scorer, data, reasoning=use_r, samples=m, batch_size=batch_size, device=device)
+        sc = score_model(scorer, data, reasoning=use_r, samples=m, batch_size=batch_size, device=device, seed=seed)
         del scorer
         gc.collect()
+        scores[spec.name] = sc
+        if not main:
+            continue
         rep, cal = compute_metrics(data, sc, n_boot=n_boot, seed=seed)
         rep["model_dir"] = str(spec.path)
-        results[spec.name], cals[spec.name], scores[spec.name] = rep, cal, sc
+        results[spec.name], cals[spec.name] = rep, cal
         acc = rep.get("accuracy")
         log(f"[eval] {spec.name}: accuracy {acc if acc is None else round(acc, 4)}, "
             f"{rep['img_per_s']:.2f} img/s")

@@ -37,13 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from zreward.atomic import atomic_write_text
-from zreward.data.images import image_to_tensor, load_image
+from zreward.data.image_store import ImageStore
 from zreward.data.records import IMAGES_FILE, ImageRecord, RecordError, read_split
 from zreward.data.shapes_world.captions import caption
 from zreward.data.shapes_world.scene import SceneError
 from zreward.trainers.common import TrainConfig, build_scorer
 from zreward.trainers.config import parse_cli
-from zreward.trainers.data import float_images
+from zreward.trainers.data import ImageOptions, float_images
 from zreward.trainers.loop import RunLoop, global_normalisers
 from zreward.trainers.run_utils import RunConfig, batch_indices
 
@@ -64,8 +64,9 @@ class CaptionConfig:
 
 
 @dataclass
-class CaptionDataConfig:
-    """Unlabelled image splits and how batches are drawn from them (no prompt grouping: captions need none)."""
+class CaptionDataConfig(ImageOptions):
+    """Unlabelled image splits, how batches are drawn from them (no prompt grouping: captions need none) and how
+    images are decoded (`ImageOptions`: `max_pixels`, `decode_workers`)."""
 
     train: str = field(default="", metadata={"help": "training split directory (required)"})
     val: str | None = field(default=None, metadata={"help": "held-out split for val_ce / val_token_acc (optional)"})
@@ -76,6 +77,7 @@ class CaptionDataConfig:
     eval_batch_size: int = field(default=32, metadata={"help": "images per forward during validation"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.images_per_batch < 1:
             raise ValueError(f"data.images_per_batch must be >= 1, got {self.images_per_batch}")
 
@@ -94,10 +96,11 @@ class Config(TrainConfig):
 
 @dataclass
 class CaptionData:
-    """N images of one split with their captions. images: N uint8 tensors (3, H, W); captions: N strings."""
+    """N images of one split with their captions. images: N uint8 (3, H, W), decoded on access (`ImageStore`);
+    captions: N strings."""
 
     ids: list[str]
-    images: list[torch.Tensor]
+    images: ImageStore | list[torch.Tensor]
     captions: list[str]
 
     def __len__(self) -> int:
@@ -155,11 +158,14 @@ def split_captions(split_dir: str | Path, max_images: int | None = None) -> tupl
     return [r.id for r in recs], [record_caption(r, path) for r in recs]
 
 
-def load_caption_data(split_dir: str | Path, max_images: int | None = None) -> CaptionData:
-    """Images (decoded once into a uint8 cache) and captions of a canonical split; labels are not needed.
+def load_caption_data(split_dir: str | Path, max_images: int | None = None, *, max_pixels: int | None = None,
+                      decode_workers: int = 0) -> CaptionData:
+    """Images (decoded per batch, see `zreward.trainers.data`) and captions of a canonical split; labels are not
+    needed. `max_pixels` / `decode_workers`: as `zreward.trainers.data.ImageOptions`.
 
     Raises:
-        RecordError: an invalid record, a record without caption or scene, or an unreadable image (names the record).
+        RecordError: an invalid record or a record without caption or scene (names the record); an unreadable
+        image fails when a batch first decodes it (`ImageLoadError` naming the record).
     """
     split = read_split(split_dir)
     recs = split.images[:max_images] if max_images else split.images
@@ -167,8 +173,7 @@ def load_caption_data(split_dir: str | Path, max_images: int | None = None) -> C
     if not recs:
         raise RecordError(f"{path}: records: expected at least one image record")
     _, captions = split_captions(split_dir, max_images)  # fail on captions before decoding any image
-    images = [(image_to_tensor(load_image(split.image_path(r), what=f"{path} (id {r.id})")) * 255.0)
-              .round_().to(torch.uint8) for r in recs]
+    images = ImageStore.for_split(split, recs, kind="uint8", max_pixels=max_pixels, workers=decode_workers)
     return CaptionData(ids=[r.id for r in recs], images=images, captions=captions)
 
 
@@ -280,8 +285,9 @@ def train(cfg: Config) -> Path:
     if not cfg.data.train:
         raise ValueError("data.train is required: a canonical split directory (images with meta.caption or scene)")
     loop = RunLoop(cfg, "caption")
-    data = load_caption_data(cfg.data.train, max_images=cfg.data.max_images)
-    val = load_caption_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    opts = dict(max_pixels=cfg.data.max_pixels, decode_workers=cfg.data.decode_workers)
+    data = load_caption_data(cfg.data.train, max_images=cfg.data.max_images, **opts)
+    val = load_caption_data(cfg.data.val, max_images=cfg.data.val_max_images, **opts) if cfg.data.val else None
     if cfg.data.images_per_batch > len(data) or cfg.data.images_per_batch % loop.world:
         raise ValueError(f"data.images_per_batch={cfg.data.images_per_batch}: expected at most the {len(data)} "
                          f"training images and divisible by the {loop.world} processes")

@@ -19,7 +19,7 @@ import torch
 
 from zreward.models.load import LoraOptions
 from zreward.models.scorer import load_scorer
-from zreward.trainers.data import TrainData
+from zreward.trainers.data import ImageOptions, TrainData
 from zreward.trainers.run_utils import AcceleratorConfig, RunConfig
 
 
@@ -62,8 +62,9 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    """Canonical split directories and how batches are drawn from them."""
+class DataConfig(ImageOptions):
+    """Canonical split directories, how batches are drawn from them and how images are decoded (`ImageOptions`:
+    `max_pixels`, `decode_workers`)."""
 
     train: str = field(default="", metadata={"help": "training split directory (required)"})
     val: str | None = field(default=None, metadata={"help": "held-out split for accuracy logging (optional)"})
@@ -73,6 +74,14 @@ class DataConfig:
     val_max_images: int | None = field(default=400, metadata={"help": "use only the first N held-out images"})
     eval_every: int = field(default=0, metadata={"help": "held-out accuracy every N steps (0: only at the end)"})
     eval_batch_size: int = field(default=64, metadata={"help": "images per scoring call during evaluation"})
+
+    def load_train(self) -> TrainData:
+        """`data.train` (its first `max_images` records), images decoded per batch with these options."""
+        return self.load(self.train, self.max_images)
+
+    def load_val(self) -> TrainData | None:
+        """`data.val` (its first `val_max_images` records), or None when no held-out split is set."""
+        return self.load(self.val, self.val_max_images) if self.val else None
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""Training data shared by every trainer: a canonical split loaded once into memory, prompt-grouped batches.
+"""Training data shared by every trainer: a canonical split's records and labels, images decoded per batch.
 
-- `load_train_data(split_dir)` reads a split (validated by `zreward.data.records`), decodes every image once with
-  the single image loader into a uint8 tensor cache, and turns labels into target distributions over the levels
-  (`zreward.data.labels.label_dist`: histogram, else ratings, else DeQA-style Gaussian from MOS+std).
+- `load_train_data(split_dir)` reads a split (validated by `zreward.data.records`) and turns labels into target
+  distributions over the levels (`zreward.data.labels.label_dist`: histogram, else ratings, else DeQA-style Gaussian
+  from MOS+std). Images are **not** decoded here: `TrainData.images` is a lazy `zreward.data.image_store.ImageStore`
+  and `image_batch(idx)` decodes exactly the images of one batch (a rank only ever decodes its own shard), capped at
+  `max_pixels` when set (`data.max_pixels` of every trainer). Memory no longer grows with the split's size; the
+  tensors a batch gets are the ones the former decode-everything cache held (tests/trainers/test_data.py).
 - Batches are built from **prompt groups** (all images of one prompt), so within-prompt pairs — what the pairwise
   losses need — always exist in a batch. `group_batch` is a pure function of (seed, step) (see
   `run_utils.batch_indices`), so resume and multi-process sharding need no loader state.
@@ -16,10 +19,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zreward.data.images import image_to_tensor, load_image
+from zreward.data.image_store import ImageStore
 from zreward.data.labels import label_dist
 from zreward.data.records import RecordError, read_split, skip_summary
 from zreward.trainers.run_utils import batch_indices
+
+
+@dataclass
+class ImageOptions:
+    """How the images of a trainer's splits are decoded: the `max_pixels` / `decode_workers` fields every
+    trainer's `data` section inherits (validated here)."""
+
+    max_pixels: int | None = field(default=None, metadata={
+        "help": "downscale (bicubic, aspect kept) any training / held-out image larger than this many pixels when it is decoded (null: keep sizes)"})
+    decode_workers: int = field(default=0, metadata={
+        "help": "threads decoding one batch's images (0: decode in the training process's own thread)"})
+
+    def __post_init__(self) -> None:
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"data.max_pixels must be a positive pixel count or null, got {self.max_pixels}")
+        if self.decode_workers < 0:
+            raise ValueError(f"data.decode_workers must be >= 0, got {self.decode_workers}")
+
+    def load(self, split_dir: str | Path, max_images: int | None = None) -> TrainData:
+        """`load_train_data` with these options."""
+        return load_train_data(split_dir, max_images=max_images, max_pixels=self.max_pixels,
+                               decode_workers=self.decode_workers)
 
 
 @dataclass
@@ -27,7 +52,8 @@ class TrainData:
     """N images of one split, with labels as arrays.
 
     Attributes:
-        ids / prompts: N image ids and prompts.  images: N uint8 tensors (3, H, W).
+        ids / prompts: N image ids and prompts.  images: the N images as uint8 (3, H, W), decoded on access
+            (an `ImageStore`; a list of tensors works too).
         target: (N, D, L) float32 label distributions (zeros where unlabelled).  mask: (N, D) bool, labelled.
         mos: (N, D) float32 label means (0 where unlabelled).  group: (N,) prompt-group index of each image.
         groups: G arrays of image indices, one per distinct prompt.  rationales: N dicts dim → text.
@@ -37,7 +63,7 @@ class TrainData:
 
     ids: list[str]
     prompts: list[str]
-    images: list[torch.Tensor]
+    images: ImageStore | list[torch.Tensor]
     target: np.ndarray
     mask: np.ndarray
     mos: np.ndarray
@@ -65,26 +91,29 @@ class TrainData:
 
 
 
-def float_images(images: list[torch.Tensor], idx) -> torch.Tensor | list[torch.Tensor]:
-    """uint8 (3, H, W) images at `idx` → floats in [0, 1]: a (B, 3, H, W) tensor when sizes agree, else a list."""
-    ims = [images[i] for i in idx]
+def float_images(images: ImageStore | list[torch.Tensor], idx) -> torch.Tensor | list[torch.Tensor]:
+    """uint8 (3, H, W) images at `idx` → floats in [0, 1]: a (B, 3, H, W) tensor when sizes agree, else a list.
+    A store decodes just these images (in its decode threads)."""
+    ims = images.batch(idx) if isinstance(images, ImageStore) else [images[i] for i in idx]
     if all(t.shape == ims[0].shape for t in ims):
         return torch.stack(ims).float().div_(255.0)
     return [t.float().div_(255.0) for t in ims]
 
 
 def load_train_data(split_dir: str | Path, *, max_images: int | None = None, skip_bad: bool = False,
-                    max_pixels: int | None = None) -> TrainData:
+                    max_pixels: int | None = None, decode_workers: int = 0) -> TrainData:
     """Load a canonical split for training.
 
     Args:
         split_dir: a split directory (dataset.json, images.jsonl, pairs.jsonl, images/).
         max_images: keep only the first N images (whole prompt groups are not guaranteed; for quick runs).
         skip_bad: skip invalid records (reported on stderr with counts and reasons) instead of failing.
-        max_pixels: decompression-bomb limit passed to the image loader (None: the loader's default).
+        max_pixels: downscale larger images to at most this many pixels when decoded (None: keep their size).
+        decode_workers: threads decoding one batch's images (0: the calling thread).
 
     Raises:
-        RecordError: an invalid record (names file, line and field) or an unreadable image (names the record).
+        RecordError: an invalid record (names file, line and field).  An unreadable image fails when a batch
+        first decodes it, with `ImageLoadError` naming the record.
     """
     split = read_split(split_dir, skip_bad=skip_bad)
     if split.skipped:
@@ -110,11 +139,7 @@ def load_train_data(split_dir: str | Path, *, max_images: int | None = None, ski
                 raise RecordError(f"{split.root / 'images.jsonl'} (id {rec.id}): labels.{dim}: {e}") from None
             mask[i, j] = True
     mos = (target * np.asarray(levels, np.float32)).sum(-1) * mask
-    kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
-    images = []
-    for rec in recs:
-        img = load_image(split.image_path(rec), what=f"{split.root / 'images.jsonl'} (id {rec.id})", **kwargs)
-        images.append((image_to_tensor(img) * 255.0).round_().to(torch.uint8))
+    images = ImageStore.for_split(split, recs, kind="uint8", max_pixels=max_pixels, workers=decode_workers)
     group = prompt_groups(recs, split.pairs)
     order = np.argsort(group, kind="stable")
     bounds = np.flatnonzero(np.diff(group[order])) + 1
@@ -172,12 +197,21 @@ def group_batch(data: TrainData, prompts_per_batch: int, step: int, seed: int, *
                 world_size: int = 1, max_per_prompt: int | None = None) -> np.ndarray:
     """Image indices for `rank` at global `step`: all images (up to `max_per_prompt`) of a seeded choice of prompts.
 
+    With decode workers (`data.decode_workers` > 0) it also tells the image store to start decoding this rank's
+    batch of step + 1 in the background (`ImageStore.prefetch`), so decoding overlaps the step; the indices
+    returned stay a pure function of (seed, step, rank).
+
     Raises:
         ValueError: prompts_per_batch not divisible by world_size or larger than the number of prompts.
     """
-    gi = batch_indices(len(data.groups), prompts_per_batch, step, seed, rank=rank, world_size=world_size)
-    parts = [data.groups[g][:max_per_prompt] if max_per_prompt else data.groups[g] for g in gi]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    def pick(s: int) -> np.ndarray:
+        gi = batch_indices(len(data.groups), prompts_per_batch, s, seed, rank=rank, world_size=world_size)
+        parts = [data.groups[g][:max_per_prompt] if max_per_prompt else data.groups[g] for g in gi]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    if isinstance(data.images, ImageStore) and data.images.workers:
+        data.images.prefetch(pick(step + 1).tolist())
+    return pick(step)
 
 
 def within_group_pairs(group_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -33,8 +33,8 @@ What the loop owns, the same for every trainer:
   accelerate's DTensor-aware `clip_grad_norm_`. Generation (rollouts, reasoning evaluation) runs with the root
   unit's parameters gathered (`generation`) and transformers' `synced_gpus` (ranks whose chains end early keep
   stepping with the others). Evaluation runs on every rank over the whole held-out split (each forward is a
-  collective); rank 0 logs it. Checkpoints are sharded, one file per rank (`zreward.trainers.shards`); the final
-  scorer is gathered to rank 0 and saved as one HF directory.
+  collective); rank 0 logs it. Checkpoints are sharded, one file per rank (`zreward.trainers.sharded_checkpoint`);
+  the final scorer is gathered to rank 0 and saved as one HF directory.
   `accelerator.gradient_accumulation_steps` = k splits a step into k micro-batches of whole prompt groups in the
   trainers that can (`RunLoop(..., accumulation=True)`); the others (OPD, RewardDance) refuse k > 1 at start.
 """
@@ -51,8 +51,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from zreward.atomic import atomic_dir
 from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
 from zreward.trainers.common import build_optimizer, build_scorer, trainable_parameters
-from zreward.trainers.config import dump_config
+from zreward.trainers.config import config_to_dict, dump_config
 from zreward.trainers.resume import check_resume_config
+from zreward.trainers.trackers import start_trackers
 from zreward.trainers.run_utils import (
     MetricsLogger,
     NonFiniteGuard,
@@ -61,7 +62,8 @@ from zreward.trainers.run_utils import (
     progress_bar,
     seed_everything,
 )
-from zreward.trainers.shards import is_sharded, load_sharded_checkpoint, reshard_all, save_sharded_checkpoint
+from zreward.trainers.sharded_checkpoint import (is_sharded, load_sharded_checkpoint, reshard_all,
+                                                 save_sharded_checkpoint)
 
 __all__ = ["RunLoop", "generation", "global_normalisers", "is_lora", "model_state", "restore_model_state",
            "resume_or_seed", "unwrapped"]
@@ -95,7 +97,7 @@ def resume_or_seed(ckpt: Path | None, model, opt, sched, cfg, rank: int, world: 
     """A resume restores the model (LoRA: the adapters only), optimizer, scheduler, this rank's RNG and the NaN guard
     from checkpoint `ckpt`; a fresh run seeds this rank's randomness. Returns (guard, first step). Unsharded: before
     `acc.prepare` (plain module and optimizer, `restore_model_state`); FSDP2: after it, from this rank's shards
-    (`zreward.trainers.shards`)."""
+    (`zreward.trainers.sharded_checkpoint`)."""
     guard = NonFiniteGuard(cfg.run.max_nonfinite_skips)
     if ckpt is None:
         seed_everything(cfg.run.seed, rank)
@@ -220,8 +222,10 @@ class RunLoop:
             scorer.model, self.opt = self.acc.prepare(model, self.opt)
         if self.is_main:
             dump_config(cfg, self.run_dir.config)
+        trackers = (start_trackers(cfg.run.trackers, self.run_dir.root, config_to_dict(cfg), cfg.run.tracker_project)
+                    if self.is_main else [])
         self.log = MetricsLogger(self.run_dir.metrics, resume_step=self.start_step if self.ckpt else None,
-                                 enabled=self.is_main)
+                                 enabled=self.is_main, trackers=trackers)
         self.bar = progress_bar(cfg.run.max_steps, initial=self.start_step, desc=self.name,
                                 enabled=cfg.run.progress, is_main=self.is_main)
         self.grad_norm: torch.Tensor | float = float("nan")

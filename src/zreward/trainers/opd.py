@@ -42,7 +42,6 @@ from zreward.models.level_readout import expectation
 from zreward.models.scorer import ChainBatch, load_scorer
 from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
-from zreward.trainers.data import load_train_data
 from zreward.trainers.loop import RunLoop
 from zreward.trainers.run_utils import RunConfig, batch_indices
 
@@ -143,8 +142,8 @@ def train(cfg: Config) -> Path:
     if not cfg.teacher.path:
         raise ValueError("teacher.path is required: the Scorer dir of the teacher to distil")
     loop = RunLoop(cfg, "opd", accumulation=False)
-    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
-    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    data = cfg.data.load_train()
+    val = cfg.data.load_val()
     scorer = build_scorer(cfg.model, device=loop.device)
     teacher = load_scorer(cfg.teacher.path, device=str(loop.device), dtype=cfg.teacher.dtype)
     teacher.model.eval().requires_grad_(False)

@@ -35,7 +35,7 @@ __all__ = ["RESUMABLE", "sweep_debris", "checkpoint_problem", "latest_intact_che
 
 RESUMABLE = ("run.output_dir", "run.max_steps", "run.resume", "run.resume_with_changes", "run.overwrite",
              "run.progress", "run.keep_last", "run.save_every", "run.log_every", "run.max_nonfinite_skips",
-             "data.eval_every", "data.eval_batch_size")
+             "run.trackers", "run.tracker_project", "data.eval_every", "data.eval_batch_size", "data.decode_workers")
 _DEBRIS = (".del-step_", ".tmp-step_", ".old-step_", ".tmp-final-", ".old-final-")  # prunes; the earlier writer
 _ATOMIC_TMP = re.compile(r"^\.(step_\d+|final)\.(?:tmp|old)-\d+")  # `zreward.atomic` temporaries of these targets
 

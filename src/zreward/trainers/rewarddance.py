@@ -41,7 +41,7 @@ from zreward.models.scorer import score_yesno
 from zreward.models.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob
 from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer, val_pairs
 from zreward.trainers.config import parse_cli
-from zreward.trainers.data import TrainData, load_train_data
+from zreward.trainers.data import TrainData
 from zreward.trainers.loop import RunLoop
 from zreward.trainers.run_utils import RunConfig, batch_indices
 
@@ -156,8 +156,8 @@ def train(cfg: Config) -> Path:
     """Train a RewardDance yes/no reward model; returns the final Scorer dir (`mode: "yesno"`)."""
     rd = cfg.rewarddance
     loop = RunLoop(cfg, "rewarddance", accumulation=False)
-    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
-    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    data = cfg.data.load_train()
+    val = cfg.data.load_val()
     pairs = labelled_pairs(data, rd.target)
     if len(pairs[0]) == 0:
         raise ValueError(f"{cfg.data.train}/pairs.jsonl: expected labelled overall pairs (RewardDance trains on them)")

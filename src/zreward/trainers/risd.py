@@ -11,9 +11,11 @@ Z-Reward (arXiv 2606.09076) trains its student (Qwen3.5-9B, one output token) to
    p̄_T = (1/M) Σ_m p_T(· | chain_m) (the per-chain average is what `Scorer.score` returns).
    The cache is a safetensors file under `teacher.cache_dir` named by a hash of (teacher directory fingerprint,
    M, temperature, max_new_tokens, dims, levels, seed); inside, rows are keyed by a hash of (image id, prompt,
-   image pixels). A rerun reuses every row it finds and computes only missing ones; changing the teacher's files,
-   M, the temperature, the chain length or an image gives new keys, so stale targets are never used. The teacher
-   runs on the main process only (then it is freed); other processes wait and read the file.
+   image file, `data.max_pixels`). A rerun reuses every row it finds and computes only missing ones; changing the
+   teacher's files, M, the temperature, the chain length or an image gives new keys, so stale targets are never
+   used. Under torchrun every process runs the teacher on its share of the missing images (batches of
+   `teacher.batch_size`, each under its own seed, so the file equals a one-process run's; see `teacher_targets`),
+   the main process writes the file, and the teacher is freed before the student is loaded.
 2. **Student loss** per step over prompt-grouped batches of the union of both splits (direct readout, with grad):
        kl_weight    · KL(p̄_T ‖ p_S)                      (losses.risd_kl, every (image, dim) row)
      + gap_weight   · Huber(E_S[a] − E_S[b], E_T[a] − E_T[b])   (losses.score_gap_huber, score-gap distillation
@@ -41,13 +43,15 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from zreward.atomic import atomic_write_bytes
+from zreward.data.image_store import ImageStore
 from zreward.losses import kl_div_levels, risd_kl, score_gap_huber
 from zreward.models.scorer import load_scorer
 from zreward.trainers.common import DataConfig, TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
-from zreward.trainers.data import TrainData, group_batch, load_train_data, split_by_group, within_group_pairs
+from zreward.trainers.data import TrainData, group_batch, split_by_group, within_group_pairs
 from zreward.trainers.loop import RunLoop, global_normalisers
-from zreward.trainers.run_utils import RunConfig, derive_seed
+from zreward.trainers.run_utils import RunConfig
+from zreward.trainers.sharding import all_gather_objects, barrier, chunk_seed, chunks, my_chunks, run_and_gather
 
 
 @dataclass
@@ -69,10 +73,13 @@ class TeacherConfig:
     batch_size: int = field(default=32, metadata={"help": "images per teacher generate call"})
     dtype: str | None = field(default=None, metadata={"help": "teacher dtype: fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where the target cache lives (null: <run.output_dir>/teacher_cache)"})
+    barrier_timeout_s: float = field(default=3600.0, metadata={"help": "how long a process that finished its share of the teacher pass waits for the others (shares differ by at most one batch; this covers stragglers)"})
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1:
             raise ValueError(f"teacher.samples and teacher.batch_size must be >= 1, got {self.samples}, {self.batch_size}")
+        if not self.barrier_timeout_s > 0:
+            raise ValueError(f"teacher.barrier_timeout_s must be > 0, got {self.barrier_timeout_s}")
 
 
 @dataclass
@@ -142,13 +149,18 @@ def dir_fingerprint(path: str | Path, full_bytes: int = 16 << 20, edge: int = 1 
     return h.hexdigest()
 
 
-def item_keys(data: TrainData) -> list[str]:
-    """One key per image: hash of (id, prompt, pixels), so an image changed under the same id gets a new key."""
+def item_keys(data: TrainData, idx: list[int] | None = None) -> list[str]:
+    """One key per image (of `idx`, default all): hash of (id, prompt, `data.max_pixels` cap, the encoded file), so
+    an image file changed under the same id gets a new key. The file bytes are hashed, not decoded pixels: no
+    image is decoded to build the keys."""
+    store = data.images
+    if not isinstance(store, ImageStore):
+        raise TypeError("item_keys: expected TrainData.images to be an ImageStore (from load_train_data)")
     keys = []
-    for i, p, im in zip(data.ids, data.prompts, data.images):
+    for i in range(len(data)) if idx is None else idx:
         h = hashlib.blake2b(digest_size=12)
-        h.update(f"{i}\0{p}\0{tuple(im.shape)}\0".encode())
-        h.update(im.contiguous().numpy().tobytes())
+        h.update(f"{data.ids[i]}\0{data.prompts[i]}\0{store.max_pixels}\0".encode())
+        h.update(store.file_bytes(i))
         keys.append(h.hexdigest())
     return keys
 
@@ -158,7 +170,7 @@ def _read_cache(path: Path) -> tuple[dict[str, int], torch.Tensor | None, torch.
         return {}, None, None
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = json.loads(f.metadata()["keys"])
+            keys = json.loads(f.metadata()["zreward"])["keys"]
             probs, mass = f.get_tensor("probs"), f.get_tensor("in_level_mass")
     except Exception as e:  # a torn/foreign file: rebuild rather than train on garbage
         print(f"[risd] {path}: unreadable teacher cache ({e}); rebuilding it", file=sys.stderr)
@@ -172,6 +184,11 @@ def _read_cache(path: Path) -> tuple[dict[str, int], torch.Tensor | None, torch.
 def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Path, acc) -> tuple[torch.Tensor, dict]:
     """(N, D, L) chain-averaged teacher distributions for every image of `data` (cached; see module docstring).
 
+    Every process takes part (`zreward.trainers.sharding`): each hashes its contiguous share of the images into
+    cache keys, the missing images are cut into `teacher.batch_size` chunks, rank r runs the teacher on chunks
+    k ≡ r (mod world) under seed `chunk_seed(run.seed, k)`, the chunks are gathered and the main process writes
+    the file — the same file as one process would write. The gathers wait up to `teacher.barrier_timeout_s`.
+
     Returns:
         (targets, info) with info = {"cache": path, "computed": rows computed now, "seconds": time spent,
         "in_level_mass": mean teacher in-level mass}.
@@ -183,35 +200,45 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
                 "max_new_tokens": t.max_new_tokens, "dims": dims, "levels": data.levels, "seed": cfg.run.seed}
     tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"teacher_{tag}.safetensors"
-    keys = item_keys(data)
+    rank, world, wait = acc.process_index, acc.num_processes, t.barrier_timeout_s
     t0 = time.perf_counter()
-    computed = 0
-    if acc.is_main_process:
-        rows, probs, mass = _read_cache(path)
-        missing = [i for i, k in enumerate(keys) if k not in rows]
-        if missing:
-            new_p, new_m = _run_teacher(cfg, data, dims, missing, acc.device)
-            keep = list(rows)
-            all_keys = keep + [keys[i] for i in missing]
+    share = np.array_split(np.arange(len(data)), world)[rank].tolist()
+    keys = [k for part in all_gather_objects(item_keys(data, share), wait, "risd teacher cache keys") for k in part]
+    rows, probs, mass = _read_cache(path)  # every rank reads the same file before anyone writes
+    missing = [i for i, k in enumerate(keys) if k not in rows]
+    if missing:
+        parts = chunks(len(missing), t.batch_size)
+        mine = {k: [missing[j] for j in parts[k]] for k in my_chunks(len(parts), rank, world)}
+        done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for got in run_and_gather(lambda: _run_teacher(cfg, data, dims, mine, acc.device) if mine else {}, wait,
+                                  "risd teacher targets (teacher.barrier_timeout_s)"):
+            done.update(got)
+        if acc.is_main_process:
+            new_p = torch.cat([done[k][0] for k in range(len(parts))])
+            new_m = torch.cat([done[k][1] for k in range(len(parts))])
+            all_keys = list(rows) + [keys[i] for i in missing]
             probs = new_p if probs is None else torch.cat([probs, new_p])
             mass = new_m if mass is None else torch.cat([mass, new_m])
             blob = st_save({"probs": probs.contiguous(), "in_level_mass": mass.contiguous()},
-                           metadata={"keys": json.dumps(all_keys), "settings": json.dumps(settings)})
+                           # one metadata entry: safetensors writes several in a per-process random (hash) order,
+                           # and the file must not depend on which process wrote it
+                           metadata={"zreward": json.dumps({"keys": all_keys, "settings": settings})})
             atomic_write_bytes(path, blob)
-            computed = len(missing)
-    acc.wait_for_everyone()
-    rows, probs, mass = _read_cache(path)
+        barrier(wait, "risd teacher cache write")
+        rows, probs, mass = _read_cache(path)
     absent = [k for k in keys if k not in rows]
     if absent:
         raise RuntimeError(f"{path}: teacher cache lacks {len(absent)} of {len(keys)} training images")
     sel = torch.tensor([rows[k] for k in keys])
-    info = {"cache": str(path), "computed": computed, "seconds": time.perf_counter() - t0,
+    info = {"cache": str(path), "computed": len(missing), "seconds": time.perf_counter() - t0,
             "in_level_mass": float(mass[sel].mean())}
     return probs[sel].float(), info
 
 
-def _run_teacher(cfg: Config, data: TrainData, dims: list[str], idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score `idx` with the teacher in reasoning mode, M samples each; returns ((n, D, L) probs, (n, D) mass)."""
+def _run_teacher(cfg: Config, data: TrainData, dims: list[str], work: dict[int, list[int]],
+                 device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Score each chunk {k: image indices} with the teacher in reasoning mode, M samples each, under
+    `chunk_seed(run.seed, k)`; returns {k: ((n, D, L) probs, (n, D) in-level mass)} on the CPU."""
     t = cfg.teacher
     teacher = load_scorer(t.path, device=str(device), dtype=t.dtype)
     teacher.model.eval()
@@ -222,18 +249,16 @@ def _run_teacher(cfg: Config, data: TrainData, dims: list[str], idx: list[int], 
         teacher.config.temperature = t.temperature
     if t.max_new_tokens is not None:
         teacher.config.max_new_tokens = t.max_new_tokens
-    probs, mass = [], []
+    out = {}
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):  # the teacher's sampling must not shift the training RNG
-        torch.manual_seed(derive_seed(cfg.run.seed, 0))
-        for s in range(0, len(idx), t.batch_size):
-            chunk = idx[s:s + t.batch_size]
-            out = teacher.score([data.prompts[i] for i in chunk], data.image_batch(chunk), dims=dims,
-                                reasoning=True, samples=t.samples)
-            probs.append(out.probs.float())
-            mass.append(out.in_level_mass.float())
+        for k, idx in work.items():
+            torch.manual_seed(chunk_seed(cfg.run.seed, k))
+            o = teacher.score([data.prompts[i] for i in idx], data.image_batch(idx), dims=dims, reasoning=True,
+                              samples=t.samples)
+            out[k] = (o.probs.float().cpu(), o.in_level_mass.float().cpu())
     del teacher
-    return torch.cat(probs), torch.cat(mass)
+    return out
 
 
 # -------------------------------------------------------------------------------------------------- train
@@ -266,10 +291,10 @@ def train(cfg: Config) -> Path:
     if not cfg.data.train:
         raise ValueError("data.train is required: a canonical split directory")
     loop = RunLoop(cfg, "risd")
-    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
+    data = cfg.data.load_train()
     if cfg.data.extra_unlabelled:
-        data = concat_unlabelled(data, load_train_data(cfg.data.extra_unlabelled, max_images=cfg.data.extra_max_images))
-    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+        data = concat_unlabelled(data, cfg.data.load(cfg.data.extra_unlabelled, cfg.data.extra_max_images))
+    val = cfg.data.load_val()
     dims = list(cfg.risd.dims or data.dims)
     data.dim_index(dims)  # raises naming unknown dims
     cache_dir = Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else loop.run_dir.root / "teacher_cache"

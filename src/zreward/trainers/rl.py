@@ -40,7 +40,7 @@ import torch
 from zreward.losses.policy import ADV_SCALES
 from zreward.trainers import rollout as R
 from zreward.trainers.common import build_scorer, val_pairwise_accuracy
-from zreward.trainers.data import group_batch, load_train_data, split_by_group
+from zreward.trainers.data import group_batch, split_by_group
 from zreward.trainers.loop import RunLoop
 
 AGGREGATIONS = ("seq_mean", "token_mean", "fixed_norm")
@@ -148,8 +148,8 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
     scorer.config.max_new_tokens = g.max_new_tokens
     scorer.config.temperature = g.eval_temperature or g.temperature
     scorer.config.mode = "reasoning"
-    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
-    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    data = cfg.data.load_train()
+    val = cfg.data.load_val()
     dims = R.resolve_dims(g.dims, data, scorer, f"{g.section}.dims")
     ref_model = R.make_reference(scorer.model) if g.kl_coef else None  # the initial weights, before any resume
     loop.start(scorer, total_steps=cfg.run.max_steps * g.ppo_epochs)
@@ -191,7 +191,9 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
             loop.optimizer_step(step, agg["loss"])
             t_update += time.perf_counter() - t0
         return {**agg, "t_rollout": t_rollout, "t_score": t_score, "t_update": t_update,
-                "gen_tokens": ro.gen_tokens, "gen_tok_per_s": ro.gen_tokens / max(t_rollout, 1e-9)}
+                "gen_tokens": ro.gen_tokens, "gen_tok_per_s": ro.gen_tokens / max(t_rollout, 1e-9),
+                # this rank's first chain (image 0, dim 0, sample 0) as text: JSONL and trackers (run.trackers)
+                "sample_chain": f"{prompts[0]} | {sdims[0]}: {ro.chains.texts[0]}"}
 
     def evaluate(step: int) -> dict:
         return val_pairwise_accuracy(scorer, val, batch_size=cfg.data.eval_batch_size, reasoning=g.eval_reasoning,

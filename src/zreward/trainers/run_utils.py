@@ -3,7 +3,8 @@
 * `RunConfig` / `AcceleratorConfig`: the config sections every trainer nests in its own `Config`;
 * `RunDir` + `prepare_run_dir`: the layout `run_dir/{config.yaml, metrics.jsonl, checkpoints/step_XXXXXX/,
   final/}` and the fresh-run / resume / overwrite decision;
-* `MetricsLogger`: JSONL, one flushed line per call, resumable (entries after the resumed step are dropped);
+* `MetricsLogger`: JSONL, one flushed line per call, resumable (entries after the resumed step are dropped), and
+  the same values to the `run.trackers` (TensorBoard / wandb, `zreward.trainers.trackers`);
 * `progress_bar`: tqdm, off when stderr is not a TTY, when `ZREWARD_NO_PROGRESS=1`, when disabled in the config,
   and on non-main ranks;
 * `NonFiniteGuard`: skip the optimizer step on a non-finite loss / gradient norm, agreeing across ranks, and stop
@@ -36,6 +37,7 @@ import torch
 from zreward.atomic import atomic_write_text
 from zreward.trainers.checkpoint import latest_checkpoint
 from zreward.trainers.resume import latest_intact_checkpoint, sweep_debris
+from zreward.trainers.trackers import check_trackers, tracker_values
 
 
 @dataclass
@@ -53,6 +55,8 @@ class RunConfig:
     overwrite: bool = field(default=False, metadata={"help": "delete an existing run dir that has checkpoints"})
     max_nonfinite_skips: int = field(default=3, metadata={"help": "consecutive non-finite steps skipped before stopping"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (also off without a TTY or with ZREWARD_NO_PROGRESS=1)"})
+    trackers: list[str] = field(default_factory=list, metadata={"help": "also log the metrics to: tensorboard (run_dir/tensorboard), wandb (see zreward.trainers.trackers); [] = metrics.jsonl only"})
+    tracker_project: str = field(default="zreward", metadata={"help": "wandb project of run.trackers=[wandb]"})
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "log_every", "save_every", "max_nonfinite_skips"):
@@ -60,6 +64,7 @@ class RunConfig:
                 raise ValueError(f"run.{name} must be >= 0, got {getattr(self, name)}")
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"run.keep_last must be >= 1 or null, got {self.keep_last}")
+        check_trackers(self.trackers)
 
 
 @dataclass
@@ -161,11 +166,15 @@ class MetricsLogger:
     resumed checkpoint had produced) so that a resumed run's file equals a straight run's. A torn last line
     (crash mid-write) is dropped; a corrupt line elsewhere is an error naming file and line.
     Only the main process should write: pass `enabled=False` elsewhere.
+    `trackers`: started accelerate trackers (`zreward.trainers.trackers.start_trackers`) that get every line too
+    (numbers and strings; `time` excepted) and are finished by `close`.
     """
 
-    def __init__(self, path: str | Path, *, resume_step: int | None = None, enabled: bool = True) -> None:
+    def __init__(self, path: str | Path, *, resume_step: int | None = None, enabled: bool = True,
+                 trackers: list | None = None) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.trackers = list(trackers or []) if enabled else []
         self._f = None
         if not enabled:
             return
@@ -194,11 +203,17 @@ class MetricsLogger:
         entry = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}, "time": round(time.time(), 3)}
         self._f.write(json.dumps(entry) + "\n")
         self._f.flush()
+        values = tracker_values({k: v for k, v in entry.items() if k not in ("step", "time")})
+        for tracker in self.trackers:
+            tracker.log(values, step=int(step))
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
 
     def __enter__(self) -> MetricsLogger:
         return self

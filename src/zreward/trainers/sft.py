@@ -48,7 +48,7 @@ from zreward.models import level_readout
 from zreward.trainers.caption import CaptionConfig, caption_forward, split_captions, tokenize_captions
 from zreward.trainers.common import TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
-from zreward.trainers.data import TrainData, group_batch, load_train_data, split_by_group, within_group_pairs
+from zreward.trainers.data import TrainData, group_batch, split_by_group, within_group_pairs
 from zreward.trainers.loop import RunLoop, global_normalisers
 from zreward.trainers.run_utils import RunConfig
 
@@ -222,8 +222,8 @@ def train(cfg: Config) -> Path:
     if not cfg.data.train:
         raise ValueError("data.train is required: a canonical split directory")
     loop = RunLoop(cfg, f"sft[{cfg.sft.mode}]")
-    data = load_train_data(cfg.data.train, max_images=cfg.data.max_images)
-    val = load_train_data(cfg.data.val, max_images=cfg.data.val_max_images) if cfg.data.val else None
+    data = cfg.data.load_train()
+    val = cfg.data.load_val()
     scorer = build_scorer(cfg.model, loop.device)
     dims = _check_dims(cfg, scorer, data)
     loop.start(scorer)
