@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from zreward.atomic import atomic_dir
 from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
@@ -355,14 +355,30 @@ class RunLoop:
         return out
 
     def _save_final_sharded(self, scorer, out: Path) -> None:
-        """FSDP2: gather the full state to rank 0's CPU (collective), load it into a plain copy of the model built
-        from `model.init_from` with the same settings, and save that one HF directory (LoRA merged)."""
-        full = get_model_state_dict(scorer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if not self.is_main:
+        """FSDP2: rank 0 builds a plain copy of the model from `model.init_from` with the same settings; every rank
+        then gathers the trained state one tensor at a time (`full_tensor`, a collective, in the same order on every
+        rank) and rank 0 copies it in and saves that one HF directory (LoRA merged). Rank 0 holds one full model on
+        the CPU, in the dtype the model was loaded in, plus one gathered tensor."""
+        plain = build_scorer(self.cfg.model, "cpu") if self.is_main else None
+        target = {}
+        if plain is not None:
+            plain.model.to(self.param_dtype)
+            target = plain.model.state_dict()
+        missing = []
+        for name, t in scorer.model.state_dict().items():  # DTensor shards, replicated buffers
+            full = t.full_tensor() if isinstance(t, DTensor) else t
+            if plain is None:
+                continue
+            if name not in target or target[name].shape != full.shape:
+                missing.append(name)
+            else:
+                with torch.no_grad():
+                    target[name].copy_(full.detach().to("cpu"))
+        if plain is None:
             return
-        plain = build_scorer(self.cfg.model, "cpu")
-        plain.model.load_state_dict(full, strict=True)
-        plain.model.to(self.param_dtype)
+        if missing:
+            raise RuntimeError(f"{out}: the trained model's tensors {missing[:5]} do not match a fresh build of "
+                               f"{self.cfg.model.init_from} (the final scorer cannot be exported)")
         plain.config, plain.generation_batch = scorer.config, scorer.generation_batch
         with atomic_dir(out) as tmp:
             plain.save_pretrained(tmp)
