@@ -16,10 +16,15 @@ only where a quantity needs it:
   it feeds only the in-level-mass diagnostic.
 
 A head whose weight is not a plain local matrix (ZeRO-3 partitions, DTensors) is applied as a module per chunk.
+An FSDP2-sharded head (an FSDP unit of its own, several processes) may all-gather in each call's forward and
+reduce-scatter in each call's backward, so every rank must call it equally often: ranks with fewer rows (other
+chain counts or lengths) add zero-weighted calls on one row up to the most chunks of any rank (one all-reduce;
+without it training under FSDP hung, observed).
 """
 from __future__ import annotations
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 
 from zreward.models import level_readout
@@ -80,14 +85,32 @@ def _head_chunks(head, hidden: torch.Tensor, fn, extra: torch.Tensor | None, max
     def one(h, e):
         return fn(head(h).float(), e)
 
-    outs = []
-    for s in range(0, hidden.shape[0], step):
-        h = hidden[s:s + step]
-        e = None if extra is None else extra[s:s + step]
-        outs.append(checkpoint(one, h, e, use_reentrant=False) if grad else one(h, e))
-    if not outs:
-        return hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat(outs)
+    def call(h, e):
+        return checkpoint(one, h, e, use_reentrant=False) if grad else one(h, e)
+
+    starts = range(0, hidden.shape[0], step)
+    outs = [call(hidden[s:s + step], None if extra is None else extra[s:s + step]) for s in starts]
+    pads = [call(hidden[:1], None if extra is None else extra[:1])
+            for _ in range(calls_on_every_rank(head, len(starts)) - len(starts))]
+    out = torch.cat(outs) if outs else hidden.new_zeros(0, dtype=torch.float32)
+    if pads:  # zero-weighted, so that their backward (and its collectives) runs too
+        out = out + 0.0 * sum(p.sum() for p in pads)
+    return out
+
+
+def calls_on_every_rank(module, n: int) -> int:
+    """How often to call `module` so that every rank calls it equally often: `n`, or with a module that is (or
+    holds) an FSDP2 unit under several processes the largest `n` of any rank (collective: every rank with such a
+    module calls it). The test is on the module, not on its parameters: FSDP2
+    registers plain unsharded tensors while the unit is gathered, DTensors while it is sharded."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return n
+    if not any(isinstance(m, FSDPModule) for m in module.modules()):
+        return n
+    t = torch.tensor([n], dtype=torch.long, device=next(module.parameters()).device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def token_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor,

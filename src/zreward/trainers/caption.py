@@ -317,7 +317,7 @@ def train(cfg: Config) -> Path:
 
     def evaluate(step: int) -> dict:
         vm, samples = evaluate_captions(scorer, val, val_caps, cfg)
-        if samples:
+        if samples and loop.is_main:  # under FSDP every rank evaluates (`zreward.trainers.loop`)
             atomic_write_text(loop.run_dir.root / "val_captions.json",
                               json.dumps({"step": step + 1, "samples": samples}, indent=1) + "\n")
         return vm

@@ -303,6 +303,9 @@ def load_checkpoint(
     path = Path(path)
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        if state.get("shards"):
+            raise CheckpointError(f"{path}: a sharded checkpoint written by {state['shards']} FSDP processes; "
+                                  "resume it under FSDP with that many processes (configs/accelerate/fsdp.yaml)")
         weights = load_file(str(path / "model.safetensors"), device=str(map_location))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a complete zreward checkpoint: {e}") from None

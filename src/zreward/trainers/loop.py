@@ -22,10 +22,19 @@ What the loop owns, the same for every trainer:
 - **clipping**: `optim.grad_clip` > 0 clips the gradient norm to it; 0 means no clipping (the norm is still
   measured, logged as `grad_norm` and checked by the guard).
 - **NaN guard** (`NonFiniteGuard`): a step with a non-finite loss or gradient norm is skipped, on every rank.
-- **distribution**, two strategies: `RunLoop(..., ddp=True)` (default) wraps the model with `accelerate.prepare`
-  (DDP, mixed precision through accelerate; micro-batches use `loop.sync`); `ddp=False` keeps the plain module (the
-  RL trainers generate with it and run several forwards per backward) and averages gradients with one all-reduce
-  per parameter before clipping, mixed precision through `loop.autocast()` (bf16 only).
+- **distribution**, two strategies without sharding: `RunLoop(..., ddp=True)` (default) wraps the model with
+  `accelerate.prepare` (DDP, mixed precision through accelerate; micro-batches use `loop.sync`); `ddp=False` keeps
+  the plain module (the RL trainers generate with it and run several forwards per backward) and averages gradients
+  with one all-reduce per parameter before clipping, mixed precision through `loop.autocast()` (bf16 only).
+- **FSDP2** (`fully_shard` through `accelerate.prepare`, when accelerate's configuration asks for it: `accelerate
+  launch --config_file configs/accelerate/fsdp.yaml`, see `run_utils.make_accelerator`) replaces both strategies
+  for every trainer: the model and optimizer are prepared (parameters become DTensor shards), mixed precision is
+  accelerate's FSDP policy, micro-batches skip the gradient reduce-scatter but the last (`loop.sync`), clipping is
+  accelerate's DTensor-aware `clip_grad_norm_`. Generation (rollouts, reasoning evaluation) runs with the root
+  unit's parameters gathered (`generation`) and transformers' `synced_gpus` (ranks whose chains end early keep
+  stepping with the others). Evaluation runs on every rank over the whole held-out split (each forward is a
+  collective); rank 0 logs it. Checkpoints are sharded, one file per rank (`zreward.trainers.sharded_checkpoint`);
+  the final scorer is gathered to rank 0 and saved as one HF directory.
   `accelerator.gradient_accumulation_steps` = k splits a step into k micro-batches of whole prompt groups in the
   trainers that can (`RunLoop(..., accumulation=True)`); the others (OPD, RewardDance) refuse k > 1 at start.
 """
@@ -37,10 +46,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from zreward.atomic import atomic_dir
 from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
-from zreward.trainers.common import build_optimizer, trainable_parameters
+from zreward.trainers.common import build_optimizer, build_scorer, trainable_parameters
 from zreward.trainers.config import config_to_dict, dump_config
 from zreward.trainers.resume import check_resume_config
 from zreward.trainers.trackers import start_trackers
@@ -52,9 +62,11 @@ from zreward.trainers.run_utils import (
     progress_bar,
     seed_everything,
 )
+from zreward.trainers.sharded_checkpoint import (is_sharded, load_sharded_checkpoint, reshard_all,
+                                                 save_sharded_checkpoint)
 
-__all__ = ["RunLoop", "global_normalisers", "is_lora", "model_state", "restore_model_state", "resume_or_seed",
-           "unwrapped"]
+__all__ = ["RunLoop", "generation", "global_normalisers", "is_lora", "model_state", "restore_model_state",
+           "resume_or_seed", "unwrapped"]
 
 
 def is_lora(model) -> bool:
@@ -80,17 +92,24 @@ def restore_model_state(model, weights: dict[str, torch.Tensor], lora: bool, whe
     model.load_state_dict(weights, strict=False)
 
 
-def resume_or_seed(ckpt: Path | None, model, opt, sched, cfg, rank: int) -> tuple[NonFiniteGuard, int]:
-    """Before `acc.prepare` (plain module and optimizer): a resume restores the model (`restore_model_state`; LoRA:
-    the adapters only), optimizer, scheduler, this rank's RNG and the NaN guard from checkpoint `ckpt`; a fresh run
-    seeds this rank's randomness. Returns (guard, first step)."""
+def resume_or_seed(ckpt: Path | None, model, opt, sched, cfg, rank: int, world: int = 1,
+                   lora: bool | None = None) -> tuple[NonFiniteGuard, int]:
+    """A resume restores the model (LoRA: the adapters only), optimizer, scheduler, this rank's RNG and the NaN guard
+    from checkpoint `ckpt`; a fresh run seeds this rank's randomness. Returns (guard, first step). Unsharded: before
+    `acc.prepare` (plain module and optimizer, `restore_model_state`); FSDP2: after it, from this rank's shards
+    (`zreward.trainers.sharded_checkpoint`)."""
     guard = NonFiniteGuard(cfg.run.max_nonfinite_skips)
     if ckpt is None:
         seed_everything(cfg.run.seed, rank)
         return guard, 0
+    lora = is_lora(model) if lora is None else lora
     try:
-        state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
-        restore_model_state(model, state.model_state, is_lora(model), ckpt)
+        if is_sharded(model):
+            state = load_sharded_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, lora=lora, rank=rank,
+                                            world=world)
+        else:
+            state = load_checkpoint(ckpt, optimizer=opt, scheduler=sched, rank=rank)
+            restore_model_state(model, state.model_state, lora, ckpt)
     except (RuntimeError, ValueError) as e:
         raise RuntimeError(f"cannot resume from {ckpt} (written with other model / LoRA / optimizer settings? "
                            f"use run.overwrite=true or another run.output_dir): {e}") from e
@@ -109,6 +128,34 @@ def global_normalisers(counts: list[float], device: torch.device | str = "cpu") 
         t = t.to(device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(t)
     return [c / world if c > 0 else 1.0 for c in t.cpu().tolist()]
+
+
+@contextlib.contextmanager
+def generation(model):
+    """Around `generate` with an FSDP2 module (a no-op otherwise): keep the root unit's own parameters gathered.
+    `generate` calls the vision tower (and its patch embedding, a root parameter) outside the root's forward, where
+    FSDP's hooks would not gather them (observed: "got mixed torch.Tensor and DTensor"). The root is first
+    initialised as the root (torch's `_lazy_init`, otherwise run by the root's first forward): before a training
+    forward, `generate` reaches a vision block first, which would then claim to be a root (observed)."""
+    if not is_sharded(model):
+        yield
+        return
+    model._get_fsdp_state()._lazy_init()  # no-op once initialised
+    model.unshard()
+    try:
+        yield
+    finally:
+        reshard_all(model)
+
+
+def _mark_fsdp_for_generate(model) -> None:
+    """Make transformers' `generate` run with `synced_gpus` under FSDP2 (its own check only knows the modules that
+    transformers sharded itself): every rank keeps calling forward until all ranks' chains ended."""
+    from transformers import GenerationMixin  # lazily, as every transformers class of zreward (import cost)
+
+    for m in model.modules():
+        if isinstance(m, GenerationMixin):
+            m._is_fsdp_managed_module = True
 
 
 @contextlib.contextmanager
@@ -143,6 +190,8 @@ class RunLoop:
             raise ValueError(f"accelerator.gradient_accumulation_steps: `{name}` takes one micro-batch per step "
                              f"(got {ga}); use a smaller batch or more processes")
         self.acc = make_accelerator(cfg.accelerator)
+        self.fsdp = bool(self.acc.is_fsdp2)
+        self.prepared = ddp or self.fsdp  # the model goes through `acc.prepare`
         self.rank, self.world, self.device = self.acc.process_index, self.acc.num_processes, self.acc.device
         self.is_main = self.acc.is_main_process
         self.run_dir, self.ckpt = prepare_run_dir(cfg.run.output_dir, resume=cfg.run.resume,
@@ -160,10 +209,16 @@ class RunLoop:
         self.lora = is_lora(model)
         self.params = trainable_parameters(model)
         self.opt, self.sched = build_optimizer(self.params, cfg.optim, total_steps or cfg.run.max_steps)
-        self.guard, self.start_step = resume_or_seed(self.ckpt, model, self.opt, self.sched, cfg, self.rank)
+        self.param_dtype = self.params[0].dtype  # of the exported scorer (FSDP's mixed precision may upcast)
+        if self.fsdp:
+            scorer.model, self.opt = self.acc.prepare(model, self.opt)  # parameters become DTensor shards
+            self.params = trainable_parameters(scorer.model)
+            _mark_fsdp_for_generate(scorer.model)
+        self.guard, self.start_step = resume_or_seed(self.ckpt, scorer.model, self.opt, self.sched, cfg, self.rank,
+                                                     self.world, self.lora)
         if self.ckpt is not None:  # the same settings, or the change on record (`zreward.trainers.resume`)
             check_resume_config(cfg, self.run_dir.config, self.start_step, cfg.run.resume_with_changes, self.is_main)
-        if self.ddp:  # not the scheduler (accelerate would step it once per process)
+        if self.ddp and not self.fsdp:  # not the scheduler (accelerate would step it once per process)
             scorer.model, self.opt = self.acc.prepare(model, self.opt)
         if self.is_main:
             dump_config(cfg, self.run_dir.config)
@@ -179,14 +234,19 @@ class RunLoop:
     # -------------------------------------------------------------------------------------- inside a step
     def autocast(self):
         """Mixed precision for the plain-module strategy (a no-op with `accelerator.mixed_precision=no`)."""
-        return self.acc.autocast() if not self.ddp else contextlib.nullcontext()
+        return self.acc.autocast() if not self.prepared else contextlib.nullcontext()
 
     def sync(self, last: bool):
-        """Context of one micro-batch's backward: gradients are all-reduced only after the `last` one (DDP)."""
-        return contextlib.nullcontext() if last or not self.ddp else self.acc.no_sync(self.scorer.model)
+        """Context of one micro-batch's backward: gradients are all-reduced (FSDP: reduce-scattered) only after the
+        `last` one."""
+        return contextlib.nullcontext() if last or not self.prepared else self.acc.no_sync(self.scorer.model)
+
+    def generation(self):
+        """Context around generation with the training model (see `generation`)."""
+        return generation(self.scorer.model)
 
     def backward(self, loss: torch.Tensor) -> None:
-        if self.ddp:
+        if self.prepared:
             self.acc.backward(loss)
         else:
             loss.backward()
@@ -194,14 +254,15 @@ class RunLoop:
     def optimizer_step(self, step: int, loss) -> torch.Tensor | float:
         """Average gradients (plain-module strategy), clip (`optim.grad_clip`, 0: none), apply the step unless the
         NaN guard skips it, zero the gradients. Returns the gradient norm before clipping."""
-        if not self.ddp and self.world > 1:
+        if not self.prepared and self.world > 1:
             for p in self.params:
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= self.world
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        if self.ddp:
+        if self.prepared:
             gn = self.acc.clip_grad_norm_(self.params, clip)
+            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP2: a replicated DTensor
         else:
             gn = torch.nn.utils.clip_grad_norm_(self.params, clip)
         if self.guard.check(step, loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)), gn):
@@ -243,9 +304,11 @@ class RunLoop:
             done, last = step + 1, step + 1 == cfg.run.max_steps
             evaluated = evaluate is not None and (_due(cfg.data.eval_every, done) or last)
             if evaluated:
-                if self.is_main:
-                    with unwrapped(self.scorer, self.acc):
-                        metrics.update(evaluate(step))
+                if self.is_main or self.fsdp:  # FSDP: every forward is a collective, every rank evaluates
+                    with unwrapped(self.scorer, self.acc), generation(self.scorer.model):
+                        result = evaluate(step)
+                    if self.is_main:
+                        metrics.update(result)
                 self.acc.wait_for_everyone()
             if _due(cfg.run.log_every, done) or last or evaluated:
                 self.log.log(done, metrics)
@@ -259,6 +322,13 @@ class RunLoop:
     def checkpoint(self, step: int) -> None:
         """Save `run_dir/checkpoints/step_XXXXXX` (collective: every rank calls it)."""
         rng = gather_rng_states()
+        if self.fsdp:
+            reshard_all(self.scorer.model)  # shards, not gathered parameters, go to the files
+            save_sharded_checkpoint(self.run_dir.checkpoints, step, model_state(self.scorer.model, self.lora),
+                                    optimizer=self.opt, scheduler=self.sched, rng_states=rng,
+                                    extra={"guard": self.guard.state_dict()}, keep_last=self.cfg.run.keep_last,
+                                    rank=self.rank, world=self.world, device=self.device)
+            return
         if self.is_main:
             save_checkpoint(self.run_dir.checkpoints, step, model_state(self.acc.unwrap_model(self.scorer.model),
                                                                         self.lora),
@@ -270,13 +340,45 @@ class RunLoop:
         """Write the trained Scorer atomically to `run_dir/final` with `mode` (and at least `max_new_tokens` as the
         chain length bound) in its zreward.json, checked before writing."""
         out = self.run_dir.final
-        with unwrapped(scorer, self.acc):
-            scorer.config.mode = mode
-            if max_new_tokens is not None:
-                scorer.config.max_new_tokens = max(scorer.config.max_new_tokens, max_new_tokens)
-            scorer.config.validate()
-            if self.is_main:
-                with atomic_dir(out) as tmp:
-                    scorer.save_pretrained(tmp)
+        scorer.config.mode = mode
+        if max_new_tokens is not None:
+            scorer.config.max_new_tokens = max(scorer.config.max_new_tokens, max_new_tokens)
+        scorer.config.validate()
+        if self.fsdp:
+            self._save_final_sharded(scorer, out)
+        else:
+            with unwrapped(scorer, self.acc):
+                if self.is_main:
+                    with atomic_dir(out) as tmp:
+                        scorer.save_pretrained(tmp)
         self.acc.wait_for_everyone()
         return out
+
+    def _save_final_sharded(self, scorer, out: Path) -> None:
+        """FSDP2: rank 0 builds a plain copy of the model from `model.init_from` with the same settings; every rank
+        then gathers the trained state one tensor at a time (`full_tensor`, a collective, in the same order on every
+        rank) and rank 0 copies it in and saves that one HF directory (LoRA merged). Rank 0 holds one full model on
+        the CPU, in the dtype the model was loaded in, plus one gathered tensor."""
+        plain = build_scorer(self.cfg.model, "cpu") if self.is_main else None
+        target = {}
+        if plain is not None:
+            plain.model.to(self.param_dtype)
+            target = plain.model.state_dict()
+        missing = []
+        for name, t in scorer.model.state_dict().items():  # DTensor shards, replicated buffers
+            full = t.full_tensor() if isinstance(t, DTensor) else t
+            if plain is None:
+                continue
+            if name not in target or target[name].shape != full.shape:
+                missing.append(name)
+            else:
+                with torch.no_grad():
+                    target[name].copy_(full.detach().to("cpu"))
+        if plain is None:
+            return
+        if missing:
+            raise RuntimeError(f"{out}: the trained model's tensors {missing[:5]} do not match a fresh build of "
+                               f"{self.cfg.model.init_from} (the final scorer cannot be exported)")
+        plain.config, plain.generation_batch = scorer.config, scorer.generation_batch
+        with atomic_dir(out) as tmp:
+            plain.save_pretrained(tmp)

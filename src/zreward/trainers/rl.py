@@ -17,9 +17,13 @@ Per optimizer step (stages named as in verl; the shared settings are `RLConfig`)
    and scheduler step per epoch.
 5. **update**: `RunLoop.optimizer_step` (gradients all-reduced across processes, clipping, NaN guard).
 
-The model stays the plain module (it generates; the objective runs several forwards per backward), so gradients
-are averaged by an explicit all-reduce and `accelerator.mixed_precision=bf16` is applied by autocast around the
-rollout and the objective (fp16 is refused: no loss scaler). DeepSpeed/FSDP sharding is not supported here.
+Without sharding the model stays the plain module (it generates; the objective runs several forwards per
+backward), so gradients are averaged by an explicit all-reduce and `accelerator.mixed_precision=bf16` is applied by
+autocast around the rollout and the objective (fp16 is refused: no loss scaler). Under FSDP2 the module is
+prepared like every trainer's (`zreward.trainers.loop`): rollouts generate with the sharded module (root unit
+gathered, `synced_gpus`), micro-batches reduce-scatter only after the last. With `kl_coef` > 0 and no LoRA the
+frozen reference is an unsharded copy on every rank (use LoRA for large models: its reference is the policy with
+the adapters disabled).
 Evaluation: held-out pairwise accuracy in reasoning mode (`Scorer.score(reasoning=True, samples=eval_samples)`);
 the saved scorer samples chains at `eval_temperature` (or `temperature` when that is 0 / null).
 """
@@ -158,7 +162,7 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
         lab = R.batch_labels(data, idx, data.dim_index(sdims), scorer.levels)
         prompts, images, groups = [data.prompts[i] for i in idx], data.image_batch(idx), data.group[idx]
         t0 = time.perf_counter()
-        with loop.autocast():
+        with loop.autocast(), loop.generation():
             ro = R.rollout(scorer, prompts, images, sdims, g.group_size, g.max_new_tokens, g.temperature)
             ro_eval = (eval_rollout(scorer, g, prompts, images, sdims, eval_samples_per_item)
                        if eval_samples_per_item is not None else None)
@@ -174,11 +178,12 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
                                 ro_eval if whole or ro_eval is None else R.subset(ro_eval, rows)[0],
                                 lab.rows(rows), groups[rows])
                 t0 = time.perf_counter()
-                with loop.autocast():
-                    loss, st, states[j] = objective(g, scorer, mb, states[j], ref_model)
-                t1 = time.perf_counter()
-                w = len(rows) / len(idx)
-                loop.backward(loss * w)
+                with loop.sync(last=j == len(micro) - 1):
+                    with loop.autocast():
+                        loss, st, states[j] = objective(g, scorer, mb, states[j], ref_model)
+                    t1 = time.perf_counter()
+                    w = len(rows) / len(idx)
+                    loop.backward(loss * w)
                 t_score, t_update = t_score + t1 - t0, t_update + time.perf_counter() - t1
                 for k, v in st.items():
                     agg[k] = agg.get(k, 0.0) + float(v) * w / g.ppo_epochs

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from zreward.models.logprobs import calls_on_every_rank
 from zreward.models.level_readout import expectation, std_of
 from zreward.models.preprocess import PixelInputs
 from zreward.models.scorer import ChainBatch, ChainForward
@@ -91,7 +92,7 @@ def rollout(scorer, prompts: list[str], images, dims: list[str], group_size: int
     """Sample G chains per (image, dim) with the current policy (batched generate calls, no gradients).
 
     Args:
-        scorer: a Scorer whose `model` is the plain (unwrapped) policy.
+        scorer: a Scorer whose `model` is the plain (unwrapped) policy, or the FSDP2-sharded one.
         prompts: B prompts.  images: B images (tensor (B, 3, H, W) in [0, 1] or a list).  dims: D dimensions.
         group_size: G ≥ 1 chains per (image, dim); sampled even for G = 1 unless do_sample=False (greedy).
         gen_batch: most sequences per `generate` call (default: `scorer.generation_batch`, set from
@@ -104,12 +105,16 @@ def rollout(scorer, prompts: list[str], images, dims: list[str], group_size: int
     try:
         pixels = scorer.prepare_images(images)
         parts = []
-        for bs, ds in generation_chunks(len(prompts), len(dims), group_size, gen_batch):
+        chunks = generation_chunks(len(prompts), len(dims), group_size, gen_batch)
+        # FSDP: every generate step is a collective, so a rank with fewer chunks repeats its last (discarded)
+        for k in range(calls_on_every_rank(scorer.model, len(chunks))):
+            bs, ds = chunks[min(k, len(chunks) - 1)]
             sub = PixelInputs(pixels.values[bs], None if pixels.grids is None else pixels.grids[bs],
                               pixels.n_tokens[bs])
             cb = scorer.generate_chains(prompts[bs], sub, dims[ds], samples=group_size, do_sample=do_sample,
                                         temperature=temperature, max_new_tokens=max_new_tokens)
-            parts.append((bs.start, ds.start, cb))
+            if k < len(chunks):
+                parts.append((bs.start, ds.start, cb))
         chains = concat_chains(parts)
     finally:
         scorer.model.train(was_training)

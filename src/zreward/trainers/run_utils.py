@@ -10,7 +10,8 @@
 * `NonFiniteGuard`: skip the optimizer step on a non-finite loss / gradient norm, agreeing across ranks, and stop
   with a clear error after more than `max_skips` consecutive skips;
 * `seed_everything(seed, rank)`: Python, numpy and torch seeds derived from (seed, rank);
-* `make_accelerator`: `accelerate.Accelerator` for CPU or GPU, also under `torchrun` on CPU (gloo);
+* `make_accelerator`: `accelerate.Accelerator` for CPU or GPU, also under `torchrun` on CPU (gloo); DDP or FSDP2
+  from accelerate's launcher configuration (DeepSpeed and FSDP1 refused);
 * `batch_indices`: which examples a global step uses, and each rank's shard of them - a pure function of
   (seed, step), so resuming at step k and splitting a global batch over processes need no data-loader state.
 
@@ -68,7 +69,7 @@ class RunConfig:
 
 @dataclass
 class AcceleratorConfig:
-    """Options passed to `accelerate.Accelerator` (multi-GPU/DeepSpeed/FSDP come from accelerate's own config)."""
+    """Options passed to `accelerate.Accelerator` (multi-GPU DDP / FSDP2 sharding come from accelerate's own config)."""
 
     device: str = field(default="auto", metadata={"help": "auto (GPU if available), cpu or cuda"})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16"})
@@ -329,22 +330,50 @@ def seed_everything(seed: int, rank: int = 0) -> int:
 
 
 def make_accelerator(cfg: AcceleratorConfig | None = None, **kwargs: Any):
-    """Build `accelerate.Accelerator` from an `AcceleratorConfig`.
+    """Build `accelerate.Accelerator` from an `AcceleratorConfig`; FSDP2 when accelerate's launcher asks for it.
 
     On CPU it passes `cpu=True`; under `torchrun` this makes accelerate initialise a gloo process group (observed:
     `accelerate launch --cpu --num_processes 2` silently runs one process, torchrun + cpu=True works).
-    Extra keyword arguments go to `Accelerator` unchanged.
+
+    Sharding comes from accelerate's own configuration, i.e. the environment `accelerate launch --config_file
+    configs/accelerate/fsdp.yaml` sets (`ACCELERATE_USE_FSDP=true`, `FSDP_VERSION=2`, `FSDP_*`). Only FSDP2
+    (`fully_shard`) is supported: FSDP1 and DeepSpeed are refused with a message. accelerate 1.15 turns FSDP on only
+    for GPU-type backends (on CPU the state stays MULTI_CPU and `prepare` would silently use DDP), so on CPU the
+    FSDP2 plugin read from the same environment is installed on the accelerator's state after construction: the
+    very `prepare` / `backward` / `clip_grad_norm_` / `no_sync` code paths of accelerate then run on gloo (how the
+    CPU tests exercise FSDP2). Extra keyword arguments go to `Accelerator` unchanged.
     """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     cfg = cfg or AcceleratorConfig()
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("accelerator.device=cuda but torch.cuda.is_available() is False")
+    if _env_true("ACCELERATE_USE_DEEPSPEED"):
+        raise ValueError("accelerate is configured for DeepSpeed (ACCELERATE_USE_DEEPSPEED=true, from `accelerate "
+                         "launch` with a DeepSpeed config): zreward's trainers support DDP and FSDP2 only; use "
+                         "configs/accelerate/fsdp.yaml for sharded training")
+    fsdp = _env_true("ACCELERATE_USE_FSDP")
+    if fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ValueError(f"accelerate is configured for FSDP version {os.environ.get('FSDP_VERSION', '1')} "
+                         "(FSDP_VERSION, fsdp_config.fsdp_version): zreward supports FSDP2 only; set "
+                         "fsdp_version: 2 (see configs/accelerate/fsdp.yaml)")
     # `gradient_accumulation_steps` is deliberately not passed: our trainers split a step into micro-batches
     # themselves and divide every loss term by its count over the whole global batch, so accelerate's own
     # division of the loss by the number of micro-batches in `backward` would shrink the gradients a second time.
-    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, **kwargs)
+    acc = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, **kwargs)
+    if fsdp and cpu and acc.distributed_type == DistributedType.MULTI_CPU:
+        plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* environment, as accelerate does on GPUs
+        if acc.mixed_precision != "no":
+            plugin.set_mixed_precision(acc.mixed_precision)
+        acc.state.distributed_type = DistributedType.FSDP
+        acc.state.fsdp_plugin = plugin
+    return acc
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
 def end_distributed() -> None:
