@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL enum → interpolate mode
 
@@ -97,6 +98,12 @@ def pil_to_tensor(img) -> torch.Tensor:
     """PIL image → (3, H, W) float32 in [0, 1] (RGB)."""
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def tensor_to_pil(x: torch.Tensor):
+    """(3, H, W) float in [0, 1] → PIL RGB image (rounded to uint8; the inverse of `pil_to_tensor` on its images)."""
+    arr = (x.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
 
 
 # Qwen2-VL's processor refuses images whose long side is more than 200× the short side; zreward applies the same
@@ -192,11 +199,14 @@ class PixelInputs:
         values: per image, (N_i, 3·T·P·P) patches ("qwen") or (3, S, S) ("clip").
         grids: per image, (3,) long image_grid_thw ("qwen") or None.
         n_tokens: per image, number of image tokens in the text.
+        source: per image, the (3, H, W) [0, 1] image the values were made from (detached), for rollout engines
+            that preprocess images themselves (vLLM); None when unknown.
     """
 
     values: list[torch.Tensor]
     grids: list[torch.Tensor] | None
     n_tokens: list[int]
+    source: list[torch.Tensor] | None = None
 
 
 def prepare_pixels(images: torch.Tensor | list[torch.Tensor], spec: PixelSpec,
@@ -215,6 +225,7 @@ def prepare_pixels(images: torch.Tensor | list[torch.Tensor], spec: PixelSpec,
         groups = [images]
     else:
         groups = [im.unsqueeze(0) for im in images]
+    source = [im.detach() for g in groups for im in g.unbind(0)] if all(g.ndim == 4 for g in groups) else None
     values, grids, n_tok = [], [], []
     for g in groups:
         if g.ndim != 4 or g.shape[1] != 3:
@@ -227,4 +238,4 @@ def prepare_pixels(images: torch.Tensor | list[torch.Tensor], spec: PixelSpec,
         else:
             values += list(clip_pixels(g, spec).unbind(0))
             n_tok += [int(tokens_per_image)] * g.shape[0]
-    return PixelInputs(values=values, grids=grids if spec.kind == "qwen" else None, n_tokens=n_tok)
+    return PixelInputs(values=values, grids=grids if spec.kind == "qwen" else None, n_tokens=n_tok, source=source)

@@ -4,7 +4,8 @@ A Scorer wraps a HF VLM (any supported family) + tokenizer + differentiable prep
 - **direct mode** (student / SFT): one right-padded forward over all (image, dimension) prompts of a batch; the
   prompt ends at the score position; level readout = softmax restricted to the level tokens (`level_readout`).
 - **reasoning mode** (teacher): the prompt ends where a chain starts; chains are generated in one batched
-  `generate` call (left padding, KV cache), cut at EOS, closed with `reasoning_close`, and the level distribution is
+  call of the Scorer's rollout engine (`scorer.engine`, `zreward.models.engine`; default `hf`: `generate`, left
+  padding, KV cache), cut at EOS, closed with `reasoning_close`, and the level distribution is
   read at the score position after each chain in one teacher-forced forward; with `samples=M` the M distributions
   per (image, dim) are averaged (mean and std are then computed from the averaged distribution).
 - **reward**: Σ_d w_d·(mean_d − λ·std_d)/Σ_d w_d, differentiable w.r.t. an image tensor.
@@ -29,6 +30,7 @@ from zreward.models import level_readout
 from zreward.models import logprobs as lp
 from zreward.models import vision_share as vs
 from zreward.models.batch import EncodedBatch, build_batch, expand_image_placeholders, item_images
+from zreward.models.engine import HFEngine, PromptBatch, RolloutEngine, Sampling
 from zreward.models.families import FamilySpec
 from zreward.models.load import load_components, preprocessor_file, tokens_per_image
 from zreward.models.lora import save_merged
@@ -68,6 +70,8 @@ class ChainBatch:
         prompt_ids: N reasoning-prompt token lists (image tokens expanded; ends where the chain starts).
         chain_ids: N generated chain token lists (cut before the first EOS).
         texts: N decoded chains.
+        sampling_logprobs: N lists (aligned with chain_ids) of the log-probs the rollout engine sampled each token
+            with, or None when they are the trainer's own (the `hf` engine; see `zreward.models.engine`).
     """
 
     image_index: list[int]
@@ -75,6 +79,7 @@ class ChainBatch:
     prompt_ids: list[list[int]]
     chain_ids: list[list[int]]
     texts: list[str]
+    sampling_logprobs: list[list[float]] | None = None
 
 
 @dataclass
@@ -107,6 +112,7 @@ class Scorer:
         self.preprocessor_json = preprocessor_json or {}
         self.max_chunk_elems = lp.MAX_CHUNK_ELEMS  # logits held at once when lm_head runs over many positions
         self.generation_batch: int | None = None  # most sequences per generate call in trainer rollouts (None: all)
+        self.engine: RolloutEngine = HFEngine()  # what samples the chains (`zreward.models.engine`)
         hf_cfg = model.config
         self.image_token_id = tokenizer.convert_tokens_to_ids(family.image_token)
         self.tokens_per_image = tokens_per_image(hf_cfg)
@@ -254,7 +260,8 @@ class Scorer:
     def generate_chains(self, prompts: list[str], images, dims: list[str] | None = None, samples: int = 1,
                         do_sample: bool | None = None, temperature: float | None = None,
                         max_new_tokens: int | None = None) -> ChainBatch:
-        """Generate M chains per (image, dim) in one batched, KV-cached `generate` call (left padding).
+        """Generate M chains per (image, dim) in one batched call of `self.engine` (`hf`: KV-cached `generate`,
+        left padding).
 
         Args:
             do_sample: default True when samples > 1 (greedy chains would be identical), else False.
@@ -265,21 +272,17 @@ class Scorer:
         do_sample = samples > 1 if do_sample is None else do_sample
         items = [(b, d) for b in range(len(prompts)) for d in range(len(dims)) for _ in range(samples)]
         texts = [self.reasoning_prompt(prompts[b], dims[d]) for b, d in items]
-        batch, prompt_ids = self.encode_items(texts, [b for b, _ in items], pixels, padding_side="left")
-        gen_kwargs = dict(max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=do_sample,
-                          pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids),
-                          suppress_tokens=self.suppress_ids)
-        if do_sample:  # plain temperature sampling: RL needs the model's own distribution, not a top-k/top-p one
-            gen_kwargs.update(temperature=temperature or self.config.temperature, top_k=0, top_p=1.0)
-        with torch.no_grad(), vs.encode_each_image_once(self.model, [b for b, _ in items], pixels):
-            out = self.model.generate(**batch.inputs, **gen_kwargs)
-        new = out[:, batch.inputs["input_ids"].shape[1]:].tolist()
-        chains = []
-        for row in new:
-            cut = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
-            chains.append(row[:cut])
+        image_index = [b for b, _ in items]
+        batch, prompt_ids = self.encode_items(texts, image_index, pixels, padding_side="left")
+        sampling = Sampling(max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=do_sample,
+                            temperature=temperature or self.config.temperature, eos_ids=sorted(self.eos_ids),
+                            pad_id=self.tokenizer.pad_token_id, suppress_ids=self.suppress_ids)
+        gen = self.engine.generate(self.model, PromptBatch(prompt_ids, batch, image_index, pixels), sampling)
+        cuts = [next((k for k, t in enumerate(row) if t in self.eos_ids), len(row)) for row in gen.token_ids]
+        chains = [row[:cut] for row, cut in zip(gen.token_ids, cuts)]
+        logprobs = None if gen.logprobs is None else [lp[:cut] for lp, cut in zip(gen.logprobs, cuts)]
         texts_out = self.tokenizer.batch_decode(chains, skip_special_tokens=True)
-        return ChainBatch([b for b, _ in items], [d for _, d in items], prompt_ids, chains, texts_out)
+        return ChainBatch(image_index, [d for _, d in items], prompt_ids, chains, texts_out, logprobs)
 
     def chain_forward(self, chains: ChainBatch, images, with_tokens: bool = True) -> ChainForward:
         """One teacher-forced forward over prompt + chain + `reasoning_close` for each chain (with gradients).

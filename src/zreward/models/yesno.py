@@ -155,7 +155,8 @@ def prefer_prob(scorer, yn: YesNoConfig, ids: tuple[int, int], prompts: list[str
 
 def concat_pixels(a: PixelInputs, b: PixelInputs) -> PixelInputs:
     grids = None if a.grids is None else a.grids + b.grids
-    return PixelInputs(a.values + b.values, grids, a.n_tokens + b.n_tokens)
+    source = None if a.source is None or b.source is None else a.source + b.source
+    return PixelInputs(a.values + b.values, grids, a.n_tokens + b.n_tokens, source)
 
 
 def encode_png(img: torch.Tensor) -> str:

@@ -78,12 +78,16 @@ def generation_chunks(n_images: int, n_dims: int, group_size: int, gen_batch: in
 def concat_chains(parts: list[tuple[int, int, ChainBatch]]) -> ChainBatch:
     """One ChainBatch from chunks generated for images starting at b0 and dims starting at d0 (offsets added)."""
     out = ChainBatch([], [], [], [], [])
+    with_lp = bool(parts) and all(cb.sampling_logprobs is not None for _, _, cb in parts)
+    out.sampling_logprobs = [] if with_lp else None
     for b0, d0, cb in parts:
         out.image_index += [b0 + i for i in cb.image_index]
         out.dim_index += [d0 + d for d in cb.dim_index]
         out.prompt_ids += cb.prompt_ids
         out.chain_ids += cb.chain_ids
         out.texts += cb.texts
+        if with_lp:
+            out.sampling_logprobs += cb.sampling_logprobs
     return out
 
 
@@ -110,7 +114,7 @@ def rollout(scorer, prompts: list[str], images, dims: list[str], group_size: int
         for k in range(calls_on_every_rank(scorer.model, len(chunks))):
             bs, ds = chunks[min(k, len(chunks) - 1)]
             sub = PixelInputs(pixels.values[bs], None if pixels.grids is None else pixels.grids[bs],
-                              pixels.n_tokens[bs])
+                              pixels.n_tokens[bs], None if pixels.source is None else pixels.source[bs])
             cb = scorer.generate_chains(prompts[bs], sub, dims[ds], samples=group_size, do_sample=do_sample,
                                         temperature=temperature, max_new_tokens=max_new_tokens)
             if k < len(chunks):
@@ -131,7 +135,8 @@ def subset(ro: Rollout, image_rows: np.ndarray) -> tuple[Rollout, np.ndarray]:
     rows = (np.asarray(image_rows, np.int64)[:, None] * per + np.arange(per)[None, :]).reshape(-1)
     c = ro.chains
     sub = ChainBatch([c.image_index[i] for i in rows], [c.dim_index[i] for i in rows],
-                     [c.prompt_ids[i] for i in rows], [c.chain_ids[i] for i in rows], [c.texts[i] for i in rows])
+                     [c.prompt_ids[i] for i in rows], [c.chain_ids[i] for i in rows], [c.texts[i] for i in rows],
+                     None if c.sampling_logprobs is None else [c.sampling_logprobs[i] for i in rows])
     return Rollout(sub, ro.pixels, len(image_rows), ro.n_dims, ro.group_size,
                    sum(len(x) for x in sub.chain_ids)), rows
 
