@@ -3,7 +3,8 @@
 - distribution: KL / cross-entropy / EMD / JS between level logits and a target distribution, expected-score
   regression.
 - pairwise: Thurstone fidelity, Bradley–Terry (with margin), score-gap Huber.
-- policy: GRPO group-relative advantages (std floor / Dr. GRPO), clipped policy-gradient loss with k3 KL.
+- policy: GRPO group-relative advantages (std floor / Dr. GRPO), clipped policy-gradient loss with k3 KL, truncated
+  importance weights for a rollout engine's log-prob mismatch.
 - rewards: the RL rewards (distribution, sampled level, within-prompt pair outcome).
 - distill: TRL-compatible generalized JSD (GKD / OPD), RISD KL(p̄_T ‖ p_S) (the chain average p̄_T is
   `zreward.models.level_readout.mean_over_chains`).
@@ -27,7 +28,13 @@ from zreward.losses.pairwise import (
     score_gap_huber,
     thurstone_fidelity,
 )
-from zreward.losses.policy import clipped_pg_loss, group_relative_advantages, k3_kl, masked_advantages
+from zreward.losses.policy import (
+    clipped_pg_loss,
+    group_relative_advantages,
+    k3_kl,
+    masked_advantages,
+    truncated_is_weights,
+)
 from zreward.losses.rewarddance import yes_no_ce, yes_probability
 from zreward.losses.rewards import distribution_rewards, pair_outcome_rewards, sampled_level_rewards
 
@@ -50,6 +57,7 @@ __all__ = [
     "pair_outcome_rewards",
     "clipped_pg_loss",
     "k3_kl",
+    "truncated_is_weights",
     "generalized_jsd",
     "risd_kl",
     "yes_no_ce",

@@ -21,7 +21,13 @@ Implemented:
                    process without accumulation the two coincide)
     "fixed_norm" = dr_grpo: masked token sum / (B · max_len)
   Not implemented: sequence-level importance sampling (GSPO), two-sided `delta` clipping, entropy masks,
-  vLLM importance-sampling correction, gradient-accumulation rescaling (the caller divides).
+  gradient-accumulation rescaling (the caller divides).
+- `truncated_is_weights`: truncated importance sampling (TIS) for a rollout engine whose sampling log-probs differ
+  from the trainer's (vLLM): w = min(exp(old_logp − engine_logp), cap) per token, TRL 1.16's
+  `vllm_importance_sampling_mode="token_truncate"` with `vllm_importance_sampling_clip_max` = cap (TRL's default
+  cap is 3.0; its default mode is `sequence_mask`, not implemented here). `clipped_pg_loss(is_weights=w)`
+  multiplies the per-token surrogate by w (not the KL term), as TRL does. Engine log-probs that are NaN (not
+  returned) get weight 1.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ import torch
 
 from zreward.losses.distribution import check_mask
 
-__all__ = ["group_relative_advantages", "masked_advantages", "clipped_pg_loss", "k3_kl", "ADV_SCALES"]
+__all__ = ["group_relative_advantages", "masked_advantages", "clipped_pg_loss", "k3_kl", "truncated_is_weights",
+           "ADV_SCALES"]
 
 ADV_SCALES = ("group", "batch", "none")
 _AGGREGATIONS = ("seq_mean", "token_mean", "fixed_norm")
@@ -107,10 +114,48 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
+def truncated_is_weights(old_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor,
+                         cap: float = 3.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token truncated importance weights correcting an engine/trainer log-prob mismatch (TIS, TRL's
+    `token_truncate`; https://fengyao.notion.site/off-policy-rl).
+
+    The chains were sampled by an engine whose log-probs (`engine_logp`) differ from the trainer's log-probs of the
+    same tokens under the same weights (`old_logp`); the PG estimator needs samples from the trainer's policy, so
+    each token's surrogate is weighted by min(π_trainer/π_engine, cap).
+
+    Args:
+        old_logp: (B, T) trainer log-probs of the sampled tokens at rollout time (no grad).
+        engine_logp: (B, T) the engine's sampling log-probs of the same tokens; NaN where unknown (weight 1).
+        mask: (B, T) bool or 0/1, True for tokens that count.
+        cap: C > 0, the truncation.
+
+    Returns:
+        weights: (B, T) detached, 1 where masked.
+        stats: "tis_weight_mean" (masked mean of the truncated weights), "tis_capped_frac" (fraction of masked
+            tokens whose ratio exceeded C), "tis_logp_diff_abs" (masked mean |old − engine|, NaN tokens excluded).
+    """
+    if old_logp.shape != engine_logp.shape or old_logp.dim() != 2:
+        raise ValueError(f"truncated_is_weights: old_logp {tuple(old_logp.shape)} and engine_logp "
+                         f"{tuple(engine_logp.shape)} must both be (B, T)")
+    if not cap > 0:
+        raise ValueError(f"truncated_is_weights: cap={cap}, expected > 0")
+    mb = check_mask(mask, old_logp.shape, "truncated_is_weights", old_logp)
+    with torch.no_grad():
+        known = mb & ~torch.isnan(engine_logp)
+        diff = torch.where(known, old_logp - engine_logp.to(old_logp.dtype), torch.zeros_like(old_logp))
+        ratio = torch.exp(diff)
+        w = torch.clamp(ratio, max=cap)
+        n = mb.sum().clamp(min=1)
+        stats = {"tis_weight_mean": torch.where(mb, w, torch.zeros_like(w)).sum() / n,
+                 "tis_capped_frac": (mb & (ratio > cap)).sum() / n,
+                 "tis_logp_diff_abs": diff.abs().sum() / known.sum().clamp(min=1)}
+        return torch.where(mb, w, torch.ones_like(w)), stats
+
+
 def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                     eps_low: float = 0.2, eps_high: float = 0.2, ref_logp: torch.Tensor | None = None,
-                    kl_coef: float = 0.0, aggregation: str = "seq_mean",
-                    max_len: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    kl_coef: float = 0.0, aggregation: str = "seq_mean", max_len: int | None = None,
+                    is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped policy-gradient loss with optional k3 KL penalty, aggregated like TRL's GRPO loss types.
 
     Args:
@@ -123,6 +168,8 @@ def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
         kl_coef: weight β of the k3 KL term added to every token loss.
         aggregation: "seq_mean" (TRL grpo), "token_mean" (TRL bnpo/dapo) or "fixed_norm" (TRL dr_grpo).
         max_len: normaliser for "fixed_norm" (TRL's max_completion_length); defaults to T.
+        is_weights: (B, T) engine-mismatch weights (`truncated_is_weights`) multiplying each token's clipped
+            surrogate (not the KL term), or None.
 
     Returns:
         loss: scalar. An all-masked batch gives 0 (with a graph). Under "seq_mean" an all-masked row adds 0 but
@@ -133,7 +180,7 @@ def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     """
     if logp.dim() != 2:
         raise ValueError(f"clipped_pg_loss: logp has shape {tuple(logp.shape)}, expected (B, T)")
-    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp)):
+    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("is_weights", is_weights)):
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"clipped_pg_loss: {name} has shape {tuple(t.shape)}, expected {tuple(logp.shape)}")
     if aggregation not in _AGGREGATIONS:
@@ -164,6 +211,8 @@ def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     ratio = torch.exp(logp - old_logp)
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token = -torch.min(ratio * adv, clipped * adv)
+    if is_weights is not None:
+        per_token = per_token * torch.where(mb, is_weights.detach().to(logp.dtype), zero)
     kl = None
     if ref_logp is not None:
         kl = k3_kl(logp, ref_logp)
