@@ -1,7 +1,8 @@
 """`zreward eval`: evaluate saved Scorers on a canonical split → OUT/report.json, OUT/report.md, PNG plots.
 
     zreward eval --model [NAME=]DIR[:direct|:reasoning[:M]] [--model ...] --data SPLIT_DIR --out OUT
-                 [--reasoning] [--samples M] [--temperature T] [--batch-size B] [--n-boot R] [--seed S]
+                 [--reasoning] [--samples M] [--temperature T] [--engine hf|vllm] [--batch-size B] [--n-boot R]
+                 [--seed S]
                  [--max-images N] [--device cpu|cuda]
     zreward eval perception --model DIR --data SPLIT [--max-images N] [--out FILE]   (captioning VLMs)
     zreward eval compare --eval DIR --eval DIR ... [--n-boot R] [--out FILE]   (paired differences across runs)
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--samples", type=int, default=4, help="chains per (image, dim) in reasoning mode (default 4)")
     ap.add_argument("--temperature", type=float, default=None,
                     help="chain sampling temperature in reasoning mode (default: each model's zreward.json)")
+    ap.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                    help="what samples reasoning chains: hf (transformers generate, default) or vllm (CUDA only, "
+                         "pip install 'zreward[vllm]'; untested here)")
     ap.add_argument("--batch-size", type=int, default=32, help="images per scoring call (default 32)")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of sampled chains (default 0)")
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_eval_data(args.data, max_images=args.max_images)
         results, cals, scores = evaluate(specs, data, reasoning=args.reasoning, samples=args.samples,
                                          batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed,
-                                         device=device, temperature=args.temperature)
+                                         device=device, temperature=args.temperature, engine=args.engine)
     except (ValueError, FileNotFoundError) as e:
         print(f"zreward eval: {e}", file=sys.stderr)
         return 2
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     meta = {"command": "zreward eval " + shlex.join(argv),
             "settings": {"reasoning": args.reasoning, "samples": args.samples, "temperature": args.temperature,
+                         "engine": args.engine,
                          "batch_size": args.batch_size, "n_boot": args.n_boot, "seed": args.seed,
                          "max_images": args.max_images, "device": args.device}}
     write_eval_report(args.out, data, results, cals, scores, meta, n_boot=args.n_boot, seed=args.seed,

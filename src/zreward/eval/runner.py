@@ -47,6 +47,7 @@ from zreward.eval.calibration import pair_outcome
 from zreward.eval.cost import Timer, peak_memory_bytes, reset_peak_memory
 from zreward.data.shapes_world.oracle import DIMS as ODIMS
 from zreward.eval.model_metrics import ceiling_metrics, compute_metrics
+from zreward.models.engine import check_engine, make_engine
 from zreward.models.scorer import load_scorer
 from zreward.trainers.sharding import chunk_seed, chunks, my_chunks, rank_world, run_and_gather
 
@@ -284,8 +285,11 @@ def start_distributed(device: str) -> str:
 
 def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False, samples: int = 4,
              batch_size: int = 32, n_boot: int = 1000, seed: int = 0, device: str = "cpu",
-             temperature: float | None = None, log=print) -> tuple[dict, dict, dict]:
+             temperature: float | None = None, engine: str = "hf", log=print) -> tuple[dict, dict, dict]:
     """Load, score and measure each model in turn (freed before the next, so peak memory is its own).
+
+    `engine` samples the chains of models scored in reasoning mode (`zreward.models.engine`: hf, or vllm started
+    on the model directory; the distributions are read by the Scorer's own teacher-forced forward either way).
 
     `temperature` overrides the chain sampling temperature of every model scored in reasoning mode with M > 1
     (None: each model's zreward.json value; M = 1 is greedy whatever the temperature).
@@ -304,6 +308,7 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
         raise ValueError(f"--model: duplicate model names {dup}; name them with NAME=DIR")
     if temperature is not None and not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"--temperature must be a finite number > 0, got {temperature}")
+    check_engine(engine, "--engine")
     results, cals, scores = {}, {}, {}
     for spec in specs:
         if not (spec.path / "zreward.json").is_file():
@@ -312,6 +317,8 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
         use_r, m = resolve_mode(spec, scorer.config.mode, reasoning, samples)
         if use_r and temperature is not None:
             scorer.config.temperature = temperature
+        if use_r:
+            scorer.engine = make_engine(engine, "--engine", model_dir=spec.path)
         how = f"reasoning, M={m}, T={scorer.config.temperature}" if use_r else "direct"
         log(f"[eval] {spec.name}: {how} on {len(data.ids)} images")
         sc = score_model(scorer, data, reasoning=use_r, samples=m, batch_size=batch_size, device=device, seed=seed)

@@ -40,7 +40,9 @@ Per optimizer step (one rollout; stages named as in verl):
      the label distributions.
    `ppo_epochs` > 1 re-uses the rollout (rewards, advantages, old log-probs and reference log-probs frozen from
    the first pass); every epoch is one optimizer/scheduler step, the distribution and pair terms are applied
-   every epoch. With `groups_per_micro` the batch is split into micro-batches of whole prompt groups whose
+   every epoch. With a rollout engine that returns its own sampling log-probs (`engine=vllm`) each PG token's
+   surrogate is weighted by the truncated importance weight min(exp(old − engine log-prob), `tis_cap`)
+   (`rl.engine_correction`; the hf engine needs none: its log-probs are the trainer's). With `groups_per_micro` the batch is split into micro-batches of whole prompt groups whose
    gradients are accumulated (each micro-batch's loss weighted by its share of the batch images: exact for the
    pair and PG terms' per-image means only up to the masking; identical to one micro-batch when none is masked).
 
@@ -72,7 +74,7 @@ from zreward.trainers import rollout as R
 from zreward.trainers.common import TrainConfig
 from zreward.trainers.config import parse_cli
 from zreward.trainers.data import within_group_pairs
-from zreward.trainers.rl import MicroBatch, RLConfig, RolloutState, train_rl
+from zreward.trainers.rl import MicroBatch, RLConfig, RolloutState, engine_correction, train_rl
 
 
 @dataclass
@@ -111,7 +113,9 @@ def pg_state(g: GDSOConfig, scorer, mb: MicroBatch, cf, ref_model) -> RolloutSta
         rewards = rewards + g.pair_reward_weight * pr.reshape(-1)
     adv = masked_advantages(rewards, mask_c.to(rewards.device), ro.group_size, g.adv_scale, g.adv_std_floor)
     ref = R.reference_logprobs(scorer, ref_model, ro).token_logprobs if g.kl_coef else None
-    return RolloutState(rewards, adv, cf.token_logprobs.detach(), ref)
+    old = cf.token_logprobs.detach()
+    w, w_stats = engine_correction(g, ro, old, cf.token_mask.bool() & mask_c.to(old.device).unsqueeze(1))
+    return RolloutState(rewards, adv, old, ref, is_weights=w, is_stats=w_stats)
 
 
 def pair_term(g: GDSOConfig, mu: torch.Tensor, sd: torch.Tensor, lab: R.Labels, group_ids) -> torch.Tensor:
@@ -138,7 +142,7 @@ def gdso_losses(g: GDSOConfig, scorer, mb: MicroBatch, state: RolloutState | Non
     pg, st = clipped_pg_loss(cf.token_logprobs, state.old_logp, state.advantages,
                              cf.token_mask.bool() & mask_c.unsqueeze(1), g.clip_eps_low, g.clip_eps_high,
                              ref_logp=state.ref_logp, kl_coef=g.kl_coef, aggregation=g.aggregation,
-                             max_len=g.max_new_tokens)
+                             max_len=g.max_new_tokens, is_weights=state.is_weights)
     ev = ro if mb.ro_eval is None else mb.ro_eval
     ce = cf if mb.ro_eval is None else R.score_chains(scorer, ev)
     _, target_e, mask_e = lab.per_chain(ev.group_size)
@@ -156,7 +160,7 @@ def gdso_losses(g: GDSOConfig, scorer, mb: MicroBatch, state: RolloutState | Non
                  "flat_group_frac": (spread < 0.05).float().mean() if spread.numel() else zero,
                  "kl": st["kl"], "clip_frac": st["clip_frac"], "ratio_mean": st["ratio_mean"],
                  "chain_len": cf.token_mask.float().sum(1).mean(), "in_level_mass": cf.in_level_mass.float().mean(),
-                 "eval_chain_len": ce.token_mask.float().sum(1).mean()}
+                 "eval_chain_len": ce.token_mask.float().sum(1).mean(), **state.is_stats}
     return loss, stats, state
 
 

@@ -23,7 +23,9 @@ direct distribution or pairwise terms. Per optimizer step:
    (`aggregation` as TRL's loss types; `fixed_norm` divides by max_new_tokens + 1). Optional k3 KL (`kl_coef`) to
    the frozen initial model over the same tokens (LoRA: adapters disabled; else a frozen copy of the weights, one
    no-grad forward per rollout). `ppo_epochs` > 1 re-uses the rollout with frozen rewards, chosen levels,
-   old and reference log-probs.
+   old and reference log-probs. With `engine=vllm` the chain tokens' surrogates are weighted by the truncated
+   importance weights min(exp(old − engine log-prob), `tis_cap`) (`rl.engine_correction`; the score token, chosen
+   by the trainer, weight 1; the hf engine needs none).
 
 Choices where the paper is silent: the level is chosen with the restricted (level-token) softmax rather than the
 full vocabulary, so the score "token" is always a level; the reward uses the MOS of the (image, dim), not a single
@@ -42,7 +44,7 @@ from zreward.models.level_readout import expectation
 from zreward.trainers import rollout as R
 from zreward.trainers.common import TrainConfig
 from zreward.trainers.config import parse_cli
-from zreward.trainers.rl import MicroBatch, RLConfig, RolloutState, train_rl
+from zreward.trainers.rl import MicroBatch, RLConfig, RolloutState, engine_correction, train_rl
 
 
 @dataclass
@@ -84,10 +86,11 @@ def grpo_losses(g: GRPOConfig, scorer, mb: MicroBatch, state: RolloutState | Non
         if g.kl_coef:
             rf = R.reference_logprobs(scorer, ref_model, ro)
             ref = R.with_score_token(rf.token_logprobs, rf.token_mask, rf.level_logits, level)[0]
-        state = RolloutState(rewards, adv, logp.detach(), ref, level)
+        w, w_stats = engine_correction(g, ro, logp.detach(), tok_mask.bool() & mask_c.unsqueeze(1))
+        state = RolloutState(rewards, adv, logp.detach(), ref, level, is_weights=w, is_stats=w_stats)
     loss, st = clipped_pg_loss(logp, state.old_logp, state.advantages, tok_mask.bool() & mask_c.unsqueeze(1),
                                g.clip_eps_low, g.clip_eps_high, ref_logp=state.ref_logp, kl_coef=g.kl_coef,
-                               aggregation=g.aggregation, max_len=g.max_new_tokens + 1)
+                               aggregation=g.aggregation, max_len=g.max_new_tokens + 1, is_weights=state.is_weights)
     with torch.no_grad():
         r = state.rewards[mask_c]
         p = torch.softmax(cf.level_logits.float(), -1)
@@ -95,7 +98,8 @@ def grpo_losses(g: GRPOConfig, scorer, mb: MicroBatch, state: RolloutState | Non
         stats = {"loss": loss.detach(), "pg_loss": loss.detach(), "reward_mean": r.mean() if r.numel() else torch.zeros(()),
                  "mu_abs_err": ((mu - mos_c.to(mu)).abs()[mask_c]).mean() if r.numel() else torch.zeros(()),
                  "kl": st["kl"], "clip_frac": st["clip_frac"], "ratio_mean": st["ratio_mean"],
-                 "chain_len": cf.token_mask.float().sum(1).mean(), "in_level_mass": cf.in_level_mass.float().mean()}
+                 "chain_len": cf.token_mask.float().sum(1).mean(), "in_level_mass": cf.in_level_mass.float().mean(),
+                 **state.is_stats}
     return loss, stats, state
 
 

@@ -6,8 +6,10 @@ Z-Reward (arXiv 2606.09076) trains its student (Qwen3.5-9B, one output token) to
 1. **Teacher targets, computed once and cached.** For every training input — the labelled split `data.train` and
    an optional unlabelled split `data.extra_unlabelled` (e.g. extra generated ShapesWorld images; any labels there
    are ignored) — the teacher (`teacher.path`, a reasoning-mode Scorer, e.g. GDSO or the SFT cold start) samples
-   M = `teacher.samples` chains per (image, dim) at `teacher.temperature` (batched, KV-cached
-   `Scorer.score(reasoning=True, samples=M)`), reads the level distribution after each chain and averages them:
+   M = `teacher.samples` chains per (image, dim) at `teacher.temperature` (batched
+   `Scorer.score(reasoning=True, samples=M)`; chains sampled by `teacher.engine`: hf KV-cached `generate`, or vllm
+   on `teacher.path` — a frozen teacher needs no weight sync and no log-prob correction, only its distributions
+   after each chain are used, read by the teacher's own teacher-forced forward), reads the level distribution after each chain and averages them:
    p̄_T = (1/M) Σ_m p_T(· | chain_m) (the per-chain average is what `Scorer.score` returns).
    The cache is a safetensors file under `teacher.cache_dir` named by a hash of (teacher directory fingerprint,
    M, temperature, max_new_tokens, dims, levels, seed); inside, rows are keyed by a hash of (image id, prompt,
@@ -45,6 +47,7 @@ from safetensors.torch import save as st_save
 from zreward.atomic import atomic_write_bytes
 from zreward.data.image_store import ImageStore
 from zreward.losses import kl_div_levels, risd_kl, score_gap_huber
+from zreward.models.engine import check_engine, make_engine
 from zreward.models.scorer import load_scorer
 from zreward.trainers.common import DataConfig, TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
@@ -74,10 +77,12 @@ class TeacherConfig:
     dtype: str | None = field(default=None, metadata={"help": "teacher dtype: fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where the target cache lives (null: <run.output_dir>/teacher_cache)"})
     barrier_timeout_s: float = field(default=3600.0, metadata={"help": "how long a process that finished its share of the teacher pass waits for the others (shares differ by at most one batch; this covers stragglers)"})
+    engine: str = field(default="hf", metadata={"help": "what samples the teacher's chains: hf (transformers generate) or vllm (vLLM on teacher.path, prefix caching; pip install 'zreward[vllm]', CUDA only, untested here)"})
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1:
             raise ValueError(f"teacher.samples and teacher.batch_size must be >= 1, got {self.samples}, {self.batch_size}")
+        check_engine(self.engine, "teacher.engine")
         if not self.barrier_timeout_s > 0:
             raise ValueError(f"teacher.barrier_timeout_s must be > 0, got {self.barrier_timeout_s}")
 
@@ -197,7 +202,8 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
     if not t.path:
         raise ValueError("teacher.path is required: a reasoning-mode teacher Scorer directory")
     settings = {"teacher": dir_fingerprint(t.path), "samples": t.samples, "temperature": t.temperature,
-                "max_new_tokens": t.max_new_tokens, "dims": dims, "levels": data.levels, "seed": cfg.run.seed}
+                "max_new_tokens": t.max_new_tokens, "dims": dims, "levels": data.levels, "seed": cfg.run.seed,
+                **({"engine": t.engine} if t.engine != "hf" else {})}  # hf keeps the keys of caches made before engines
     tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"teacher_{tag}.safetensors"
     rank, world, wait = acc.process_index, acc.num_processes, t.barrier_timeout_s
@@ -242,6 +248,7 @@ def _run_teacher(cfg: Config, data: TrainData, dims: list[str], work: dict[int, 
     t = cfg.teacher
     teacher = load_scorer(t.path, device=str(device), dtype=t.dtype)
     teacher.model.eval()
+    teacher.engine = make_engine(t.engine, "teacher.engine", model_dir=t.path)  # frozen: no weight sync
     missing = [d for d in dims if d not in teacher.dims]
     if missing:
         raise ValueError(f"teacher.path {t.path}: teacher has no dims {missing} (it has {teacher.dims})")

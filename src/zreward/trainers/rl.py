@@ -15,7 +15,16 @@ Per optimizer step (stages named as in verl; the shared settings are `RLConfig`)
    first call on a micro-batch gets state None and returns the `RolloutState` it froze (rewards, advantages,
    sampling-policy and reference log-probs); `ppo_epochs` > 1 re-uses the rollout with that state, one optimizer
    and scheduler step per epoch.
-5. **update**: `RunLoop.optimizer_step` (gradients all-reduced across processes, clipping, NaN guard).
+5. **update**: `RunLoop.optimizer_step` (gradients all-reduced across processes, clipping, NaN guard), then
+   `scorer.engine.sync_weights` once the rollout's last update is done, before the next rollout.
+
+**Rollout engine** (`engine`, `zreward.models.engine`): `hf` generates with the training module itself (the CPU
+path; its log-probs are the trainer's, no correction). `vllm` (CUDA only, `pip install 'zreward[vllm]'`,
+untested here) is a colocated vLLM engine in sleep mode with prefix caching, started on a copy of the initial
+scorer in `<run_dir>/vllm_init`, its weights re-pushed after each update (LoRA merged for the push); its own
+sampling log-probs differ from the trainer's, so the PG tokens are weighted by truncated importance weights
+(`engine_correction`, cap `tis_cap`, metrics tis_weight_mean / tis_capped_frac / tis_logp_diff_abs). Evaluation in
+reasoning mode samples with the same engine.
 
 Without sharding the model stays the plain module (it generates; the objective runs several forwards per
 backward), so gradients are averaged by an explicit all-reduce and `accelerator.mixed_precision=bf16` is applied by
@@ -37,7 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zreward.losses.policy import ADV_SCALES
+from zreward.losses.policy import ADV_SCALES, truncated_is_weights
+from zreward.models.engine import check_engine, make_engine
 from zreward.trainers import rollout as R
 from zreward.trainers.common import build_scorer, val_pairwise_accuracy
 from zreward.trainers.data import group_batch, split_by_group
@@ -66,6 +76,8 @@ class RLConfig:
     groups_per_micro: int | None = field(default=None, metadata={"help": "prompt groups per micro-batch (null: whole batch)"})
     eval_reasoning: bool = field(default=True, metadata={"help": "evaluate in reasoning mode (else direct)"})
     eval_samples: int = field(default=1, metadata={"help": "chains per (image, dim) at evaluation (1: greedy)"})
+    engine: str = field(default="hf", metadata={"help": "rollout engine: hf (transformers generate, the CPU path) or vllm (colocated vLLM, sleep mode, prefix caching; pip install 'zreward[vllm]', CUDA only, untested here)"})
+    tis_cap: float = field(default=3.0, metadata={"help": "truncated importance sampling cap C: PG tokens weighted by min(exp(trainer − engine log-prob), C) when the engine returns its sampling log-probs (vllm; the hf engine's are the trainer's own, weight 1); 3.0 as TRL's vllm_importance_sampling_clip_max"})
 
     section = "rl"  # the config section name, for messages (a class attribute, not a field)
 
@@ -84,6 +96,9 @@ class RLConfig:
                              f"got {self.eval_temperature}")
         if self.adv_std_floor < 0:
             raise ValueError(f"{self.section}.adv_std_floor must be >= 0, got {self.adv_std_floor}")
+        if not self.tis_cap > 0:
+            raise ValueError(f"{self.section}.tis_cap must be > 0, got {self.tis_cap}")
+        check_engine(self.engine, f"{self.section}.engine")
 
 
 @dataclass
@@ -95,6 +110,9 @@ class RolloutState:
         old_logp: (N, T) the sampling policy's log-probs of the tokens the PG term covers.
         ref_logp: (N, T) the same under the frozen initial model (only with kl_coef > 0).
         level: (N,) the score level chosen per chain (GRPO).
+        is_weights: (N, T) truncated importance weights for the engine/trainer mismatch (`engine_correction`), or
+            None (the hf engine).
+        is_stats: their metrics (tis_weight_mean, tis_capped_frac, tis_logp_diff_abs), empty without them.
     """
 
     rewards: torch.Tensor
@@ -102,6 +120,8 @@ class RolloutState:
     old_logp: torch.Tensor
     ref_logp: torch.Tensor | None = None
     level: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
+    is_stats: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +136,21 @@ class MicroBatch:
 
 Objective = Callable[[RLConfig, object, MicroBatch, "RolloutState | None", object],
                      "tuple[torch.Tensor, dict, RolloutState]"]
+
+
+def engine_correction(g: RLConfig, ro: R.Rollout, old_logp: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+    """Truncated importance weights (`losses.truncated_is_weights`, cap `tis_cap`) of the PG tokens when the rollout
+    engine returned its own sampling log-probs (vllm), else (None, {}): the hf engine samples with the trainer's
+    module, so its log-probs are `old_logp` itself. Tokens the engine did not sample (GRPO's appended score token)
+    get weight 1.
+
+    Args:
+        old_logp: (N, T) trainer log-probs at rollout time, chain tokens first in each row.  mask: (N, T).
+    """
+    if ro.chains.sampling_logprobs is None:
+        return None, {}
+    return truncated_is_weights(old_logp, R.engine_logprobs(ro.chains, old_logp.shape).to(old_logp), mask, g.tis_cap)
 
 
 def micro_batches(group_ids: np.ndarray, g: RLConfig, accumulation_steps: int) -> list[np.ndarray]:
@@ -138,6 +173,19 @@ def eval_rollout(scorer, g: RLConfig, prompts: list[str], images, dims: list[str
                      g.eval_temperature or 1.0, do_sample=not greedy)
 
 
+def start_engine(g: RLConfig, scorer, loop):
+    """The rollout engine `g.engine`: hf, or a colocated vLLM engine (sleep mode) started on a copy of the initial
+    scorer written to `<run_dir>/vllm_init` by the main process (vLLM loads a directory; the copy holds the added
+    level tokens)."""
+    if g.engine == "hf":
+        return make_engine("hf", f"{g.section}.engine")
+    init = loop.run_dir.root / "vllm_init"
+    if loop.is_main and not (init / "zreward.json").exists():
+        scorer.save_pretrained(init)
+    loop.acc.wait_for_everyone()
+    return make_engine("vllm", f"{g.section}.engine", model_dir=init, sleep=True, seed=loop.rank)
+
+
 def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int | None = None) -> Path:
     """Run the RL loop with `objective`; `eval_samples_per_item` (None: no evaluation-temperature chains) chains per
     (image, dim) are sampled at `g.eval_temperature` for it. Returns the final scorer directory `run_dir/final`."""
@@ -152,7 +200,9 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
     val = cfg.data.load_val()
     dims = R.resolve_dims(g.dims, data, scorer, f"{g.section}.dims")
     ref_model = R.make_reference(scorer.model) if g.kl_coef else None  # the initial weights, before any resume
+    scorer.engine = start_engine(g, scorer, loop)
     loop.start(scorer, total_steps=cfg.run.max_steps * g.ppo_epochs)
+    scorer.engine.sync_weights(scorer.model)  # a resumed run's weights (hf: nothing to do)
     ga = cfg.accelerator.gradient_accumulation_steps
 
     def train_step(step: int) -> dict:
@@ -190,6 +240,9 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
             t0 = time.perf_counter()
             loop.optimizer_step(step, agg["loss"])
             t_update += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scorer.engine.sync_weights(scorer.model)  # the next rollout samples from the updated policy (hf: no-op)
+        t_update += time.perf_counter() - t0
         return {**agg, "t_rollout": t_rollout, "t_score": t_score, "t_update": t_update,
                 "gen_tokens": ro.gen_tokens, "gen_tok_per_s": ro.gen_tokens / max(t_rollout, 1e-9),
                 # this rank's first chain (image 0, dim 0, sample 0) as text: JSONL and trackers (run.trackers)

@@ -2,7 +2,8 @@
 
 Plain functions, no trainer state:
 
-- `rollout`: G sampled chains per (image, dimension) in batched, KV-cached `Scorer.generate_chains` calls of at
+- `rollout`: G sampled chains per (image, dimension) in batched `Scorer.generate_chains` calls (the Scorer's
+  rollout engine, `scorer.engine`: `hf` KV-cached `generate` or `vllm`) of at
   most `gen_batch` sequences each (whole images, or whole dims of one image when an image alone exceeds it; eval
   mode, no gradients). Chains are ordered (image, dim, sample), so the G chains of one (image, dim) group are
   contiguous, as `losses.group_relative_advantages` expects.
@@ -13,6 +14,8 @@ Plain functions, no trainer state:
   level logits read at the score position after each closed chain, all chains in one forward.
 The rewards and advantages themselves are pure functions in `zreward.losses` (`losses.rewards`,
 `losses.policy.masked_advantages`).
+- `engine_logprobs`: the rollout engine's sampling log-probs (vllm) as an (N, T) tensor aligned with the
+  teacher-forced token log-probs, for the truncated importance weights (`rl.engine_correction`).
 - `with_score_token`: append the chosen level token's log-prob (restricted level softmax) as one more "token" of
   each chain, so a PG loss covers the chain tokens and the score token.
 - `reference_logprobs`: chain-token log-probs under the frozen initial model (k3 KL): with LoRA the adapters are
@@ -36,8 +39,8 @@ from zreward.models.preprocess import PixelInputs
 from zreward.models.scorer import ChainBatch, ChainForward
 
 __all__ = ["Rollout", "rollout", "generation_chunks", "concat_chains", "subset", "micro_batches", "score_chains",
-           "with_score_token", "reference_logprobs", "group_moments", "Labels", "batch_labels", "resolve_dims",
-           "step_dims"]
+           "with_score_token", "engine_logprobs", "reference_logprobs", "group_moments", "Labels", "batch_labels",
+           "resolve_dims", "step_dims"]
 
 
 @dataclass
@@ -176,6 +179,17 @@ def with_score_token(token_logprobs: torch.Tensor, token_mask: torch.Tensor, lev
     logp = torch.cat([token_logprobs.float(), lp], 1)
     mask = torch.cat([token_mask, torch.ones_like(token_mask[:, :1])], 1)
     return logp, mask
+
+
+def engine_logprobs(chains: ChainBatch, shape: tuple[int, int]) -> torch.Tensor:
+    """(N, T) float32 tensor of the engine's sampling log-probs (`chains.sampling_logprobs`), chain token k at
+    column k as in `chain_forward`'s token log-probs; NaN elsewhere (tokens the engine did not sample)."""
+    if chains.sampling_logprobs is None:
+        raise ValueError("engine_logprobs: the rollout engine returned no sampling log-probs")
+    out = torch.full(shape, float("nan"))
+    for i, lp in enumerate(chains.sampling_logprobs):
+        out[i, :len(lp)] = torch.tensor(lp[:shape[1]], dtype=torch.float32)
+    return out
 
 
 def make_reference(model):
