@@ -222,7 +222,8 @@ class VLLMEngine:
 def vllm_weights(model):
     """(name, tensor) one at a time under the names vLLM loads (TRL's `_iter_named_params`): a DDP wrapper and
     activation-checkpoint prefixes removed; a peft model's adapters merged for the walk (and unmerged after), its
-    adapter tensors and `original_module` copies skipped; FSDP2 DTensor shards gathered (`full_tensor`)."""
+    adapter tensors, trainable-token deltas and `original_module` copies skipped; FSDP2 DTensor shards gathered
+    (`full_tensor`). Untested with FSDP2 + LoRA (TRL leaves the same open)."""
     m = getattr(model, "module", model)
     peft = hasattr(m, "peft_config")
     if peft:
@@ -231,9 +232,10 @@ def vllm_weights(model):
         for name, p in m.named_parameters():
             if peft:
                 name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-                if m.prefix in name or "original_module" in name:
+                if m.prefix in name or "original_module" in name or "trainable_tokens_delta" in name:
                     continue
-                name = name.replace("modules_to_save.default.", "")
+                # peft's trainable level-token rows (`trainable_token_indices`) are merged into the wrapped weight
+                name = name.replace("modules_to_save.default.", "").replace(".token_adapter", "")
             name = name.replace("_checkpoint_wrapped_module.", "")
             t = p.detach()
             yield name, t.full_tensor() if isinstance(t, DTensor) else t
