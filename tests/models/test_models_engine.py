@@ -68,6 +68,42 @@ def test_reasoning_scores_do_not_depend_on_the_engine_object(sc):
     assert len(calls) == 1 and calls[0][0] == 2 * 4 * 2 and calls[0][1].do_sample
 
 
+@pytest.mark.parametrize("suppress", [False, True])
+def test_hf_sampling_logprobs_match_the_trainers(sc, suppress):
+    """The measured hf engine/trainer mismatch (why the hf engine needs no correction): the log-probs `generate`
+    sampled with (its processed scores, T = 1) against the teacher-forced `chain_forward` log-probs of the same
+    tokens. Without suppressed tokens: float32 numerics only (KV cache vs one forward, left vs right padding). With
+    the vision tokens suppressed (as the Scorer does) the sampling distribution lacks their mass m, so the trainer's
+    log-prob is lower by −log(1 − m) ≈ 0.005 on this random tiny model (a trained VLM gives them ~0 mass)."""
+    from zreward.models.scorer import ChainBatch
+    from zreward.trainers.rollout import engine_logprobs
+
+    pixels = sc.prepare_images(_images())
+    items = [(b, d) for b in range(2) for d in range(2) for _ in range(3)]
+    batch, prompt_ids = sc.encode_items([sc.reasoning_prompt(PROMPTS[b], DIMS[d]) for b, d in items],
+                                        [b for b, _ in items], pixels, padding_side="left")
+    torch.manual_seed(0)
+    with torch.no_grad(), vs.encode_each_image_once(sc.model, [b for b, _ in items], pixels):
+        out = sc.model.generate(**batch.inputs, max_new_tokens=8, do_sample=True,
+                                pad_token_id=sc.tokenizer.pad_token_id, eos_token_id=sorted(sc.eos_ids),
+                                suppress_tokens=sc.suppress_ids if suppress else [], temperature=1.0, top_k=0,
+                                top_p=1.0, output_scores=True, return_dict_in_generate=True)
+    rows = out.sequences[:, batch.inputs["input_ids"].shape[1]:].tolist()
+    chains = [r[:next((k for k, t in enumerate(r) if t in sc.eos_ids), len(r))] for r in rows]
+    sampled = [[torch.log_softmax(out.scores[k][i].float(), -1)[t].item() for k, t in enumerate(c)]
+               for i, c in enumerate(chains)]
+    cb = ChainBatch([b for b, _ in items], [d for _, d in items], prompt_ids, chains, [""] * len(chains), sampled)
+    with torch.no_grad():
+        cf = sc.chain_forward(cb, pixels)
+    m = cf.token_mask.bool()
+    diff = (cf.token_logprobs - engine_logprobs(cb, tuple(m.shape)))[m]  # trainer − engine
+    assert diff.numel() > 20
+    if not suppress:
+        assert diff.abs().max() < 1e-4
+    else:
+        assert sc.suppress_ids and diff.max() < 1e-5 and 1e-4 < -diff.mean() < 0.02
+
+
 # ------------------------------------------------------------------------------------------------ vllm, faked
 class FakeLLM:
     """Records what VLLMEngine asks of vllm.LLM; generates a fixed chain per request (EOS after 3 tokens)."""

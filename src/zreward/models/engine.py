@@ -7,9 +7,11 @@ token ids and, where it has them, the per-token log-probs it sampled with (`Gene
 and the teacher-forced scoring stay in the Scorer, the same for every engine.
 
 - `hf` (`HFEngine`, the default and the CPU path): transformers' `generate` on the Scorer's own module, exactly the
-  call the Scorer made before engines existed (same seed → same chains). It returns no log-probs: the trainer's
-  teacher-forced log-probs *are* the sampling policy's (same weights, same numerics up to kernel nondeterminism),
-  so no importance correction is needed.
+  call the Scorer made before engines existed (same seed → same chains). It returns no log-probs and no importance
+  correction is applied: it samples with the trainer's own module, and the measured mismatch is negligible
+  (tests/models/test_models_engine.py): float32 numerics (< 1e-4; KV cache vs one forward, left vs right padding),
+  plus, because the vision tokens are suppressed during sampling, a trainer log-prob lower by −log(1 − their
+  mass) — 0.005 on a random tiny model, ~0 for a trained VLM, which puts no mass on them in text.
 - `vllm` (`VLLMEngine`, optional extra `pip install 'zreward[vllm]'`, GPU only, not
   tested on these machines): a colocated vLLM engine. Its sampling log-probs differ from the trainer's (other
   kernels, bf16 accumulation order, its own image preprocessing); the RL trainers correct for that with truncated
