@@ -225,3 +225,53 @@ def test_engine_choice_is_checked():
     with pytest.raises(ValueError, match=r"teacher.engine=vllm needs vLLM.*pip install 'zreward\[vllm\]'"):
         E.make_engine("vllm", "teacher.engine", model_dir="x")
     assert isinstance(E.make_engine("hf", "--engine"), E.HFEngine)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in `vllm` module (importable, records LLM(...) kwargs); torchrun variables restored afterwards."""
+    import importlib.machinery
+    import sys
+    import types
+
+    mod = types.ModuleType("vllm")
+    mod.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    made = []
+
+    class LLM(FakeLLM):
+        def __init__(self, **kw):
+            super().__init__(eos=0)
+            self.kw = kw
+            made.append(self)
+
+    mod.LLM, mod.SamplingParams = LLM, dict
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    return made
+
+
+def test_vllm_start_settings(fake_vllm, tmp_path):
+    eng = E.make_engine("vllm", "gdso.engine", model_dir=tmp_path, sleep=True, seed=3)
+    (llm,) = fake_vllm
+    kw = llm.kw
+    assert kw["model"] == str(tmp_path) and kw["enable_prefix_caching"] is True and kw["enable_sleep_mode"] is True
+    assert kw["logprobs_mode"] == "processed_logprobs" and kw["distributed_executor_backend"] == "external_launcher"
+    assert kw["seed"] == 3 and llm.events == ["sleep2"] and eng.stale and eng.sampling_params_cls is dict
+    import os
+
+    assert os.environ["WORLD_SIZE"] == "1" and os.environ["RANK"] == "0" and int(os.environ["MASTER_PORT"]) > 0
+    with pytest.raises(ValueError, match="no model directory"):
+        E.make_engine("vllm", "gdso.engine")
+
+
+def test_rl_start_engine_saves_the_initial_scorer_for_vllm(fake_vllm, sc, tmp_path):
+    from zreward.trainers import gdso, rl
+
+    loop = SimpleNamespace(run_dir=SimpleNamespace(root=tmp_path), is_main=True, rank=0,
+                           acc=SimpleNamespace(wait_for_everyone=lambda: None))
+    eng = rl.start_engine(gdso.GDSOConfig(engine="vllm"), sc, loop)
+    (llm,) = fake_vllm
+    assert llm.kw["model"] == str(tmp_path / "vllm_init") and (tmp_path / "vllm_init" / "zreward.json").is_file()
+    assert llm.kw["enable_sleep_mode"] is True and eng.sleep and eng.stale  # the first generate pushes the weights
+    assert isinstance(rl.start_engine(gdso.GDSOConfig(), sc, loop), E.HFEngine)

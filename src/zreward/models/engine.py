@@ -20,6 +20,8 @@ and the teacher-forced scoring stay in the Scorer, the same for every engine.
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -156,9 +158,21 @@ class VLLMEngine:
         """Start `vllm.LLM` on a saved Scorer directory (it must hold the same vocabulary as the trained model)."""
         from vllm import LLM, SamplingParams  # deferred: vllm is the optional GPU extra zreward[vllm]
 
+        # In-process engine, one per training process (TRL's colocate set-up): the external launcher reads the
+        # torchrun variables (set here for a plain one-process run) and keeps the model in this process, where
+        # `_push` reaches it.
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+        for k, v in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", world), ("MASTER_ADDR", "localhost")):
+            os.environ.setdefault(k, str(v))  # torchrun's own values are kept
+        if "MASTER_PORT" not in os.environ:
+            with socket.socket() as s:
+                s.bind(("localhost", 0))
+                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
         llm = LLM(model=str(model_dir), enable_prefix_caching=True, enable_sleep_mode=sleep,
                   gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed, dtype=dtype,
-                  logprobs_mode="processed_logprobs", limit_mm_per_prompt={"image": 1})
+                  logprobs_mode="processed_logprobs", limit_mm_per_prompt={"image": 1},
+                  distributed_executor_backend="external_launcher")
         if sleep:
             llm.sleep(level=2)
         return cls(llm, SamplingParams, sleep)
