@@ -247,7 +247,8 @@ def fake_vllm(monkeypatch):
     mod.LLM, mod.SamplingParams = LLM, dict
     monkeypatch.setitem(sys.modules, "vllm", mod)
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "")  # recorded, so that teardown restores (or removes) what the engine sets
+        monkeypatch.delenv(k)
     return made
 
 
