@@ -175,23 +175,35 @@ def test_vllm_weight_sync_without_sleep(sc):
     names = [n for n, _ in llm.loaded]
     assert names == [n for n, _ in sc.model.named_parameters()]
     assert all(t.data_ptr() == p.data_ptr() for (_, t), (_, p) in zip(llm.loaded, sc.model.named_parameters()))
-    assert llm.events == ["reset_prefix_cache"] and not eng.stale
+    assert llm.events == ["reset_prefix_cache"] and not eng.asleep
+    eng.release()  # no sleep mode: nothing to free
+    assert llm.events == ["reset_prefix_cache"]
 
 
-def test_vllm_sleep_mode_pushes_weights_before_each_generate(sc):
-    """Level-2 sleep discards the weights: generate wakes them, pushes the trainer's, wakes the KV cache, generates
-    and sleeps again; sync_weights after an update only marks them stale (TRL's colocate sequence)."""
+def test_vllm_sleep_mode_wakes_with_the_trainers_weights(sc):
+    """Level-2 sleep discards the weights: the first generate after a sleep wakes the weights, pushes the trainer's,
+    wakes the KV cache and generates; further generate calls (rollout chunks) reuse the awake engine; `release`
+    sleeps; a sync while asleep pushes nothing (the next wake-up does), a sync while awake pushes at once."""
     llm = FakeLLM(min(sc.eos_ids))
     eng = E.VLLMEngine(llm, dict, sleep=True)
     sc.engine = eng
+
+    def gen():
+        sc.generate_chains(PROMPTS[:1], _images()[:1], DIMS[:1], samples=1, max_new_tokens=3)
+
     try:
-        sc.generate_chains(PROMPTS[:1], _images()[:1], DIMS[:1], samples=1, max_new_tokens=3)
+        gen()
         n = len(llm.loaded)
-        assert llm.events == ["wake_weights", "reset_prefix_cache", "wake_kv_cache", "generate", "sleep2"]
-        eng.sync_weights(sc.model)
-        assert eng.stale and len(llm.loaded) == n  # nothing pushed until the next generate
-        sc.generate_chains(PROMPTS[:1], _images()[:1], DIMS[:1], samples=1, max_new_tokens=3)
-        assert len(llm.loaded) == 2 * n and llm.events[5:] == llm.events[:5]
+        assert n > 0 and llm.events == ["wake_weights", "reset_prefix_cache", "wake_kv_cache", "generate"]
+        gen()
+        assert llm.events[4:] == ["generate"] and len(llm.loaded) == n
+        eng.release()
+        eng.sync_weights(sc.model)  # asleep: nothing pushed
+        assert llm.events[5:] == ["sleep2"] and len(llm.loaded) == n and eng.asleep
+        gen()
+        assert llm.events[6:] == llm.events[:4] and len(llm.loaded) == 2 * n
+        eng.sync_weights(sc.model)  # awake: pushed at once
+        assert len(llm.loaded) == 3 * n and llm.events[-1] == "reset_prefix_cache"
     finally:
         sc.engine = E.HFEngine()
 
@@ -258,7 +270,7 @@ def test_vllm_start_settings(fake_vllm, tmp_path):
     kw = llm.kw
     assert kw["model"] == str(tmp_path) and kw["enable_prefix_caching"] is True and kw["enable_sleep_mode"] is True
     assert kw["logprobs_mode"] == "processed_logprobs" and kw["distributed_executor_backend"] == "external_launcher"
-    assert kw["seed"] == 3 and llm.events == ["sleep2"] and eng.stale and eng.sampling_params_cls is dict
+    assert kw["seed"] == 3 and llm.events == ["sleep2"] and eng.asleep and eng.sampling_params_cls is dict
     import os
 
     assert os.environ["WORLD_SIZE"] == "1" and os.environ["RANK"] == "0" and int(os.environ["MASTER_PORT"]) > 0
@@ -274,5 +286,5 @@ def test_rl_start_engine_saves_the_initial_scorer_for_vllm(fake_vllm, sc, tmp_pa
     eng = rl.start_engine(gdso.GDSOConfig(engine="vllm"), sc, loop)
     (llm,) = fake_vllm
     assert llm.kw["model"] == str(tmp_path / "vllm_init") and (tmp_path / "vllm_init" / "zreward.json").is_file()
-    assert llm.kw["enable_sleep_mode"] is True and eng.sleep and eng.stale  # the first generate pushes the weights
+    assert llm.kw["enable_sleep_mode"] is True and eng.asleep  # the first generate wakes it with the weights
     assert isinstance(rl.start_engine(gdso.GDSOConfig(), sc, loop), E.HFEngine)

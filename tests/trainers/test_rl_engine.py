@@ -112,6 +112,9 @@ def test_rl_loop_syncs_the_engine_after_each_update(tiny_model, small_world, tmp
         def sync_weights(self, model):
             events.append("s")
 
+        def release(self):
+            events.append("r")
+
     monkeypatch.setattr(rl, "start_engine", lambda g, scorer, loop: Recording())
     cfg = gdso.Config()
     cfg.model.init_from = str(tiny_model)
@@ -120,8 +123,8 @@ def test_rl_loop_syncs_the_engine_after_each_update(tiny_model, small_world, tmp
     cfg.run.output_dir, cfg.run.max_steps, cfg.run.progress = str(tmp_path / "run"), 2, False
     cfg.gdso.group_size, cfg.gdso.max_new_tokens, cfg.gdso.dims_per_step = 2, 2, 1
     gdso.train(cfg)
-    # start (resume point) sync; per step: the PG rollout + the eval-temperature rollout, then the sync
-    assert "".join(events) == "sggsggs"
+    # start (resume point) sync; per step: the PG rollout + the eval-temperature rollout, release, update, sync
+    assert "".join(events) == "sggrsggrs"
 
 
 def test_engine_settings_are_checked():

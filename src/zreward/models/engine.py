@@ -103,6 +103,10 @@ class RolloutEngine(Protocol):
         """Make the engine sample from `model`'s current weights (called after each optimizer step)."""
         ...
 
+    def release(self) -> None:
+        """The rollouts of a step are done: free accelerator memory for the update (sleep mode), or nothing."""
+        ...
+
 
 class HFEngine:
     """transformers `generate` on the training module itself (batched, KV-cached, left padding)."""
@@ -122,6 +126,9 @@ class HFEngine:
     def sync_weights(self, model) -> None:
         """Nothing to do: it generates with the training module."""
 
+    def release(self) -> None:
+        """Nothing to free."""
+
 
 class VLLMEngine:
     """A colocated vLLM engine (vLLM's offline `LLM` inside the training process) — **untested here**: it needs a
@@ -133,12 +140,14 @@ class VLLMEngine:
     - **prefix caching** (`enable_prefix_caching=True`): the N = B·D·G prompts repeat each (image, dim) prompt G
       times and the D dims of an image share their prefix up to the end of the image tokens (the image comes first
       in the user turn), so that KV is computed once per image.
-    - **sleep mode** (`sleep=True`, for training): like TRL, the engine sleeps at level 2 (weights and KV cache
-      released) outside `generate`, so the optimizer step has the GPU; waking discards the weights, so `generate`
-      first pushes the trainer's current weights (the model is passed to it).
-    - **weights**: `sync_weights(model)` after each optimizer step: without sleep mode it pushes the weights at once
+    - **sleep mode** (`sleep=True`, for training): the RL loop calls `release()` once a step's rollouts are done and
+      the engine sleeps at level 2 (weights and KV cache freed), so the update has the GPU; level 2 discards the
+      weights, so the next `generate` wakes it and first pushes the trainer's current weights (the model is passed
+      to it) — TRL's sequence, except that TRL sleeps after every generate call (here a rollout cut into
+      `generation_batch` chunks, and the evaluation, wake it once).
+    - **weights**: `sync_weights(model)` after each update pushes the weights when the engine is awake
       (`vllm_weights`: LoRA merged for the push then unmerged, adapter tensors skipped; FSDP2 shards gathered with
-      `full_tensor`, a collective), then resets the prefix cache; with sleep mode the next `generate` pushes them.
+      `full_tensor`, a collective), then resets the prefix cache; asleep, the wake-up pushes them.
     - **images**: vLLM preprocesses a PIL image itself with the checkpoint's image processor (from
       `pixels.source`); the prompt ids carry the image tokens already expanded, as TRL passes them.
     - **log-probs**: `logprobs=0` returns the sampled token's log-prob; `logprobs_mode="processed_logprobs"` (set
@@ -150,7 +159,7 @@ class VLLMEngine:
 
     def __init__(self, llm, sampling_params_cls, sleep: bool = False):
         self.llm, self.sampling_params_cls, self.sleep = llm, sampling_params_cls, sleep
-        self.stale = sleep  # the engine's weights are not the trainer's (level-2 sleep discarded them)
+        self.asleep = sleep  # level-2 sleep: weights and KV cache freed (`start` puts a sleep-mode engine to sleep)
 
     @classmethod
     def start(cls, model_dir, *, sleep: bool = False, gpu_memory_utilization: float = 0.3,
@@ -200,15 +209,13 @@ class VLLMEngine:
         return out
 
     def generate(self, model, prompts: PromptBatch, sampling: Sampling) -> Generation:
-        if self.stale:
+        if self.asleep:  # weights first (they are pushed into woken memory), then the KV cache
+            self.llm.wake_up(tags=["weights"])
             self._push(model)
-        if self.sleep:
             self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         outs = self.llm.generate(self.requests(prompts), sampling_params=self.sampling_params(sampling),
                                  use_tqdm=False)
-        if self.sleep:
-            self.llm.sleep(level=2)
-            self.stale = True
         ids, lps = [], []
         for o in outs:
             c = o.outputs[0]
@@ -220,19 +227,20 @@ class VLLMEngine:
         return Generation(ids, lps)
 
     def sync_weights(self, model) -> None:
-        if self.sleep:  # level-2 sleep discards the weights: the next generate pushes them (as TRL)
-            self.stale = True
-            return
-        self._push(model)
+        if not self.asleep:  # asleep, the weights are pushed when `generate` wakes the engine
+            self._push(model)
+
+    def release(self) -> None:
+        """Sleep (level 2) until the next `generate`, in sleep mode; otherwise nothing."""
+        if self.sleep and not self.asleep:
+            self.llm.sleep(level=2)
+            self.asleep = True
 
     def _push(self, model) -> None:
-        if self.sleep:
-            self.llm.wake_up(tags=["weights"])
         runner = self.llm.llm_engine.model_executor.driver_worker.model_runner  # TRL's colocate path
         for name, t in vllm_weights(model):
             runner.model.load_weights([(name, t)])
         self.llm.reset_prefix_cache()
-        self.stale = False
 
 
 def vllm_weights(model):

@@ -16,7 +16,8 @@ Per optimizer step (stages named as in verl; the shared settings are `RLConfig`)
    sampling-policy and reference log-probs); `ppo_epochs` > 1 re-uses the rollout with that state, one optimizer
    and scheduler step per epoch.
 5. **update**: `RunLoop.optimizer_step` (gradients all-reduced across processes, clipping, NaN guard), then
-   `scorer.engine.sync_weights` once the rollout's last update is done, before the next rollout.
+   `scorer.engine.sync_weights` once the rollout's last update is done, before the next rollout (the engine is
+   `release`d between the rollouts and the update).
 
 **Rollout engine** (`engine`, `zreward.models.engine`): `hf` generates with the training module itself (the CPU
 path; its log-probs are the trainer's, no correction). `vllm` (CUDA only, `pip install 'zreward[vllm]'`,
@@ -24,7 +25,8 @@ untested here) is a colocated vLLM engine in sleep mode with prefix caching, sta
 scorer in `<run_dir>/vllm_init`, its weights re-pushed after each update (LoRA merged for the push); its own
 sampling log-probs differ from the trainer's, so the PG tokens are weighted by truncated importance weights
 (`engine_correction`, cap `tis_cap`, metrics tis_weight_mean / tis_capped_frac / tis_logp_diff_abs). Evaluation in
-reasoning mode samples with the same engine.
+reasoning mode samples with the same engine. vLLM's sampling does not follow torch's RNG: the exact-resume
+guarantee holds for the hf engine only.
 
 Without sharding the model stays the plain module (it generates; the objective runs several forwards per
 backward), so gradients are averaged by an explicit all-reduce and `accelerator.mixed_precision=bf16` is applied by
@@ -216,6 +218,7 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
             ro = R.rollout(scorer, prompts, images, sdims, g.group_size, g.max_new_tokens, g.temperature)
             ro_eval = (eval_rollout(scorer, g, prompts, images, sdims, eval_samples_per_item)
                        if eval_samples_per_item is not None else None)
+        scorer.engine.release()  # vllm in sleep mode: the update gets the GPU (hf: nothing)
         t_rollout = time.perf_counter() - t0
         micro = micro_batches(groups, g, ga)
         states: list[RolloutState | None] = [None] * len(micro)
