@@ -181,3 +181,34 @@ def test_config_rejects_bad_values():
         gdso.GDSOConfig(eval_temperature=-0.1)
     with pytest.raises(ValueError, match="gdso.adv_std_floor"):
         gdso.GDSOConfig(adv_std_floor=-1.0)
+
+
+def test_anchor_is_the_cold_start_loss_and_enters_the_logged_loss(tiny_model, small_world, tmp_path):
+    """`gdso.anchor_weight`: the anchor term equals the reasoning cold start's own CE + KL on the same items (one
+    definition: `sft.step_losses` with its per-token / per-row normalisers), and the logged loss includes it."""
+    from zreward.models.scorer import load_scorer
+    from zreward.trainers import sft
+    from zreward.trainers.data import load_train_data
+    from zreward.trainers.rl import anchor_loss
+
+    data = load_train_data(small_world / "train")
+    sc = load_scorer(tiny_model)
+    dims = ["alignment", "plausibility"]
+    idx = sft.group_batch(data, 2, 0, 0)
+    scfg = sft.Config()
+    scfg.sft.mode, scfg.sft.max_chain_tokens = "reasoning", 6
+    chains = sft.tokenize_rationales(sc.tokenizer, data, idx, dims, 6)
+    rows = float(data.mask[idx][:, data.dim_index(dims)].sum())
+    norms = {"rows": rows, "pairs": 1.0, "ce": float(sum(len(c) + 1 for c in chains if c)), "caption": 1.0}
+    with torch.no_grad():
+        terms = sft.step_losses(scfg, sc, data, idx, dims, norms, torch.device("cpu"))
+        got = anchor_loss(sc, data, idx, dims, 6)
+    assert float(got) == pytest.approx(float(terms["ce"] + terms["kl"]), rel=1e-5)
+
+    gdso.train(_cfg(tiny_model, small_world, tmp_path / "run", steps=2, anchor_weight=0.5, max_new_tokens=6))
+    for e in read_metrics(tmp_path / "run" / "metrics.jsonl"):
+        assert e["anchor_loss"] > 0
+        assert e["loss"] == pytest.approx(e["pg_loss"] + e["dist_loss"] + e["pair_loss"] + 0.5 * e["anchor_loss"],
+                                          rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="gdso.anchor_weight"):
+        gdso.GDSOConfig(anchor_weight=-1.0)

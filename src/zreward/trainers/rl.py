@@ -14,7 +14,9 @@ Per optimizer step (stages named as in verl; the shared settings are `RLConfig`)
 4. **objective** (the trainer's file): `objective(g, scorer, mb, state, ref_model) -> (loss, stats, state)`. The
    first call on a micro-batch gets state None and returns the `RolloutState` it froze (rewards, advantages,
    sampling-policy and reference log-probs); `ppo_epochs` > 1 re-uses the rollout with that state, one optimizer
-   and scheduler step per epoch.
+   and scheduler step per epoch. With `anchor_weight` > 0 the loop adds `anchor_weight` × `anchor_loss` (the
+   cold start's own CE + KL on the micro-batch's true rationales, logged as anchor_loss) to every objective — the
+   same for GDSO and GRPO, so their comparison stays matched.
 5. **update**: `RunLoop.optimizer_step` (gradients all-reduced across processes, clipping, NaN guard), then
    `scorer.engine.sync_weights` once the rollout's last update is done, before the next rollout (the engine is
    `release`d between the rollouts and the update).
@@ -48,12 +50,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zreward.losses import kl_div_levels
 from zreward.losses.policy import ADV_SCALES, truncated_is_weights
 from zreward.models.engine import check_engine, make_engine
 from zreward.trainers import rollout as R
 from zreward.trainers.common import build_scorer, val_pairwise_accuracy
 from zreward.trainers.data import group_batch, split_by_group
 from zreward.trainers.loop import RunLoop
+from zreward.trainers.sft import rationale_forward, tokenize_rationales
 
 AGGREGATIONS = ("seq_mean", "token_mean", "fixed_norm")
 
@@ -80,6 +84,7 @@ class RLConfig:
     eval_samples: int = field(default=1, metadata={"help": "chains per (image, dim) at evaluation (1: greedy)"})
     engine: str = field(default="hf", metadata={"help": "rollout engine: hf (transformers generate, the CPU path) or vllm (colocated vLLM, sleep mode, prefix caching; pip install 'zreward[vllm]', CUDA only, untested here)"})
     tis_cap: float = field(default=3.0, metadata={"help": "truncated importance sampling cap C: PG tokens weighted by min(exp(trainer − engine log-prob), C) when the engine returns its sampling log-probs (vllm; the hf engine's are the trainer's own, weight 1); 3.0 as TRL's vllm_importance_sampling_clip_max"})
+    anchor_weight: float = field(default=0.0, metadata={"help": "weight of the cold start's own loss on the true rationales (CE on rationale + EOS, KL of the level distribution after it, `anchor_loss`) added to every micro-batch's objective (0: off; not yet a measured default)"})
 
     section = "rl"  # the config section name, for messages (a class attribute, not a field)
 
@@ -98,6 +103,8 @@ class RLConfig:
                              f"got {self.eval_temperature}")
         if self.adv_std_floor < 0:
             raise ValueError(f"{self.section}.adv_std_floor must be >= 0, got {self.adv_std_floor}")
+        if not self.anchor_weight >= 0:
+            raise ValueError(f"{self.section}.anchor_weight must be >= 0, got {self.anchor_weight}")
         if not self.tis_cap > 0:
             raise ValueError(f"{self.section}.tis_cap must be > 0, got {self.tis_cap}")
         check_engine(self.engine, f"{self.section}.engine")
@@ -153,6 +160,21 @@ def engine_correction(g: RLConfig, ro: R.Rollout, old_logp: torch.Tensor,
     if ro.chains.sampling_logprobs is None:
         return None, {}
     return truncated_is_weights(old_logp, R.engine_logprobs(ro.chains, old_logp.shape).to(old_logp), mask, g.tis_cap)
+
+
+def anchor_loss(scorer, data, idx: np.ndarray, dims: list[str], max_tokens: int) -> torch.Tensor:
+    """The teacher cold start's own objective on the items' true rationales — `sft.rationale_forward` (CE on each
+    rationale token and the EOS after it) per CE token plus `kl_div_levels` of the level distribution read after the
+    rationale per labelled (image, dim) row: what `zreward train sft` in reasoning mode minimises with ce_weight =
+    kl_weight = 1 on one batch. Anchors the head (and the chains) to true rationales while the RL terms move them."""
+    chains = tokenize_rationales(scorer.tokenizer, data, idx, dims, max_tokens)
+    ce, n_ce, ro = rationale_forward(scorer, [data.prompts[i] for i in idx], data.image_batch(idx), dims, chains)
+    di = data.dim_index(dims)
+    device = ro.logits.device
+    target = torch.as_tensor(data.target[idx][:, di], device=device)
+    mask = torch.as_tensor(data.mask[idx][:, di], device=device)
+    kl = kl_div_levels(ro.logits.float(), target, mask, reduction="sum")
+    return ce / max(n_ce, 1) + kl / max(int(mask.sum()), 1)
 
 
 def micro_batches(group_ids: np.ndarray, g: RLConfig, accumulation_steps: int) -> list[np.ndarray]:
@@ -234,6 +256,10 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
                 with loop.sync(last=j == len(micro) - 1):
                     with loop.autocast():
                         loss, st, states[j] = objective(g, scorer, mb, states[j], ref_model)
+                        if g.anchor_weight:
+                            anchor = anchor_loss(scorer, data, idx[rows], sdims, g.max_new_tokens - 1)
+                            loss = loss + g.anchor_weight * anchor
+                            st = {**st, "loss": loss.detach(), "anchor_loss": anchor.detach()}
                     t1 = time.perf_counter()
                     w = len(rows) / len(idx)
                     loop.backward(loss * w)
