@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shlex
+import sys
 import time
 
 import pytest
@@ -302,7 +303,9 @@ def test_parallel_jobs_run_independent_stages_side_by_side(tmp_path, configs):
     for s in stages:
         assert all(t[d][1] <= t[s.name][0] for d in s.deps)  # inputs finished before the stage started
     assert t["a"][0] < t["c"][1] and t["c"][0] < t["a"][1]  # a and c ran at the same time
-    assert len({v[2] for v in t.values()}) == len(stages) and os.getpid() not in {v[2] for v in t.values()}
+    pids = {v[2] for v in t.values()}
+    assert os.getpid() not in pids  # every stage ran in a worker, one fresh process each (Python ≥ 3.11)
+    assert len(pids) == len(stages) or (sys.version_info < (3, 11) and len(pids) >= 2)
     assert ctx.commands["c"] == "fake c" and ctx.outputs["c"] == tmp_path / "par" / "fake" / "c"
     seq = run_demo(tmp_path / "seq", "test", 0, stages, runner=FakeRunner(), log=lambda *_: None)
     assert seq.keys == ctx.keys

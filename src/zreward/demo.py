@@ -134,6 +134,11 @@ def _priorities(stages: list[Stage], est: dict[str, float]) -> dict[str, float]:
     return prio
 
 
+# A fresh process per stage (no state carried from one stage to the next); Python 3.10 has no max_tasks_per_child,
+# so there a worker may run several stages one after another.
+_FRESH_WORKERS = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+
+
 def _worker_init(threads: int) -> None:
     """A stage process: one share of the CPUs for torch's intra-op threads, unless the caller set its own."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -258,7 +263,7 @@ def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = No
     pending, running = list(d.stages), {}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,), max_tasks_per_child=1)
+                               initializer=_worker_init, initargs=(threads,), **_FRESH_WORKERS)
     try:
         while pending or running:
             settled = False
