@@ -177,10 +177,15 @@ def _train_config(stage: Stage, ctx: Ctx, symbolic: bool):
 
 
 # Shared trainer code every train stage depends on (the method's own module is added per stage).
+# Every module a trainer stage's code path imports besides its own (the run loop, the RL loop, resume, sharding,
+# trackers, checkpoints, data); a module missing here would let a changed trainer reuse a stale stage.
 _TRAIN_SHARED = ("zreward.trainers.common", "zreward.trainers.data", "zreward.trainers.run_utils",
-                 "zreward.trainers.checkpoint", "zreward.trainers.config", "zreward.trainers.rollout",
-                 "zreward.trainers.sft", "zreward.losses", "zreward.models", "zreward.data.records",
-                 "zreward.data.labels", "zreward.data.images", "zreward.atomic")
+                 "zreward.trainers.checkpoint", "zreward.trainers.sharded_checkpoint", "zreward.trainers.config",
+                 "zreward.trainers.rollout", "zreward.trainers.loop", "zreward.trainers.rl",
+                 "zreward.trainers.resume", "zreward.trainers.sharding", "zreward.trainers.trackers",
+                 "zreward.trainers.sft", "zreward.trainers.caption", "zreward.losses", "zreward.models",
+                 "zreward.data.records", "zreward.data.labels", "zreward.data.images", "zreward.data.image_store",
+                 "zreward.data.shapes_world", "zreward.atomic")
 
 
 # What an eval stage runs (not the demo's own report, which is rewritten on every run anyway).
@@ -279,7 +284,8 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
         return {"config": digest(settings), "code": source_digest(*_GEN_CODE), "inputs": up}
     return {"config": digest([stage.method, ctx.prof["eval_max_images"], ctx.prof["eval_samples"],
                               ctx.prof["eval_temperature"], ctx.seed]),
-            "code": source_digest(*(f"zreward.eval.{m}" for m in _EVAL_MODULES), "zreward.models"),
+            "code": source_digest(*(f"zreward.eval.{m}" for m in _EVAL_MODULES), "zreward.models",
+                                  "zreward.trainers.sharding", "zreward.data.image_store"),
             "inputs": up}
 
 
