@@ -26,15 +26,22 @@ def _images():
     return torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
+def _encoded(sc, pixels):
+    """(items, batch, prompt ids) of the 2 prompts × 2 dims × 3 samples reasoning prompts, left-padded as the
+    Scorer encodes them for generation."""
+    items = [(b, d) for b in range(2) for d in range(2) for _ in range(3)]
+    batch, prompt_ids = sc.encode_items([sc.reasoning_prompt(PROMPTS[b], DIMS[d]) for b, d in items],
+                                        [b for b, _ in items], pixels, padding_side="left")
+    return items, batch, prompt_ids
+
+
 def test_hf_engine_equals_the_previous_generate_call(sc):
     """Same seed → the chains of the `generate` call the Scorer made before engines (reproduced here verbatim)."""
     assert isinstance(sc.engine, E.HFEngine)
     pixels = sc.prepare_images(_images())
     torch.manual_seed(5)
     cb = sc.generate_chains(PROMPTS, pixels, DIMS, samples=3, temperature=1.0, max_new_tokens=6)
-    items = [(b, d) for b in range(2) for d in range(2) for _ in range(3)]
-    batch, prompt_ids = sc.encode_items([sc.reasoning_prompt(PROMPTS[b], DIMS[d]) for b, d in items],
-                                        [b for b, _ in items], pixels, padding_side="left")
+    items, batch, prompt_ids = _encoded(sc, pixels)
     torch.manual_seed(5)
     with torch.no_grad(), vs.encode_each_image_once(sc.model, [b for b, _ in items], pixels):
         out = sc.model.generate(**batch.inputs, max_new_tokens=6, do_sample=True,
@@ -79,9 +86,7 @@ def test_hf_sampling_logprobs_match_the_trainers(sc, suppress):
     from zreward.trainers.rollout import engine_logprobs
 
     pixels = sc.prepare_images(_images())
-    items = [(b, d) for b in range(2) for d in range(2) for _ in range(3)]
-    batch, prompt_ids = sc.encode_items([sc.reasoning_prompt(PROMPTS[b], DIMS[d]) for b, d in items],
-                                        [b for b, _ in items], pixels, padding_side="left")
+    items, batch, prompt_ids = _encoded(sc, pixels)
     torch.manual_seed(0)
     with torch.no_grad(), vs.encode_each_image_once(sc.model, [b for b, _ in items], pixels):
         out = sc.model.generate(**batch.inputs, max_new_tokens=8, do_sample=True,

@@ -24,3 +24,23 @@ def sft_config(tiny_vlm, small_world):
                                               f"run.output_dir={out}", *over])
 
     return make
+
+
+@pytest.fixture
+def leafy_score_chains(monkeypatch):
+    """Patches `rollout.score_chains` so that its log-probs and level logits are leaf tensors (gradients readable);
+    returns the dict whose "cf" holds the last `ChainForward` it produced."""
+    from zreward.models.scorer import ChainForward
+    from zreward.trainers import rollout as R
+
+    captured = {}
+    real = R.score_chains
+
+    def leafy(scorer, ro):
+        cf = real(scorer, ro)
+        captured["cf"] = ChainForward(cf.token_logprobs.detach().requires_grad_(), cf.token_mask,
+                                      cf.level_logits.detach().requires_grad_(), cf.in_level_mass)
+        return captured["cf"]
+
+    monkeypatch.setattr(R, "score_chains", leafy)
+    return captured

@@ -54,21 +54,12 @@ def test_grpo_resume_gives_identical_losses(tiny_model, small_world, tmp_path):
         assert [e[key] for e in a] == pytest.approx([e[key] for e in b], rel=1e-5, abs=1e-7), key
 
 
-def test_pg_covers_chain_and_score_token(tiny_model, small_world, monkeypatch):
+def test_pg_covers_chain_and_score_token(tiny_model, small_world, leafy_score_chains):
     """d loss / d logp = −A_i / (|chain_i| + 1) on chain tokens; d loss / d level logits = that × (onehot − p)."""
-    from zreward.models.scorer import ChainForward, load_scorer
+    from zreward.models.scorer import load_scorer
     from zreward.trainers.data import load_train_data
 
-    captured = {}
-    real = R.score_chains
-
-    def leafy(scorer, ro):
-        cf = real(scorer, ro)
-        captured["cf"] = ChainForward(cf.token_logprobs.detach().requires_grad_(), cf.token_mask,
-                                      cf.level_logits.detach().requires_grad_(), cf.in_level_mass)
-        return captured["cf"]
-
-    monkeypatch.setattr(R, "score_chains", leafy)
+    captured = leafy_score_chains
     sc = load_scorer(tiny_model)
     data = load_train_data(small_world / "train", max_images=4)
     idx = np.arange(4)

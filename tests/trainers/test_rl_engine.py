@@ -10,7 +10,7 @@ import torch
 
 from zreward.losses import distribution_rewards, masked_advantages
 from zreward.models.engine import HFEngine
-from zreward.models.scorer import ChainForward, load_scorer
+from zreward.models.scorer import load_scorer
 from zreward.trainers import gdso, grpo, rl
 from zreward.trainers import rollout as R
 from zreward.trainers.rl import MicroBatch
@@ -46,24 +46,10 @@ def _engine_rollout(tiny_model, small_world, dims: int, g: int):
     return sc, ro, lab, data.group[idx]
 
 
-def _leafy(monkeypatch):
-    captured = {}
-    real = R.score_chains
-
-    def leafy(scorer, ro):
-        cf = real(scorer, ro)
-        captured["cf"] = ChainForward(cf.token_logprobs.detach().requires_grad_(), cf.token_mask,
-                                      cf.level_logits.detach().requires_grad_(), cf.in_level_mass)
-        return captured["cf"]
-
-    monkeypatch.setattr(R, "score_chains", leafy)
-    return captured
-
-
-def test_gdso_pg_gradient_is_weighted_by_truncated_importance_weights(tiny_model, small_world, monkeypatch):
+def test_gdso_pg_gradient_is_weighted_by_truncated_importance_weights(tiny_model, small_world, leafy_score_chains):
     """d loss / d logp[i, t] = −A_i · w_t / |chain_i| / N with w_t = min(exp(old − engine), C) (on-policy ratio 1)."""
     sc, ro, lab, groups = _engine_rollout(tiny_model, small_world, dims=2, g=2)
-    captured = _leafy(monkeypatch)
+    captured = leafy_score_chains
     g = gdso.GDSOConfig(max_new_tokens=4, dist_weight=0.0, pair_weight=0.0, tis_cap=CAP)
     loss, st, state = gdso.gdso_losses(g, sc, MicroBatch(ro, None, lab, groups), None, None)
     loss.backward()
