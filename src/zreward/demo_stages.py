@@ -183,13 +183,14 @@ _TRAIN_SHARED = ("zreward.trainers.common", "zreward.trainers.data", "zreward.tr
                  "zreward.trainers.checkpoint", "zreward.trainers.sharded_checkpoint", "zreward.trainers.config",
                  "zreward.trainers.rollout", "zreward.trainers.loop", "zreward.trainers.rl",
                  "zreward.trainers.resume", "zreward.trainers.sharding", "zreward.trainers.trackers",
-                 "zreward.trainers.sft", "zreward.trainers.caption", "zreward.losses", "zreward.models",
+                 "zreward.trainers.sft", "zreward.trainers.caption", "zreward.losses", "zreward.metrics",
+                 "zreward.models",
                  "zreward.data.records", "zreward.data.labels", "zreward.data.images", "zreward.data.image_store",
                  "zreward.data.shapes_world", "zreward.atomic")
 
 
 # What an eval stage runs (not the demo's own report, which is rewritten on every run anyway).
-_EVAL_MODULES = ("runner", "model_metrics", "metrics", "calibration", "bootstrap", "cost", "report")
+_EVAL_MODULES = ("runner", "model_metrics", "calibration", "bootstrap", "cost", "report")
 
 
 # The pretraining world's seed is offset so that its scenes are disjoint from the main world's (both exclude the
@@ -284,8 +285,8 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
         return {"config": digest(settings), "code": source_digest(*_GEN_CODE), "inputs": up}
     return {"config": digest([stage.method, ctx.prof["eval_max_images"], ctx.prof["eval_samples"],
                               ctx.prof["eval_temperature"], ctx.seed]),
-            "code": source_digest(*(f"zreward.eval.{m}" for m in _EVAL_MODULES), "zreward.models",
-                                  "zreward.trainers.sharding", "zreward.data.image_store"),
+            "code": source_digest(*(f"zreward.eval.{m}" for m in _EVAL_MODULES), "zreward.metrics",
+                                  "zreward.models", "zreward.trainers.sharding", "zreward.data.image_store"),
             "inputs": up}
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from zreward.eval.bootstrap import bootstrap_ci, resample_weights
 from zreward.eval.gsb import gsb, gsb_net
-from zreward.eval.metrics import accuracy_with_ties, pairwise_accuracy
+from zreward.metrics import accuracy_with_ties, pairwise_accuracy
 
 
 def _weighted_mean(x):

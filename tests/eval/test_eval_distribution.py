@@ -9,7 +9,7 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from zreward.data.records import LEVELS
-from zreward.eval.metrics import js, kl, plcc, srcc, w1
+from zreward.metrics import js, kl, plcc, srcc, w1
 
 
 def _onehot(k: int, n_levels: int = 9) -> np.ndarray:
@@ -133,7 +133,7 @@ def test_eval_package_does_not_import_scipy():
     # scipy is a test-only dependency: the metric implementations must work without it.
     import subprocess
     import sys
-    code = ("import sys; import zreward.eval.metrics, zreward.eval.calibration, zreward.eval.bootstrap, "
+    code = ("import sys; import zreward.metrics, zreward.eval.calibration, zreward.eval.bootstrap, "
             "zreward.eval.gsb, zreward.eval.cost; print('scipy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from zreward.eval.metrics import accuracy_by_dim, accuracy_with_ties, label_signs, pairwise_accuracy
+from zreward.metrics import accuracy_by_dim, accuracy_with_ties, label_signs, pairwise_accuracy
 
 
 def _acc_at(d, h, eps):

@@ -1,7 +1,7 @@
 """Evaluation: pure metric functions (numpy / torch in, numbers out).
 
-- `metrics`: pairwise accuracy (non-tie; acc_23 with tie calibration; per dimension), KL / JS / W1 against
-  annotator histograms, SRCC / PLCC.
+(The metric functions themselves — pairwise accuracy, acc_23, KL / JS / W1, SRCC / PLCC — are `zreward.metrics`,
+below the trainers, which use them for their held-out checks.)
 - `calibration`: Thurstone P(a ≻ b), ECE with per-bin data, reliability-diagram PNG.
 - `bootstrap`: percentile bootstrap resampling whole prompts; every metric takes (R, N) weights to vectorise it.
 - `gsb`: Good/Same/Bad net score between two generators with its interval.

@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals resampled by group (prompt), plus the array helpers every metric shares.
+"""Bootstrap confidence intervals resampled by group (prompt).
 
 Implemented:
 - `bootstrap_ci`: the percentile bootstrap (Efron & Tibshirani 1993, ch. 13) with *cluster* resampling: the G
@@ -10,8 +10,7 @@ Implemented:
   metric in `zreward.eval` accepts `weights` of shape (N,) or (R, N) and then returns one value per weight row,
   which is exactly the metric of the expanded (duplicated) sample. So R = 1000 resamples are one vectorised call
   (chunked to bound memory), not 1000 Python calls.
-- `as_array`, `as_weights`, `finish`: input conversion (numpy / torch / lists → float64 numpy) and the
-  scalar-or-vector return convention.
+(The array helpers every metric shares, `as_array` / `as_weights` / `finish`, live in `zreward.metrics.arrays`.)
 """
 from __future__ import annotations
 
@@ -19,54 +18,11 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["BootstrapCI", "bootstrap_ci", "resample_weights", "as_array", "as_weights", "finish"]
+
+__all__ = ["BootstrapCI", "bootstrap_ci", "resample_weights"]
 
 # Largest (resamples × items) weight block materialised at once (float64: 32 MB).
 _MAX_BLOCK = 4_000_000
-
-
-def as_array(x, what: str, field: str, dtype=np.float64) -> np.ndarray:
-    """Converts numpy / torch / sequences to a numpy array of `dtype` (torch tensors are detached, moved to CPU).
-
-    Raises:
-        ValueError naming `what` and `field` if the values cannot be converted.
-    """
-    if hasattr(x, "detach"):  # torch.Tensor without importing torch here
-        x = x.detach().cpu().numpy()
-    try:
-        return np.asarray(x, dtype=dtype)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{what}: {field}: expected numbers convertible to {np.dtype(dtype).name}, got {e}") from e
-
-
-def as_weights(weights, n: int, what: str) -> tuple[np.ndarray, bool]:
-    """Normalises item weights to a 2-D block.
-
-    Args:
-        weights: None (every item once), (N,) or (R, N) non-negative finite weights (resample multiplicities).
-        n: number of items N.
-        what: metric name for errors.
-
-    Returns:
-        (W, squeeze): W (R, N) float64; squeeze is True when the caller should return a scalar (weights was None
-        or 1-D).
-    """
-    if weights is None:
-        return np.ones((1, n)), True
-    w = as_array(weights, what, "weights")
-    squeeze = w.ndim == 1
-    if squeeze:
-        w = w[None, :]
-    if w.ndim != 2 or w.shape[1] != n:
-        raise ValueError(f"{what}: weights has shape {np.shape(weights)}, expected ({n},) or (R, {n})")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError(f"{what}: weights must be finite and >= 0")
-    return w, squeeze
-
-
-def finish(values: np.ndarray, squeeze: bool):
-    """Returns float(values[0]) when `squeeze`, else the (R,) array."""
-    return float(values[0]) if squeeze else values
 
 
 class BootstrapCI(NamedTuple):
@@ -125,7 +81,7 @@ def bootstrap_ci(stat_fn: Callable[[np.ndarray], np.ndarray], groups: Sequence |
 
     Example:
         >>> import numpy as np
-        >>> from zreward.eval.metrics import pairwise_accuracy
+        >>> from zreward.metrics import pairwise_accuracy
         >>> sa, sb = np.array([3.0, 2.0, 4.0, 1.0]), np.array([1.0, 2.5, 3.5, 2.0])
         >>> labels, prompts = ["a", "a", "a", "b"], ["p0", "p0", "p1", "p2"]
         >>> ci = bootstrap_ci(lambda w: pairwise_accuracy(sa, sb, labels, weights=w), prompts, n_boot=200)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zreward.eval.bootstrap import as_array, as_weights, finish
-from zreward.eval.metrics import label_signs
+from zreward.metrics.arrays import as_array, as_weights, finish
+from zreward.metrics import label_signs
 
 __all__ = ["Calibration", "thurstone_prob", "pair_outcome", "calibration", "ece", "plot_reliability"]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from zreward.eval.bootstrap import as_weights, bootstrap_ci, finish
+from zreward.eval.bootstrap import bootstrap_ci
+from zreward.metrics.arrays import as_weights, finish
 
 __all__ = ["gsb_codes", "gsb_net", "gsb"]
 

@@ -24,7 +24,7 @@ from zreward.data.shapes_world.oracle import MEAN_WEIGHTS
 
 from zreward.eval.bootstrap import bootstrap_ci
 from zreward.eval.calibration import Calibration, calibration, ece, thurstone_prob
-from zreward.eval.metrics import accuracy_with_ties, js, kl, pairwise_accuracy, plcc, srcc, w1
+from zreward.metrics import accuracy_with_ties, js, kl, pairwise_accuracy, plcc, srcc, w1
 
 __all__ = ["compute_metrics", "ceiling_metrics", "headline", "mos_pairs", "paired_differences", "flatten"]
 

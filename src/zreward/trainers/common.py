@@ -6,7 +6,7 @@
   gradient checkpointing / dtype from the config.
 - `build_optimizer`: AdamW over the trainable parameters + linear warm-up then constant or cosine decay.
 - `val_pairwise_accuracy`: held-out pairwise accuracy (direct mode, or reasoning mode for teachers) for the metrics
-  log — the same metric function as `zreward eval` (`zreward.eval.metrics.pairwise_accuracy`).
+  log — the same metric function as `zreward eval` (`zreward.metrics.pairwise_accuracy`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from zreward.models.load import LoraOptions
+from zreward.metrics import kl, pairwise_accuracy
 from zreward.models.scorer import load_scorer
 from zreward.trainers.data import ImageOptions, TrainData
 from zreward.trainers.run_utils import AcceleratorConfig, RunConfig
@@ -161,10 +162,6 @@ def val_pairs(data: TrainData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def val_pairwise_accuracy(scorer, data: TrainData, *, batch_size: int = 64, reasoning: bool = False,
                           samples: int = 1) -> dict[str, float]:
     """Pairwise accuracy (non-tie pairs) of the scorer's `overall` on a held-out split; also mean KL to labels."""
-    # Upward (trainers → eval): the held-out metrics are eval's one definition; kept out of the module imports so
-    # that the trainers layer does not depend on eval at import time (issue 15: move the metrics below trainers).
-    from zreward.eval.metrics import kl, pairwise_accuracy
-
     was_training = scorer.model.training
     scorer.model.eval()
     try:

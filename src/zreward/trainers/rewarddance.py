@@ -37,6 +37,7 @@ import torch
 
 from zreward.data.images import image_to_tensor, load_image
 from zreward.losses import yes_no_ce, yes_probability
+from zreward.metrics import pairwise_accuracy
 from zreward.models.scorer import score_yesno
 from zreward.models.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob
 from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer, val_pairs
@@ -124,9 +125,6 @@ def evaluate(scorer, yn: YesNoConfig, ids: tuple[int, int], data: TrainData, bat
     `Scorer.score` returns), the candidate-set average (`val_acc_group`: mean of the symmetrised P(better) over the
     image's labelled partners, i.e. the other candidates of its prompt) and the direct pair judgement
     (`val_acc_pair`)."""
-    # Upward (trainers → eval), as in `common.val_pairwise_accuracy`: not a module import of the trainers layer.
-    from zreward.eval.metrics import pairwise_accuracy
-
     was = scorer.model.training
     scorer.model.eval()
     try:

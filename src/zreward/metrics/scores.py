@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from zreward.data.records import LEVELS
-from zreward.eval.bootstrap import as_array, as_weights, finish
+from zreward.metrics.arrays import as_array, as_weights, finish
 from zreward.losses.distribution import kl_rows
 
 __all__ = [
