@@ -87,6 +87,8 @@ def test_short_tune_raises_heldout_reward(tiny_gen_dir, tiny_model, small_world,
     rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 6]
     assert rows[-1]["reward"] > rows[0]["reward"] + 1e-3, rows
+    # the oracle's per-image agreement with the reward is in every row (a correlation, or null when constant)
+    assert all(r["oracle_overall:reward_plcc"] is None or -1 <= r["oracle_overall:reward_plcc"] <= 1 for r in rows)
     assert (out / "audit.png").is_file() and (out / "generator.json").is_file()
     meta = json.loads((out / "tune.json").read_text())
     assert len(meta["log"]) == 6 and "hacking_warnings" in meta

@@ -9,6 +9,11 @@ records one row {"step", "reward", <judge keys>...}:
   - `ScorerJudge` (real pipelines): a held-out Scorer directory the user names as `[NAME=]DIR[:direct |
     :reasoning[:M]]` (another student, or the teacher in reasoning mode, M sampled chains averaged); key
     "judge:<name>" = its `overall` (its own dim weights, no uncertainty penalty).
+Each row also carries, for every watched judge key, "<key>:reward_plcc": the Pearson correlation over the audit
+images of the per-image reward with the judge's per-image score (judges with a `scores` method) — whether the
+reward ranks *this generator's* images like the judge does. A reward trained on another image distribution can
+score the generator's images near-constantly or in the wrong order; then tuning has no signal to follow (NaN when
+either side is constant: null in audit.jsonl).
 `hacking_warning` flags divergence: the reward rose while a watched judge key fell by more than `tol`, compared
 with the previous audit or with the first one (step 0), so a slow drift that never drops `tol` between two audits
 still warns. `plot_audit` draws reward and judges against the step.
@@ -23,6 +28,7 @@ import torch
 from zreward.align.perceive import perceived_scores
 from zreward.data.shapes_world.oracle import DIMS, MEAN_WEIGHTS
 from zreward.eval.runner import parse_model_spec, resolve_mode
+from zreward.metrics import plcc
 from zreward.models.scorer import load_scorer
 
 ORACLE_KEY = "oracle_overall"
@@ -34,10 +40,13 @@ class OracleJudge:
     watch = (ORACLE_KEY,)
     labels = {ORACLE_KEY: "the oracle"}
 
-    def __call__(self, prompts: list[str], images: torch.Tensor) -> dict[str, float]:
+    def scores(self, prompts: list[str], images: torch.Tensor) -> dict[str, np.ndarray]:
+        """Per-image oracle scores: the four dims and the overall, each (N,)."""
         o = perceived_scores(images, prompts)  # (N, 4)
-        return {**{d: float(o[:, j].mean()) for j, d in enumerate(DIMS)},
-                ORACLE_KEY: float((o @ np.asarray(MEAN_WEIGHTS)).mean())}
+        return {**{d: o[:, j] for j, d in enumerate(DIMS)}, ORACLE_KEY: o @ np.asarray(MEAN_WEIGHTS)}
+
+    def __call__(self, prompts: list[str], images: torch.Tensor) -> dict[str, float]:
+        return {k: float(v.mean()) for k, v in self.scores(prompts, images).items()}
 
 
 class ScorerJudge:
@@ -55,10 +64,14 @@ class ScorerJudge:
         self.watch = (self.key,)
         self.labels = {self.key: f"judge {name}" + (" (reasoning)" if reasoning else "")}
 
-    def __call__(self, prompts: list[str], images: torch.Tensor) -> dict[str, float]:
+    def scores(self, prompts: list[str], images: torch.Tensor) -> dict[str, np.ndarray]:
+        """Per-image `overall` of the judge, (N,)."""
         out = self.scorer.score(list(prompts), images, reasoning=self.reasoning, samples=self.samples,
                                 batch_size=self.batch_size)
-        return {self.key: float(out.overall.mean())}
+        return {self.key: out.overall.float().numpy()}
+
+    def __call__(self, prompts: list[str], images: torch.Tensor) -> dict[str, float]:
+        return {k: float(v.mean()) for k, v in self.scores(prompts, images).items()}
 
 
 def load_scorer_judges(specs: list[str], reasoning: bool = False, samples: int = 1, device: str = "cpu",
@@ -79,10 +92,19 @@ def load_scorer_judges(specs: list[str], reasoning: bool = False, samples: int =
 
 
 def audit_row(step: int, prompts: list[str], images: torch.Tensor, reward: torch.Tensor, judges: list) -> dict:
-    """One audit row from held-out images (N, 3, H, W) in [0, 1] and their rewards (N,)."""
-    row = {"step": step, "reward": float(reward.float().mean())}
+    """One audit row from held-out images (N, 3, H, W) in [0, 1] and their rewards (N,): the mean reward, each judge's
+    mean keys, and for a judge with per-image `scores` the reward's Pearson correlation with each watched key."""
+    r = reward.detach().float().cpu().numpy()
+    row = {"step": step, "reward": float(r.mean())}
     for j in judges:
-        row.update(j(prompts, images))
+        if not hasattr(j, "scores"):
+            row.update(j(prompts, images))
+            continue
+        per = j.scores(prompts, images)
+        row.update({k: float(np.mean(v)) for k, v in per.items()})
+        for k in j.watch:
+            c = float(plcc(r, per[k]))
+            row[f"{k}:reward_plcc"] = c if np.isfinite(c) else None  # JSON null, not NaN
     return row
 
 

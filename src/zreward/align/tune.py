@@ -333,7 +333,8 @@ def tune(cfg: TuneConfig, judges: list | None = None) -> Path:
             warnings.append(msg)
             print(f"[gen tune] WARNING {msg}", flush=True)
         rows.append(row)
-        print(f"[gen tune] audit step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"),
+        print(f"[gen tune] audit step {step}: " + " ".join(f"{k} {'n/a' if v is None else format(v, '.3f')}"
+                                                        for k, v in row.items() if k != "step"),
               flush=True)
 
     def sample_grid(step: int) -> None:

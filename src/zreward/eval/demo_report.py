@@ -260,6 +260,11 @@ def _generation(rep: dict, detail: dict) -> list[str]:
                   f"{fmt(a0['oracle_overall'], 2)} → {fmt(a1['oracle_overall'], 2)} (step {a0['step']} → "
                   f"{a1['step']}); hacking warnings: "
                   + ("; ".join(t["hacking_warnings"]) if t["hacking_warnings"] else "none") + ".", ""]
+            if "oracle_overall:reward_plcc" in a0:
+                c0 = fmt(a0["oracle_overall:reward_plcc"], 2)
+                L += ["Does the reward rank this generator's images like the oracle? Pearson of per-image reward and "
+                      f"oracle overall on the audit images at step {a0['step']}: {c0} (near 0: the reward gives tuning "
+                      "no signal to follow).", ""]
     if "gen/side_by_side" in p:
         L += ["Side by side (B = SFT, A = tuned, with the raters' verdict):", "",
               f"![side by side]({p['gen/side_by_side']})", ""]
