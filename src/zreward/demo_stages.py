@@ -48,15 +48,15 @@ PROFILES: dict[str, dict] = {
                             "sft_cold": ["run.max_steps=600", "data.eval_every=0", "data.val_max_images=48"],
                             "grpo": ["run.max_steps=15", "data.val_max_images=48"],
                             "gdso_teacher": ["run.max_steps=15", "data.val_max_images=48"],
-                            "risd_student": ["run.max_steps=200", "data.eval_every=0", "data.max_images=400",
-                                             "data.val_max_images=200"],
-                            # the same 400 images and image visits as RISD (200 steps × 16 images)
-                            "opd_student": ["run.max_steps=200", "data.max_images=400", "data.val_max_images=200"]},
+                            # RISD and OPD: their configs' 1,600 images × 800 steps (the same image visits); RISD's
+                            # budget and lr were chosen on val (configs/risd/tiny_cpu.yaml)
+                            "risd_student": ["data.eval_every=0", "data.val_max_images=200"],
+                            "opd_student": ["data.eval_every=0", "data.val_max_images=200"]},
               # rough durations from the in-order runs of 2026-12-01 and the cold-start sweep (one stage per core);
               # with --jobs > 1 they also decide which ready stage starts first (the longest path to the end)
               "estimates": {"world": 40, "pretrain_world": 40, "init_base": 5, "pretrain": 600, "sft": 190,
                             "rewarddance": 70, "sft_cold": 680, "grpo": 30, "gdso_teacher": 35,
-                            "risd_student": 150, "opd_student": 180, "eval_test": 65, "eval_ood": 65}},
+                            "risd_student": 750, "opd_student": 700, "eval_test": 65, "eval_ood": 65}},
     "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
              "eval_samples": 4, "eval_temperature": EVAL_TEMPERATURE, "overrides": {},
              # generator stages: measured 278 + 103 + 8 s (1-min load 3.5–4.7)
@@ -64,7 +64,7 @@ PROFILES: dict[str, dict] = {
                      "estimates": {"gen_pretrain": 280, "gen_tune": 105, "gen_eval": 10}},
              "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 1600, "sft": 600,
                            "rewarddance": 420, "sft_cold": 600, "grpo": 360, "gdso_teacher": 480,
-                           "risd_student": 600, "opd_student": 200, "eval_test": 500, "eval_ood": 500}},
+                           "risd_student": 800, "opd_student": 700, "eval_test": 500, "eval_ood": 500}},
 }
 FAMILY = "qwen2_vl"
 
