@@ -18,7 +18,6 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-
 __all__ = ["BootstrapCI", "bootstrap_ci", "resample_weights"]
 
 # Largest (resamples × items) weight block materialised at once (float64: 32 MB).
