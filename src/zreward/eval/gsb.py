@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from zreward.eval.bootstrap import bootstrap_ci
-from zreward.metrics.arrays import as_weights, finish
+from zreward.metrics.arrays import as_weights, finish, ternary_codes
 
 __all__ = ["gsb_codes", "gsb_net", "gsb"]
 
@@ -23,22 +23,8 @@ def gsb_codes(judgements) -> np.ndarray:
     Args:
         judgements: (N,) numbers in {+1, 0, −1} or strings "good"/"same"/"bad" (or "G"/"S"/"B", any case).
     """
-    arr = judgements.detach().cpu().numpy() if hasattr(judgements, "detach") else np.asarray(judgements)
-    if arr.ndim != 1:
-        raise ValueError(f"gsb: judgements has shape {arr.shape}, expected (N,)")
-    if arr.dtype.kind in "US" or arr.dtype == object:
-        out = np.empty(arr.shape, dtype=np.int64)
-        for i, v in enumerate(arr.tolist()):  # one-off string conversion
-            c = _GSB_CODE.get(v.lower()) if isinstance(v, str) else (v if v in (-1, 0, 1) else None)
-            if c is None:
-                raise ValueError(f"gsb: judgements[{i}] = {v!r}, expected +1/0/-1 or 'good'/'same'/'bad'")
-            out[i] = c
-        return out
-    bad = ~np.isin(arr, (-1, 0, 1))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"gsb: judgements[{i}] = {arr[i].item()!r}, expected +1/0/-1 or 'good'/'same'/'bad'")
-    return arr.astype(np.int64)
+    return ternary_codes(judgements, _GSB_CODE, "gsb", "judgements", "+1/0/-1 or 'good'/'same'/'bad'",
+                         fold_case=True)
 
 
 def gsb_net(judgements, weights=None):

@@ -1,10 +1,11 @@
 """Array helpers every metric shares: input conversion (numpy / torch / lists → float64 numpy), item weights
-(resample multiplicities, see `zreward.eval.bootstrap`) and the scalar-or-vector return convention."""
+(resample multiplicities, see `zreward.eval.bootstrap`), the scalar-or-vector return convention, and the
+conversion of three-way judgements (pair labels, GSB verdicts) to {−1, 0, +1}."""
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_array", "as_weights", "finish"]
+__all__ = ["as_array", "as_weights", "finish", "ternary_codes"]
 
 
 def as_array(x, what: str, field: str, dtype=np.float64) -> np.ndarray:
@@ -49,3 +50,29 @@ def as_weights(weights, n: int, what: str) -> tuple[np.ndarray, bool]:
 def finish(values: np.ndarray, squeeze: bool):
     """Returns float(values[0]) when `squeeze`, else the (R,) array."""
     return float(values[0]) if squeeze else values
+
+
+def ternary_codes(x, codes: dict[str, int], what: str, field: str, expected: str,
+                  fold_case: bool = False) -> np.ndarray:
+    """(N,) strings (looked up in `codes`, lower-cased first when `fold_case`) or numbers in {+1, 0, −1} → (N,) int64.
+
+    Raises:
+        ValueError naming `what`, `field` and the first bad index; `expected` says what is accepted.
+    """
+    arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{what}: {field} has shape {arr.shape}, expected (N,)")
+    if arr.dtype.kind in "US" or arr.dtype == object:
+        out = np.empty(arr.shape, dtype=np.int64)
+        for i, v in enumerate(arr.tolist()):  # strings: small, one-off conversion
+            c = (codes.get(v.lower() if fold_case else v) if isinstance(v, str)
+                 else (v if v in (-1, 0, 1) else None))
+            if c is None:
+                raise ValueError(f"{what}: {field}[{i}] = {v!r}, expected {expected}")
+            out[i] = c
+        return out
+    bad = ~np.isin(arr, (-1, 0, 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{what}: {field}[{i}] = {arr[i].item()!r}, expected {expected}")
+    return arr.astype(np.int64)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from zreward.data.records import LEVELS
-from zreward.metrics.arrays import as_array, as_weights, finish
+from zreward.metrics.arrays import as_array, as_weights, finish, ternary_codes
 from zreward.losses.distribution import kl_rows
 
 __all__ = [
@@ -56,22 +56,7 @@ def label_signs(labels, what: str = "labels") -> np.ndarray:
     Returns:
         (N,) int64 array in {−1, 0, +1}.
     """
-    arr = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"{what}: labels has shape {arr.shape}, expected (N,)")
-    if arr.dtype.kind in "US" or arr.dtype == object:
-        out = np.empty(arr.shape, dtype=np.int64)
-        for i, v in enumerate(arr.tolist()):  # label strings: small, one-off conversion
-            s = _LABEL_SIGN.get(v) if isinstance(v, str) else (v if v in (-1, 0, 1) else None)
-            if s is None:
-                raise ValueError(f"{what}: labels[{i}] = {v!r}, expected 'a', 'b', 'tie' or +1/-1/0")
-            out[i] = s
-        return out
-    bad = ~np.isin(arr, (-1, 0, 1))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{what}: labels[{i}] = {arr[i].item()!r}, expected 'a', 'b', 'tie' or +1/-1/0")
-    return arr.astype(np.int64)
+    return ternary_codes(labels, _LABEL_SIGN, what, "labels", "'a', 'b', 'tie' or +1/-1/0")
 
 
 def _pair_inputs(score_a, score_b, labels, what: str) -> tuple[np.ndarray, np.ndarray]:
