@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from zreward.data.records import LEVELS, RecordError
-from zreward.trainers.data import group_batch, load_train_data, within_group_pairs
+from zreward.trainers.common import DataConfig
+from zreward.trainers.data import concat_splits, group_batch, load_train_data, within_group_pairs
 
 
 def test_load_train_data_targets_and_groups(small_world):
@@ -25,6 +26,33 @@ def test_load_train_data_targets_and_groups(small_world):
         assert len({data.prompts[i] for i in g}) == 1
     assert data.images[0].shape == (3, 64, 64) and data.image_batch([0, 1]).max() <= 1.0
     assert len(data.pair_votes) == 240 and all(0.0 <= v <= 1.0 for v in data.pair_votes.values())
+
+
+def test_extra_train_keeps_labels_renames_taken_ids_and_its_pairs(small_world):
+    """Two ShapesWorld splits share the id scheme (p000000_c0 ...): the labelled extra split's ids are renamed
+    with its config key, its pair votes follow, and each split keeps its own prompt groups."""
+    a = load_train_data(small_world / "train", max_images=8)
+    b = load_train_data(small_world / "val", max_images=8)
+    assert set(a.ids) & set(b.ids)
+    u = DataConfig(train=str(small_world / "train"), max_images=8, extra_train=[str(small_world / "val")]).load_train()
+    nb = len(load_train_data(small_world / "val"))
+    assert len(u) == 8 + nb and u.ids[:8] == a.ids and u.ids[8] == f"data.extra_train[0]/{b.ids[0]}"
+    np.testing.assert_array_equal(u.target[8:16], b.target)
+    np.testing.assert_array_equal(u.mos[8:16], b.mos)
+    assert u.mask.all() and u.rationales[8] == b.rationales[0]
+    assert len(u.groups) == len(a.groups) + len(load_train_data(small_world / "val").groups)
+    assert not set(u.group[:8].tolist()) & set(u.group[8:].tolist())
+    for (x, y), v in b.pair_votes.items():
+        assert u.pair_votes[(f"data.extra_train[0]/{x}", f"data.extra_train[0]/{y}")] == v
+    assert {k: v for k, v in u.pair_votes.items() if not k[0].startswith("data.")} == a.pair_votes
+    pos = {i: k for k, i in enumerate(u.ids)}  # what RewardDance / val_pairs build: ids stay unique
+    assert len(pos) == len(u)
+    # unlabelled (RISD's extra_unlabelled): labels and votes dropped, ids unchanged
+    v = concat_splits(a, b, keep_labels=False, what="data.extra_unlabelled")
+    assert v.ids[8:] == b.ids and not v.mask[8:].any() and v.pair_votes == a.pair_votes
+    with pytest.raises(ValueError, match=r"data.extra_train\[0\]: dims/levels"):
+        b.dims = b.dims[:2]
+        concat_splits(a, b, keep_labels=True, what="data.extra_train[0]")
 
 
 def test_group_batch_is_deterministic_and_sharded(small_world):

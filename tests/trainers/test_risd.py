@@ -50,7 +50,7 @@ def _cfg(models, world, out, **over) -> risd.Config:
 
 def test_risd_run_caches_teacher_once_and_student_learns(models, small_world, tmp_path):
     from zreward.models.scorer import load_scorer
-    from zreward.trainers.data import load_train_data
+    from zreward.trainers.data import concat_splits, load_train_data
 
     cfg = _cfg(models, small_world, tmp_path / "run", risd__human_weight=0.5)
     final = risd.train(cfg)
@@ -66,8 +66,8 @@ def test_risd_run_caches_teacher_once_and_student_learns(models, small_world, tm
     # the cached rows are exactly the teacher's chain-averaged distributions (same seed, same batches)
     caches = list((tmp_path / "cache").glob("teacher_*.safetensors"))
     assert len(caches) == 1
-    data = risd.concat_unlabelled(load_train_data(cfg.data.train, max_images=12),
-                                  load_train_data(cfg.data.extra_unlabelled, max_images=4))
+    data = concat_splits(load_train_data(cfg.data.train, max_images=12),
+                         load_train_data(cfg.data.extra_unlabelled, max_images=4), keep_labels=False, what="x")
     acc = _Main()
     cached, info = risd.teacher_targets(cfg, data, data.dims, tmp_path / "cache", acc)
     assert info["computed"] == 0  # reused
@@ -125,11 +125,11 @@ def test_teacher_cache_is_rebuilt_when_inputs_change(models, small_world, tmp_pa
 
 
 def test_concat_unlabelled_drops_extra_labels_and_regroups(small_world):
-    from zreward.trainers.data import load_train_data
+    from zreward.trainers.data import concat_splits, load_train_data
 
     a = load_train_data(small_world / "train", max_images=8)
     b = load_train_data(small_world / "ood", max_images=8)
-    u = risd.concat_unlabelled(a, b)
+    u = concat_splits(a, b, keep_labels=False, what="data.extra_unlabelled")
     assert len(u) == 16 and u.ids == a.ids + b.ids
     assert u.mask[:8].tolist() == a.mask.tolist() and not u.mask[8:].any()
     assert (u.target[8:] == 0).all() and (u.mos[8:] == 0).all()

@@ -1,4 +1,4 @@
-"""`zreward gen pretrain | tune | eval`: the reward-guided T2I verbs (ShapesWorld generator; `tune` also takes a
+"""`zreward gen pretrain | tune | eval | label`: the reward-guided T2I verbs (ShapesWorld generator; `tune` also takes a
 local diffusers Z-Image / SD3 / FLUX / Qwen-Image pipeline directory).
 
     zreward gen pretrain --data DATASET_DIR --out DIR [--profile quick|full] [--steps N] [--arch default|tiny]
@@ -9,6 +9,8 @@ local diffusers Z-Image / SD3 / FLUX / Qwen-Image pipeline directory).
                      [--device cuda --dtype bf16] [--height H --width W --guidance G --sample-steps N]
                      [--ema D] [--save-every N] [--sample-every N] [--judge [NAME=]DIR[:reasoning[:M]] ...]
     zreward gen eval --a GEN_DIR --b GEN_DIR --prompts N --out DIR [--data DATASET_DIR] [--seed S]
+    zreward gen label --generator GEN_DIR --out SPLIT_DIR [--data DATASET_DIR] [--split train|val|test|ood]
+                      [--prompts N] [--per-prompt K] [--seed S] [--overwrite]
 
 Profiles set steps/batch sizes (see `pretrain.PROFILES`, `tune.PROFILES`); explicit flags override them.
 Each command prints where it wrote its outputs; `eval` prints the GSB report as JSON.
@@ -21,6 +23,7 @@ import json
 import sys
 
 from zreward.align.gen_eval import evaluate_gsb
+from zreward.align.gen_label import LabelConfig, label_generator
 from zreward.align.pretrain import ARCHS, PROFILES as PT_PROFILES
 from zreward.align.pretrain import PretrainConfig, pretrain
 from zreward.align.tune import PROFILES as TUNE_PROFILES
@@ -94,6 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     e.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("label", help="a labelled split of a generator's own images (perceived scene -> oracle -> "
+                       "the world's simulated raters), for training reward models on generator-like images")
+    g.add_argument("--generator", required=True, help="ShapesWorld generator dir")
+    g.add_argument("--out", required=True, help="split directory to write")
+    g.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
+    g.add_argument("--split", default="train", choices=("train", "val", "test", "ood"),
+                   help="whose prompts to draw (default train)")
+    g.add_argument("--prompts", type=int, help="the first N distinct prompts (default: all)")
+    g.add_argument("--per-prompt", type=int, default=4, help="images per prompt, one seed each (default 4)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--overwrite", action="store_true")
     return p
 
 
@@ -115,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                     judge_samples=args.judge_samples, seed=args.seed)
         profile = args.profile or (None if is_pipeline_dir(args.generator) else "quick")
         tune(TuneConfig.for_profile(profile, **over) if profile else TuneConfig(**over))
+    elif args.cmd == "label":
+        print(json.dumps(label_generator(LabelConfig(
+            generator=args.generator, data=args.data, out=args.out, split=args.split, prompts=args.prompts,
+            per_prompt=args.per_prompt, seed=args.seed, overwrite=args.overwrite)), indent=2))
     else:
         report = evaluate_gsb(args.a, args.b, args.prompts, args.out, seed=args.seed, data=args.data)
         print(json.dumps(report, indent=2))

@@ -20,7 +20,7 @@ import torch
 from zreward.models.load import LoraOptions
 from zreward.metrics import kl, pairwise_accuracy
 from zreward.models.scorer import load_scorer
-from zreward.trainers.data import ImageOptions, TrainData
+from zreward.trainers.data import ImageOptions, TrainData, concat_splits
 from zreward.trainers.run_utils import AcceleratorConfig, RunConfig
 
 
@@ -68,6 +68,8 @@ class DataConfig(ImageOptions):
     `max_pixels`, `decode_workers`)."""
 
     train: str = field(default="", metadata={"help": "training split directory (required)"})
+    extra_train: list[str] = field(default_factory=list, metadata={
+        "help": "labelled split directories appended to data.train, all their images (each keeps its own prompt groups; e.g. `zreward gen label` output)"})
     val: str | None = field(default=None, metadata={"help": "held-out split for accuracy logging (optional)"})
     prompts_per_batch: int = field(default=8, metadata={"help": "prompt groups per global batch"})
     max_per_prompt: int | None = field(default=None, metadata={"help": "images taken per prompt (null: all)"})
@@ -77,8 +79,12 @@ class DataConfig(ImageOptions):
     eval_batch_size: int = field(default=64, metadata={"help": "images per scoring call during evaluation"})
 
     def load_train(self) -> TrainData:
-        """`data.train` (its first `max_images` records), images decoded per batch with these options."""
-        return self.load(self.train, self.max_images)
+        """`data.train` (its first `max_images` records), then every `data.extra_train` split in full, images decoded
+        per batch with these options."""
+        data = self.load(self.train, self.max_images)
+        for i, extra in enumerate(self.extra_train):
+            data = concat_splits(data, self.load(extra), keep_labels=True, what=f"data.extra_train[{i}]")
+        return data
 
     def load_val(self) -> TrainData | None:
         """`data.val` (its first `val_max_images` records), or None when no held-out split is set."""

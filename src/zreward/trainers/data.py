@@ -9,6 +9,8 @@
 - Batches are built from **prompt groups** (all images of one prompt), so within-prompt pairs — what the pairwise
   losses need — always exist in a batch. `group_batch` is a pure function of (seed, step) (see
   `run_utils.batch_indices`), so resume and multi-process sharding need no loader state.
+- `concat_splits` appends a second split (its own prompt groups; labels kept, or dropped for RISD's unlabelled
+  images): `data.extra_train` of every trainer.
 - `within_group_pairs` lists every ordered-once pair of batch items that share a prompt (vectorised).
 """
 from __future__ import annotations
@@ -158,6 +160,47 @@ def load_train_data(split_dir: str | Path, *, max_images: int | None = None, ski
     return TrainData(ids=[r.id for r in recs], prompts=[r.prompt for r in recs], images=images, target=target,
                      mask=mask, mos=mos.astype(np.float32), group=group, groups=groups,
                      rationales=[r.rationales for r in recs], dims=dims, levels=levels, pair_votes=votes)
+
+
+def concat_splits(data: TrainData, extra: TrainData, *, keep_labels: bool, what: str) -> TrainData:
+    """`data` followed by `extra`; each split keeps its own prompt groups (prompt instances, `prompt_groups`),
+    extra's renumbered after data's. keep_labels=False drops extra's labels (RISD's unlabelled images: teacher
+    targets only); True keeps its label distributions, MOS, rationales and pair vote shares. Labelled images
+    whose ids are already taken (two ShapesWorld splits share the id scheme) are renamed `<what>/<id>`, with
+    their pair votes, so that pairs never mix the splits.
+
+    Args:
+        what: the config key the extra split came from (`data.extra_train[0]`): error messages and renaming.
+
+    Raises:
+        ValueError: naming `what`, when the dims or levels differ.
+    """
+    if extra.dims != data.dims or extra.levels != data.levels:
+        raise ValueError(f"{what}: dims/levels {extra.dims}/{extra.levels} differ from the training split's "
+                         f"{data.dims}/{data.levels}")
+    m = len(extra)
+    if not m:
+        return data
+    group = np.concatenate([data.group, extra.group + int(data.group.max()) + 1]).astype(np.int64)
+    order = np.argsort(group, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(group[order])) + 1)
+    ids = extra.ids
+    if keep_labels:
+        if set(data.ids).intersection(ids):
+            ids = [f"{what}/{i}" for i in ids]
+        rename = dict(zip(extra.ids, ids))
+        target, mask, mos = extra.target, extra.mask, extra.mos
+        rationales = extra.rationales
+        votes = {**data.pair_votes, **{(rename[a], rename[b]): v for (a, b), v in extra.pair_votes.items()}}
+    else:
+        target = np.zeros((m, *data.target.shape[1:]), np.float32)
+        mask, mos = np.zeros((m, len(data.dims)), bool), target[..., 0]
+        rationales, votes = [{} for _ in range(m)], dict(data.pair_votes)
+    return TrainData(ids=data.ids + list(ids), prompts=data.prompts + extra.prompts, images=data.images + extra.images,
+                     target=np.concatenate([data.target, target]), mask=np.concatenate([data.mask, mask]),
+                     mos=np.concatenate([data.mos, mos]), group=group, groups=groups,
+                     rationales=data.rationales + list(rationales), dims=data.dims, levels=data.levels,
+                     pair_votes=votes)
 
 
 def prompt_groups(recs: list, pairs: list) -> np.ndarray:

@@ -51,7 +51,7 @@ from zreward.models.engine import check_engine, make_engine
 from zreward.models.scorer import load_scorer
 from zreward.trainers.common import DataConfig, TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
-from zreward.trainers.data import TrainData, group_batch, split_by_group, within_group_pairs
+from zreward.trainers.data import TrainData, concat_splits, group_batch, split_by_group, within_group_pairs
 from zreward.trainers.loop import RunLoop, global_normalisers
 from zreward.trainers.run_utils import RunConfig
 from zreward.trainers.sharding import all_gather_objects, barrier, chunk_seed, chunks, my_chunks, run_and_gather
@@ -106,29 +106,6 @@ class Config(TrainConfig):
     data: RISDDataConfig = field(default_factory=RISDDataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     risd: RISDConfig = field(default_factory=RISDConfig)
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-def concat_unlabelled(data: TrainData, extra: TrainData) -> TrainData:
-    """`data` followed by `extra` with extra's labels dropped; each split keeps its own prompt groups (prompt
-    instances, see `zreward.trainers.data.prompt_groups`), extra's renumbered after data's."""
-    if extra.dims != data.dims or extra.levels != data.levels:
-        raise ValueError(f"data.extra_unlabelled: dims/levels {extra.dims}/{extra.levels} differ from the training "
-                         f"split's {data.dims}/{data.levels}")
-    m = len(extra)
-    prompts = data.prompts + extra.prompts
-    group = np.concatenate([data.group, extra.group + int(data.group.max()) + 1]).astype(np.int64)
-    order = np.argsort(group, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(group[order])) + 1)
-    zeros = np.zeros((m, *data.target.shape[1:]), np.float32)
-    return TrainData(ids=data.ids + extra.ids, prompts=prompts, images=data.images + extra.images,
-                     target=np.concatenate([data.target, zeros]),
-                     mask=np.concatenate([data.mask, np.zeros((m, len(data.dims)), bool)]),
-                     mos=np.concatenate([data.mos, zeros[..., 0]]), group=group, groups=groups,
-                     rationales=data.rationales + [{} for _ in range(m)], dims=data.dims, levels=data.levels,
-                     pair_votes=dict(data.pair_votes)) if m else data
 
 
 # ------------------------------------------------------------------------------------------ teacher cache
@@ -300,7 +277,8 @@ def train(cfg: Config) -> Path:
     loop = RunLoop(cfg, "risd")
     data = cfg.data.load_train()
     if cfg.data.extra_unlabelled:
-        data = concat_unlabelled(data, cfg.data.load(cfg.data.extra_unlabelled, cfg.data.extra_max_images))
+        data = concat_splits(data, cfg.data.load(cfg.data.extra_unlabelled, cfg.data.extra_max_images),
+                             keep_labels=False, what="data.extra_unlabelled")
     val = cfg.data.load_val()
     dims = list(cfg.risd.dims or data.dims)
     data.dim_index(dims)  # raises naming unknown dims

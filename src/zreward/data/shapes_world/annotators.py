@@ -101,6 +101,19 @@ def pair_labels(votes: np.ndarray) -> tuple[list[str], np.ndarray]:
     return labels.tolist(), counts
 
 
+def judge_pairs(pool: RaterPool, ratings: np.ndarray, ia: np.ndarray, ib: np.ndarray, dim: str
+                ) -> tuple[list[str], np.ndarray]:
+    """Pairs (ia[p], ib[p]) of one prompt's images judged on `dim`: "overall" by the raters' weighted votes
+    (`RaterPool.votes`), a dimension by the sign of each rater's rating difference. ratings: (K, R, 4).
+    Returns `pair_labels` of those votes: P labels and (P, 3) counts [a, b, tie]."""
+    if dim == "overall":
+        votes = pool.votes(ratings[ia], ratings[ib])  # (P, R)
+    else:
+        k = DIMS.index(dim)
+        votes = np.sign(ratings[ia, :, k] - ratings[ib, :, k]).astype(int)
+    return pair_labels(votes)
+
+
 def ceiling(true_a: np.ndarray, true_b: np.ndarray, labels: list[str]) -> tuple[float, int]:
     """Annotator ceiling: accuracy of the mean-weight oracle overall on non-tie pairs.
 

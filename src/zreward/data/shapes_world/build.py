@@ -32,7 +32,7 @@ import numpy as np
 from zreward.atomic import make_tmp_dir, prepare_target, replace_dir
 from zreward.data.records import IMAGES_DIR, DatasetInfo, DimLabel, ImageRecord, PairRecord
 from zreward.data.split_writer import SplitWriter
-from zreward.data.shapes_world.annotators import RaterPool, ceiling, histograms, pair_labels
+from zreward.data.shapes_world.annotators import RaterPool, ceiling, histograms, judge_pairs
 from zreward.data.shapes_world.oracle import DIMS, MEAN_WEIGHTS, oracle_facts
 from zreward.data.shapes_world.prompts import sample_spec, spec_to_text
 from zreward.data.shapes_world.rationales import rationales
@@ -89,12 +89,7 @@ def _prompt_item(cfg: WorldConfig, pool: RaterPool, split: str, pi: int) -> dict
     pairs = []
     dims = ["overall"] + (list(DIMS) if cfg.dim_pairs else [])
     for dim in dims:
-        if dim == "overall":
-            votes = pool.votes(ratings[ia], ratings[ib])  # (P, R)
-        else:
-            k = DIMS.index(dim)
-            votes = np.sign(ratings[ia, :, k] - ratings[ib, :, k]).astype(int)
-        labels, counts = pair_labels(votes)
+        labels, counts = judge_pairs(pool, ratings, ia, ib, dim)
         for p in range(len(ia)):
             pairs.append((images[ia[p]]["id"], images[ib[p]]["id"], dim, labels[p],
                           {"a": int(counts[p, 0]), "b": int(counts[p, 1]), "tie": int(counts[p, 2])}))

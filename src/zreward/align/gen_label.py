@@ -1,0 +1,150 @@
+"""`zreward gen label`: a labelled ShapesWorld split of a generator's own images.
+
+A reward model ranks only the images it was trained on: the demo's reward models, trained on the world's rendered
+candidates, order the tiny generator's images no better than chance (README, "Reward-guided generation"). Real
+reward models are trained on human ratings of generator outputs; this is the ShapesWorld stand-in. For each prompt
+of a world split, the generator draws `per_prompt` images (one seed each); every image is read back into a scene by
+`zreward.align.perceive` (the same perception the GSB judge uses), scored by the oracle, rated by the world's own
+simulated raters (`RaterPool`, the world's seed), and written as a canonical split (`docs/records.md`): label
+histograms, MOS, ratings, the rationales of the perceived scene (so a reasoning teacher can train on it), and
+within-prompt pairs (overall and per dimension), exactly as `zreward world build` writes its candidates.
+
+Images are stored at the world's canvas size (bilinear, the resize `gen tune` applies before scoring); perception
+reads the generator's native pixels, as the GSB judge does. Everything is a function of (generator, world, split,
+seed): image j of prompt i has generator seed `seed·1_000_003 + i·per_prompt + j` and rating noise
+`default_rng([seed, i, 1])`. The split is written atomically (`SplitWriter`).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zreward.align.generator import load_generator
+from zreward.align.perceive import perceive_scene
+from zreward.align.tune import prompts_of, split_dir
+from zreward.data.records import DatasetInfo, DimLabel, ImageRecord, PairRecord
+from zreward.data.shapes_world.annotators import RaterPool, histograms, judge_pairs
+from zreward.data.shapes_world.oracle import DIMS, oracle_facts
+from zreward.data.shapes_world.rationales import rationales
+from zreward.data.shapes_world.render import png_bytes
+from zreward.data.split_writer import SplitWriter
+
+__all__ = ["LabelConfig", "label_generator"]
+
+
+@dataclass
+class LabelConfig:
+    """What `label_generator` draws and how it is rated."""
+
+    generator: str
+    data: str
+    out: str
+    split: str = "train"
+    prompts: int | None = None  # the first N distinct prompts of the split (None: all)
+    per_prompt: int = 4
+    seed: int = 0
+    batch_size: int = 64
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.per_prompt < 2:
+            raise ValueError(f"per_prompt: expected >= 2 (within-prompt pairs need two images), got {self.per_prompt}")
+        if self.prompts is not None and self.prompts < 1:
+            raise ValueError(f"prompts: expected a positive count, got {self.prompts}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
+
+
+def world_settings(data: str | Path) -> dict:
+    """The build settings (`seed`, `raters`, `canvas`) a world recorded in its train split's dataset.json."""
+    path = split_dir(data, "train") / "dataset.json"
+    settings = json.loads(path.read_text()).get("settings")
+    keys = ("seed", "raters", "canvas")
+    if not isinstance(settings, dict) or not all(isinstance(settings.get(k), int) for k in keys):
+        raise ValueError(f"{path}: settings: expected the ShapesWorld build settings (integer seed, raters, "
+                         "canvas); is this a `zreward world build` dataset?")
+    return settings
+
+
+def _labels(ratings: np.ndarray) -> dict[str, DimLabel]:
+    """(R, 4) ratings of one image → its DimLabels (histogram, MOS, std, ratings), as `world build` writes them."""
+    hist = histograms(ratings[None])[0]  # (4, 9)
+    return {d: DimLabel(hist=hist[k].tolist(), mos=round(float(ratings[:, k].mean()), 4),
+                        std=round(float(ratings[:, k].std()), 4), ratings=ratings[:, k].tolist())
+            for k, d in enumerate(DIMS)}
+
+
+def _pairs(ids: list[str], ratings: np.ndarray, pool: RaterPool) -> list[PairRecord]:
+    """All within-prompt pairs of one prompt's images (overall by the raters' votes, then per dimension)."""
+    ia, ib = np.triu_indices(len(ids), 1)
+    out = []
+    for dim in ("overall", *DIMS):
+        labels, counts = judge_pairs(pool, ratings, ia, ib, dim)
+        out += [PairRecord(a=ids[a], b=ids[b], dim=dim, label=lab,
+                           votes={"a": int(c[0]), "b": int(c[1]), "tie": int(c[2])})
+                for a, b, lab, c in zip(ia, ib, labels, counts)]
+    return out
+
+
+def label_generator(cfg: LabelConfig) -> dict:
+    """Draw, perceive, rate and write the split (see the module docstring). Returns its summary
+    (also `<out>/label.json`): counts, oracle and MOS means per dimension, non-tie pair share."""
+    settings = world_settings(cfg.data)
+    prompts = prompts_of(cfg.data, cfg.split)
+    if cfg.prompts is not None:
+        if cfg.prompts > len(prompts):
+            raise ValueError(f"prompts: asked for {cfg.prompts}, the {cfg.split} split of {cfg.data} has "
+                             f"{len(prompts)}")
+        prompts = prompts[:cfg.prompts]
+    gen = load_generator(cfg.generator).eval()
+    pool = RaterPool.create(int(settings["raters"]), int(settings["seed"]))
+    canvas = int(settings["canvas"])
+    k = cfg.per_prompt
+    info = DatasetInfo(name="shapes_world_generated", source=f"zreward gen label: {cfg.generator}",
+                       extra={"label": {**asdict(cfg), "world_settings": settings}})
+    oracle_sum, mos_sum, ties, n_pairs, kinds = np.zeros(len(DIMS)), np.zeros(len(DIMS)), 0, 0, Counter()
+    with SplitWriter(cfg.out, info, overwrite=cfg.overwrite) as w:
+        per_call = max(1, cfg.batch_size // k)
+        for s in range(0, len(prompts), per_call):
+            chunk = list(range(s, min(len(prompts), s + per_call)))
+            texts = [prompts[i] for i in chunk for _ in range(k)]
+            seeds = [cfg.seed * 1_000_003 + i * k + j for i in chunk for j in range(k)]
+            with torch.no_grad():
+                imgs = gen.generate(texts, seeds, batch_size=len(texts))  # (n, 3, S, S) in [0, 1]
+            stored = imgs if imgs.shape[-1] == canvas else F.interpolate(
+                imgs, size=(canvas, canvas), mode="bilinear", align_corners=False).clamp(0, 1)
+            uint8 = (stored * 255).round().to(torch.uint8)
+            for c, i in enumerate(chunk):
+                rows = range(c * k, (c + 1) * k)
+                scenes = [perceive_scene(imgs[r]) for r in rows]
+                facts = [oracle_facts(sc, prompts[i]) for sc in scenes]
+                true = np.array([[f.scores[d] for d in DIMS] for f in facts])  # (k, 4)
+                ratings = pool.rate(true, np.random.default_rng([cfg.seed, i, 1]))  # (k, R, 4)
+                ids = [f"g{i:06d}_s{j}" for j in range(k)]
+                for j, r in enumerate(rows):
+                    w.add_image(ImageRecord(
+                        id=ids[j], prompt=prompts[i], image="", labels=_labels(ratings[j]),
+                        rationales=rationales(facts[j], scenes[j]), scene=scenes[j],
+                        meta={"oracle": dict(facts[j].scores), "generator_seed": seeds[r]}),
+                        png_bytes(uint8[r].permute(1, 2, 0).numpy()))
+                for p in _pairs(ids, ratings, pool):
+                    w.add_pair(p)
+                    if p.dim == "overall":
+                        n_pairs += 1
+                        ties += p.label == "tie"
+                oracle_sum += true.sum(0)
+                mos_sum += ratings.mean(1).sum(0)
+                kinds.update(len(sc["objects"]) for sc in scenes)
+        n = len(prompts) * k
+        summary = {"out": str(cfg.out), "prompts": len(prompts), "images": n, "pairs_overall": n_pairs,
+                   "ties_overall": ties, "oracle_mean": dict(zip(DIMS, np.round(oracle_sum / n, 4).tolist())),
+                   "mos_mean": dict(zip(DIMS, np.round(mos_sum / n, 4).tolist())),
+                   "objects_perceived": {str(a): b for a, b in sorted(kinds.items())}}
+        (w.tmp / "label.json").write_text(json.dumps(summary, indent=2) + "\n")  # lands with the split, atomically
+    return summary
