@@ -21,7 +21,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "score": ("zreward.serve.score_cli", "score a split directory with a saved Scorer"),
     "train": ("zreward.trainers.cli", "train a reward model: sft, gdso, grpo, rewarddance, risd, opd"),
     "eval": ("zreward.eval.cli", "evaluate saved Scorers on a split: accuracy, calibration, cost -> report"),
-    "gen": ("zreward.align.cli", "reward-guided T2I: gen pretrain | tune | eval (ShapesWorld, diffusers pipelines)"),
+    "gen": ("zreward.align.cli", "reward-guided T2I: gen pretrain | tune | eval | label (ShapesWorld, diffusers "
+            "pipelines)"),
     "serve": ("zreward.serve.serve_cli", "HTTP reward server (micro-batched) for RL harnesses"),
     "demo": ("zreward.demo", "the main job: the ShapesWorld end-to-end demo"),
 }

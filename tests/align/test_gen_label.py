@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zreward.align.cli import main as gen_main
-from zreward.align.gen_label import LabelConfig, label_generator
+from zreward.align.gen_label import LabelConfig, generator_seed, label_generator
 from zreward.align.generator import load_generator
 from zreward.align.perceive import perceive_scene
 from zreward.align.tune import prompts_of
@@ -31,10 +31,12 @@ def test_split_contents_follow_the_perceived_oracle(labelled, tiny_gen_dir, smal
     prompts = prompts_of(small_world, "train")[:3]
     assert [r.prompt for r in split.images] == [p for p in prompts for _ in range(3)]
     assert summary["images"] == 9 and summary["prompts"] == 3
-    # image j of prompt i has generator seed 5·1_000_003 + 3i + j; perception of those pixels gives the record
+    # image j of prompt i of the train split (index 0) has generator seed generator_seed(5, 0, i, j); perception
+    # of those pixels gives the record
     gen = load_generator(tiny_gen_dir).eval()
     rec = split.images[4]  # prompt 1, image 1
-    assert rec.id == "g000001_s1" and rec.meta["generator_seed"] == 5 * 1_000_003 + 4
+    assert rec.id == "g000001_s1" and rec.meta["generator_seed"] == generator_seed(5, 0, 1, 1)
+    assert len({r.meta["generator_seed"] for r in split.images}) == 9
     with torch.no_grad():
         img = gen.generate([prompts[1]], [rec.meta["generator_seed"]])[0]
     scene = perceive_scene(img)
@@ -67,8 +69,17 @@ def test_deterministic_and_atomic(labelled, tiny_gen_dir, small_world, tmp_path)
 
 
 def test_bad_inputs_are_named(tiny_gen_dir, small_world, tmp_path):
-    with pytest.raises(ValueError, match="per_prompt"):
+    with pytest.raises(ValueError, match="--per-prompt"):
         LabelConfig(generator="g", data="d", out="o", per_prompt=1)
+    with pytest.raises(ValueError, match="--split"):
+        LabelConfig(generator="g", data="d", out="o", split="dev")
+    for out in (small_world / "val", tiny_gen_dir, small_world):  # never written over a split, the generator, the world
+        with pytest.raises(ValueError, match="--out"):
+            LabelConfig(generator=str(tiny_gen_dir), data=str(small_world), out=str(out), overwrite=True)
+    # a split directory as --data would take its prompts for any --split: refused
+    with pytest.raises(ValueError, match="the dataset directory, not one of its splits"):
+        label_generator(LabelConfig(generator=str(tiny_gen_dir), data=str(small_world / "train"), split="val",
+                                    out=str(tmp_path / "z")))
     with pytest.raises(ValueError, match="asked for 10000"):
         label_generator(LabelConfig(generator=str(tiny_gen_dir), data=str(small_world), out=str(tmp_path / "x"),
                                     prompts=10000))
@@ -88,3 +99,7 @@ def test_cli_and_training_on_the_labels(tiny_gen_dir, small_world, tmp_path, cap
     assert json.loads(capsys.readouterr().out)["images"] == 4
     data = load_train_data(out)
     assert data.mask.all() and len(data.groups) == 2
+    # val prompt 0 does not reuse train prompt 0's generator seeds or rating noise
+    seeds = [r.meta["generator_seed"] for r in read_split(out).images]
+    assert seeds[:2] == [generator_seed(0, 1, 0, 0), generator_seed(0, 1, 0, 1)]
+    assert not set(seeds) & {generator_seed(0, 0, 0, j) for j in range(2)}

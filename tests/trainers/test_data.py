@@ -29,8 +29,8 @@ def test_load_train_data_targets_and_groups(small_world):
 
 
 def test_extra_train_keeps_labels_renames_taken_ids_and_its_pairs(small_world):
-    """Two ShapesWorld splits share the id scheme (p000000_c0 ...): the labelled extra split's ids are renamed
-    with its config key, its pair votes follow, and each split keeps its own prompt groups."""
+    """Two ShapesWorld splits share the id scheme (p000000_c0 ...): the extra split's ids are prefixed with its
+    config key, its pair votes follow, and each split keeps its own prompt groups."""
     a = load_train_data(small_world / "train", max_images=8)
     b = load_train_data(small_world / "val", max_images=8)
     assert set(a.ids) & set(b.ids)
@@ -47,9 +47,10 @@ def test_extra_train_keeps_labels_renames_taken_ids_and_its_pairs(small_world):
     assert {k: v for k, v in u.pair_votes.items() if not k[0].startswith("data.")} == a.pair_votes
     pos = {i: k for k, i in enumerate(u.ids)}  # what RewardDance / val_pairs build: ids stay unique
     assert len(pos) == len(u)
-    # unlabelled (RISD's extra_unlabelled): labels and votes dropped, ids unchanged
+    # unlabelled (RISD's extra_unlabelled): labels and votes dropped
     v = concat_splits(a, b, keep_labels=False, what="data.extra_unlabelled")
-    assert v.ids[8:] == b.ids and not v.mask[8:].any() and v.pair_votes == a.pair_votes
+    assert v.ids[8:] == [f"data.extra_unlabelled/{i}" for i in b.ids]
+    assert not v.mask[8:].any() and v.pair_votes == a.pair_votes
     with pytest.raises(ValueError, match=r"data.extra_train\[0\]: dims/levels"):
         b.dims = b.dims[:2]
         concat_splits(a, b, keep_labels=True, what="data.extra_train[0]")

@@ -67,7 +67,8 @@ def test_risd_run_caches_teacher_once_and_student_learns(models, small_world, tm
     caches = list((tmp_path / "cache").glob("teacher_*.safetensors"))
     assert len(caches) == 1
     data = concat_splits(load_train_data(cfg.data.train, max_images=12),
-                         load_train_data(cfg.data.extra_unlabelled, max_images=4), keep_labels=False, what="x")
+                         load_train_data(cfg.data.extra_unlabelled, max_images=4), keep_labels=False,
+                         what="data.extra_unlabelled")
     acc = _Main()
     cached, info = risd.teacher_targets(cfg, data, data.dims, tmp_path / "cache", acc)
     assert info["computed"] == 0  # reused
@@ -130,7 +131,7 @@ def test_concat_unlabelled_drops_extra_labels_and_regroups(small_world):
     a = load_train_data(small_world / "train", max_images=8)
     b = load_train_data(small_world / "ood", max_images=8)
     u = concat_splits(a, b, keep_labels=False, what="data.extra_unlabelled")
-    assert len(u) == 16 and u.ids == a.ids + b.ids
+    assert len(u) == 16 and u.ids == a.ids + [f"data.extra_unlabelled/{i}" for i in b.ids]
     assert u.mask[:8].tolist() == a.mask.tolist() and not u.mask[8:].any()
     assert (u.target[8:] == 0).all() and (u.mos[8:] == 0).all()
     for g in u.groups:  # every group holds one prompt, and every image is in exactly one group

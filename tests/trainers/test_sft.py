@@ -134,6 +134,14 @@ def test_config_rejects_bad_mode():
         sft.SFTConfig(mode="direct", caption_weight=0.5)  # captioning is kept alive in the cold start only
 
 
+def test_caption_term_with_extra_train_is_refused_before_anything_is_written(tiny_model, small_world, tmp_path):
+    cfg = _cfg(tiny_model, small_world, tmp_path / "run", sft__mode="reasoning", sft__caption_weight=0.5,
+               data__extra_train=[str(small_world / "ood")])
+    with pytest.raises(ValueError, match="caption_weight.*data.extra_train"):
+        sft.train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_cold_start_caption_term_is_the_captioning_ce_and_is_learned(tiny_model, small_world, tmp_path):
     from zreward.models.scorer import load_scorer
     from zreward.trainers.caption import caption_forward, split_captions, tokenize_captions

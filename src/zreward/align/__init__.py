@@ -11,5 +11,5 @@ Python API (import from the submodules; nothing heavy is imported here):
         .trl() / .flow_grpo()                                        # TRL / Flow-GRPO call forms (harness.py)
     zreward.align.perceive.perceive_scene(image) -> scene dict       # pixels -> scene -> ShapesWorld oracle
     zreward.align.generator.load_generator(dir) -> T2IGenerator      # explicit Euler sampler
-Configs have `for_profile("quick" | "full", **overrides)`. CLI: `zreward gen pretrain | tune | eval`.
+Configs have `for_profile("quick" | "full", **overrides)`. CLI: `zreward gen pretrain | tune | eval | label`.
 """

@@ -165,9 +165,9 @@ def load_train_data(split_dir: str | Path, *, max_images: int | None = None, ski
 def concat_splits(data: TrainData, extra: TrainData, *, keep_labels: bool, what: str) -> TrainData:
     """`data` followed by `extra`; each split keeps its own prompt groups (prompt instances, `prompt_groups`),
     extra's renumbered after data's. keep_labels=False drops extra's labels (RISD's unlabelled images: teacher
-    targets only); True keeps its label distributions, MOS, rationales and pair vote shares. Labelled images
-    whose ids are already taken (two ShapesWorld splits share the id scheme) are renamed `<what>/<id>`, with
-    their pair votes, so that pairs never mix the splits.
+    targets only); True keeps its label distributions, MOS, rationales and pair vote shares. Extra ids are always
+    prefixed `<what>/` (two ShapesWorld splits share the id scheme), pair votes with them, so that ids stay unique
+    (what id → index maps rely on) and an image's id does not depend on which other splits are loaded.
 
     Args:
         what: the config key the extra split came from (`data.extra_train[0]`): error messages and renaming.
@@ -184,10 +184,8 @@ def concat_splits(data: TrainData, extra: TrainData, *, keep_labels: bool, what:
     group = np.concatenate([data.group, extra.group + int(data.group.max()) + 1]).astype(np.int64)
     order = np.argsort(group, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(group[order])) + 1)
-    ids = extra.ids
+    ids = [f"{what}/{i}" for i in extra.ids]
     if keep_labels:
-        if set(data.ids).intersection(ids):
-            ids = [f"{what}/{i}" for i in ids]
         rename = dict(zip(extra.ids, ids))
         target, mask, mos = extra.target, extra.mask, extra.mos
         rationales = extra.rationales

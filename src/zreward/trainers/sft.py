@@ -221,6 +221,9 @@ def train(cfg: Config) -> Path:
     """Run SFT (direct or reasoning cold start); returns the final Scorer directory `run_dir/final`."""
     if not cfg.data.train:
         raise ValueError("data.train is required: a canonical split directory")
+    if cfg.sft.caption_weight and cfg.data.extra_train:
+        raise ValueError("sft.caption_weight: the captioning term reads the scene captions of data.train only; it "
+                         "cannot be combined with data.extra_train (set one of them off)")
     loop = RunLoop(cfg, f"sft[{cfg.sft.mode}]")
     data = cfg.data.load_train()
     val = cfg.data.load_val()
