@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from zreward.align.generator import load_generator
 from zreward.align.perceive import PerceiveConfig, perceive_scene
 from zreward.align.tune import prompts_of
-from zreward.data.records import DatasetInfo, DimLabel, ImageRecord, PairRecord
-from zreward.data.shapes_world.annotators import RaterPool, histograms, judge_pairs
-from zreward.data.shapes_world.build import SPLITS
+from zreward.data.records import DatasetInfo, ImageRecord, PairRecord
+from zreward.data.shapes_world.annotators import RaterPool, judge_pairs
+from zreward.data.shapes_world.build import SPLITS, image_labels
 from zreward.data.shapes_world.oracle import DIMS, oracle_facts
 from zreward.data.shapes_world.rationales import rationales
 from zreward.data.shapes_world.render import png_bytes
@@ -85,14 +85,6 @@ def world_settings(data: str | Path, split: str) -> dict:
         raise ValueError(f"{path}: settings: expected the ShapesWorld build settings (integer seed, raters, "
                          "canvas); is this a `zreward world build` dataset?")
     return settings
-
-
-def _labels(ratings: np.ndarray) -> dict[str, DimLabel]:
-    """(R, 4) ratings of one image → its DimLabels (histogram, MOS, std, ratings), as `world build` writes them."""
-    hist = histograms(ratings[None])[0]  # (4, 9)
-    return {d: DimLabel(hist=hist[k].tolist(), mos=round(float(ratings[:, k].mean()), 4),
-                        std=round(float(ratings[:, k].std()), 4), ratings=ratings[:, k].tolist())
-            for k, d in enumerate(DIMS)}
 
 
 def generator_seed(seed: int, split_index: int, prompt: int, image: int) -> int:
@@ -150,9 +142,10 @@ def label_generator(cfg: LabelConfig) -> dict:
                 true = np.array([[f.scores[d] for d in DIMS] for f in facts])  # (k, 4)
                 ratings = pool.rate(true, np.random.default_rng([cfg.seed, si, i, 2]))  # (k, R, 4)
                 ids = [f"g{i:06d}_s{j}" for j in range(k)]
+                labels = image_labels(ratings)
                 for j, r in enumerate(rows):
                     w.add_image(ImageRecord(
-                        id=ids[j], prompt=prompts[i], image="", labels=_labels(ratings[j]),
+                        id=ids[j], prompt=prompts[i], image="", labels=labels[j],
                         rationales=rationales(facts[j], scenes[j]), scene=scenes[j],
                         meta={"oracle": dict(facts[j].scores), "generator_seed": seeds[r], "raters": raters}),
                         png_bytes(uint8[r].permute(1, 2, 0).numpy()))

@@ -194,7 +194,7 @@ def concat_splits(data: TrainData, extra: TrainData, *, keep_labels: bool, what:
         target = np.zeros((m, *data.target.shape[1:]), np.float32)
         mask, mos = np.zeros((m, len(data.dims)), bool), target[..., 0]
         rationales, votes = [{} for _ in range(m)], dict(data.pair_votes)
-    return TrainData(ids=data.ids + list(ids), prompts=data.prompts + extra.prompts, images=data.images + extra.images,
+    return TrainData(ids=data.ids + ids, prompts=data.prompts + extra.prompts, images=data.images + extra.images,
                      target=np.concatenate([data.target, target]), mask=np.concatenate([data.mask, mask]),
                      mos=np.concatenate([data.mos, mos]), group=group, groups=groups,
                      rationales=data.rationales + list(rationales), dims=data.dims, levels=data.levels,

@@ -65,6 +65,16 @@ class WorldConfig:
         return {"train": self.prompts, "val": small, "test": small, "ood": small}
 
 
+def image_labels(ratings: np.ndarray) -> list[dict[str, DimLabel]]:
+    """(K, R, 4) ratings of K images → each image's labels per dimension: histogram over the levels, MOS and
+    population std (rounded to 4 decimals) and the raw ratings — the one label record of a rated ShapesWorld image
+    (`world build`, `zreward gen label`)."""
+    hist = histograms(ratings)  # (K, 4, 9)
+    mos, std = ratings.mean(1), ratings.std(1)  # (K, 4)
+    return [{d: DimLabel(hist=hist[j, k].tolist(), mos=round(float(mos[j, k]), 4), std=round(float(std[j, k]), 4),
+                         ratings=ratings[j, :, k].tolist()) for k, d in enumerate(DIMS)} for j in range(len(ratings))]
+
+
 def _prompt_item(cfg: WorldConfig, pool: RaterPool, split: str, pi: int) -> dict:
     """Everything for prompt `pi` of `split`: images (png, record fields) and pairs."""
     si = SPLITS.index(split)
@@ -76,15 +86,13 @@ def _prompt_item(cfg: WorldConfig, pool: RaterPool, split: str, pi: int) -> dict
     facts = [oracle_facts(c.scene, spec) for c in cands]
     true = np.array([[f.scores[d] for d in DIMS] for f in facts])  # (K, 4)
     ratings = pool.rate(true, np.random.default_rng([cfg.seed, si, pi, 1]))  # (K, R, 4)
-    hist = histograms(ratings)  # (K, 4, 9)
-    mos, std = ratings.mean(1), ratings.std(1)  # (K, 4)
+    labels = image_labels(ratings)
     images = []
     for j, (c, f) in enumerate(zip(cands, facts)):
         scene = dict(c.scene, seed=int(rng.integers(2**31)))
         images.append({"id": f"p{pi:06d}_c{j}", "scene": scene, "png": render_png(scene, scene["seed"]),
                        "kinds": c.kinds, "rationales": rationales(f, c.scene), "oracle": dict(f.scores),
-                       "labels": {d: (hist[j, k].tolist(), round(float(mos[j, k]), 4), round(float(std[j, k]), 4),
-                                      ratings[j, :, k].tolist()) for k, d in enumerate(DIMS)}})
+                       "labels": labels[j]})
     ia, ib = np.triu_indices(cfg.candidates, 1)  # all unordered candidate pairs, (P,)
     pairs = []
     dims = ["overall"] + (list(DIMS) if cfg.dim_pairs else [])
@@ -93,7 +101,7 @@ def _prompt_item(cfg: WorldConfig, pool: RaterPool, split: str, pi: int) -> dict
         for p in range(len(ia)):
             pairs.append((images[ia[p]]["id"], images[ib[p]]["id"], dim, labels[p],
                           {"a": int(counts[p, 0]), "b": int(counts[p, 1]), "tie": int(counts[p, 2])}))
-    return {"text": text, "spec": spec, "images": images, "pairs": pairs, "true": true, "mos": mos,
+    return {"text": text, "spec": spec, "images": images, "pairs": pairs, "true": true, "mos": ratings.mean(1),
             "ia": ia, "ib": ib}
 
 
@@ -168,8 +176,7 @@ def _write_split(split_dir: Path, info: DatasetInfo, cfg: WorldConfig, pool: Rat
                     w.add_image(ImageRecord(  # the worker already wrote the PNG
                         id=im["id"], prompt=item["text"], image=f"{IMAGES_DIR}/{im['id']}.png",
                         prompt_spec=item["spec"], rationales=im["rationales"], scene=im["scene"],
-                        labels={d: DimLabel(hist=h, mos=m, std=sd, ratings=r)
-                                for d, (h, m, sd, r) in im["labels"].items()},
+                        labels=im["labels"],
                         meta={"oracle": im["oracle"], "mutations": im["kinds"], "raters": raters}))
                 for a, b, dim, lab, votes in item["pairs"]:
                     w.add_pair(PairRecord(a=a, b=b, dim=dim, label=lab, votes=votes))
