@@ -4,6 +4,12 @@
 # a user who already has a CUDA torch keeps it. Prints the python to use on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Two set-ups at once (e.g. two demos started side by side) race inside pip and fail half-installed (measured):
+# serialise them on a lock where flock(1) exists; the lock is released when this script exits.
+if command -v flock >/dev/null; then
+  exec 9>.setup.lock
+  flock 9
+fi
 if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ]; then
   PY=$(command -v python)
 else
