@@ -86,20 +86,20 @@ def _prompt_item(cfg: WorldConfig, pool: RaterPool, split: str, pi: int) -> dict
     facts = [oracle_facts(c.scene, spec) for c in cands]
     true = np.array([[f.scores[d] for d in DIMS] for f in facts])  # (K, 4)
     ratings = pool.rate(true, np.random.default_rng([cfg.seed, si, pi, 1]))  # (K, R, 4)
-    labels = image_labels(ratings)
+    image_label = image_labels(ratings)
     images = []
     for j, (c, f) in enumerate(zip(cands, facts)):
         scene = dict(c.scene, seed=int(rng.integers(2**31)))
         images.append({"id": f"p{pi:06d}_c{j}", "scene": scene, "png": render_png(scene, scene["seed"]),
                        "kinds": c.kinds, "rationales": rationales(f, c.scene), "oracle": dict(f.scores),
-                       "labels": labels[j]})
+                       "labels": image_label[j]})
     ia, ib = np.triu_indices(cfg.candidates, 1)  # all unordered candidate pairs, (P,)
     pairs = []
     dims = ["overall"] + (list(DIMS) if cfg.dim_pairs else [])
     for dim in dims:
-        labels, counts = judge_pairs(pool, ratings, ia, ib, dim)
+        pair_label, counts = judge_pairs(pool, ratings, ia, ib, dim)
         for p in range(len(ia)):
-            pairs.append((images[ia[p]]["id"], images[ib[p]]["id"], dim, labels[p],
+            pairs.append((images[ia[p]]["id"], images[ib[p]]["id"], dim, pair_label[p],
                           {"a": int(counts[p, 0]), "b": int(counts[p, 1]), "tie": int(counts[p, 2])}))
     return {"text": text, "spec": spec, "images": images, "pairs": pairs, "true": true, "mos": ratings.mean(1),
             "ia": ia, "ib": ib}
