@@ -142,3 +142,25 @@ def test_empty_chain_teacher_query_reads_the_score_after_reasoning_close(models)
     assert got.shape == (2, 2, 9) and torch.allclose(got.flatten(0, 1), full, atol=1e-4)
     direct = opd.teacher_level_logits(t, prompts, ims, dims, "direct")
     assert torch.allclose(direct, t.direct_logits(prompts, ims, dims)) and not torch.allclose(direct, got, atol=1e-3)
+
+
+def test_teacher_scores_each_drawn_image_once(models, small_world, tmp_path, monkeypatch):
+    """The frozen teacher's logits are cached per image: over 12 steps of 4 images from 16 it scores exactly the
+    distinct images the batches drew, each once (the resume test above checks the losses stay the same)."""
+    from zreward.trainers.data import load_train_data
+    from zreward.trainers.run_utils import batch_indices
+
+    scored: list[str] = []
+    real = opd.teacher_level_logits
+
+    def counting(teacher, prompts, images, dims, query):
+        scored.extend(prompts)
+        return real(teacher, prompts, images, dims, query)
+
+    monkeypatch.setattr(opd, "teacher_level_logits", counting)
+    cfg = _cfg(models, small_world, tmp_path / "run", run__max_steps=12, data__max_images=16)
+    cfg.data.val = None
+    opd.train(cfg)
+    n = len(load_train_data(small_world / "train", max_images=16))
+    drawn = {int(i) for s in range(1, 13) for i in batch_indices(n, 4, s, cfg.run.seed)}
+    assert n == 16 and len(scored) == len(drawn) <= 16 < 12 * 4

@@ -65,8 +65,15 @@ def test_reasoning_cold_start_saves_a_reasoning_scorer(tiny_model, small_world, 
     assert out.probs.shape == (1, 4, 9) and out.chains is not None
 
 
-def test_rationale_forward_targets_chain_tokens_and_eos_and_reads_the_inference_position(tiny_model):
-    """CE = −Σ log p(chain_j | prefix) − log p(EOS | prompt+chain); score logits equal `chain_forward`'s."""
+LONG_CHAIN = "1 object: red circle. want 1 red circle: see 1. extra: none. " * 3
+
+
+@pytest.mark.parametrize("texts", [("see 1 red circle.", "", "noise: 0.", "blur 1"),
+                                   (LONG_CHAIN, "", "noise: 0.", "blur 1")], ids=["one_forward", "two_chunks"])
+def test_rationale_forward_targets_chain_tokens_and_eos_and_reads_the_inference_position(tiny_model, texts):
+    """CE = −Σ log p(chain_j | prefix) − log p(EOS | prompt+chain); score logits equal `chain_forward`'s — also
+    when the rows run in two forwards cut by length (a long alignment chain beside short ones)."""
+    from zreward.models.batch import length_chunks
     from zreward.models.scorer import ChainBatch, load_scorer
 
     sc = load_scorer(tiny_model)
@@ -74,7 +81,8 @@ def test_rationale_forward_targets_chain_tokens_and_eos_and_reads_the_inference_
     images = torch.rand(2, 3, 64, 64)
     prompts, dims = ["a red circle", "two blue squares"], ["alignment", "realism"]
     tok = sc.tokenizer
-    chains = [tok.encode(t, add_special_tokens=False) for t in ("see 1 red circle.", "", "noise: 0.", "blur 1")]
+    chains = [tok.encode(t, add_special_tokens=False) for t in texts]
+    assert len(length_chunks([len(c) + 40 for c in chains])) == (2 if texts[0] == LONG_CHAIN else 1)
     with torch.no_grad():
         ce, n, ro = sft.rationale_forward(sc, prompts, images, dims, chains)
         # by hand, one sequence at a time: full logits over prompt + chain + close

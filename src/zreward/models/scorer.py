@@ -192,14 +192,23 @@ class Scorer:
         Returns:
             (EncodedBatch on the scorer's device, the N token lists before the suffix).
         """
+        ids = self.tokenize_items(texts, image_index, pixels)
+        seqs = ids if suffix_ids is None else [a + b for a, b in zip(ids, suffix_ids)]
+        return self.batch_of(seqs, image_index, pixels, padding_side), ids
+
+    def tokenize_items(self, texts: list[str], image_index: list, pixels: PixelInputs) -> list[list[int]]:
+        """N rendered texts → token id lists, each image placeholder expanded to its image's number of tokens."""
         expanded = [expand_image_placeholders(t, self.family, [pixels.n_tokens[j] for j in js], where=f"item {i}")
                     for i, (t, js) in enumerate(zip(texts, item_images(image_index)))]
-        ids = self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
-        seqs = ids if suffix_ids is None else [a + b for a, b in zip(ids, suffix_ids)]
-        pad = self.tokenizer.pad_token_id
-        batch = build_batch(seqs, image_index, pixels, self.family, self.image_token_id, pad, padding_side)
+        return self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+
+    def batch_of(self, seqs: list[list[int]], image_index: list, pixels: PixelInputs,
+                 padding_side: str = "right") -> EncodedBatch:
+        """Token id lists (image tokens expanded) + the pixels they show → padded model inputs on the device."""
+        batch = build_batch(seqs, image_index, pixels, self.family, self.image_token_id, self.tokenizer.pad_token_id,
+                            padding_side)
         batch.inputs["pixel_values"] = batch.inputs["pixel_values"].to(self.model_dtype)
-        return batch.to(self.device), ids
+        return batch.to(self.device)
 
     def logits_at(self, batch: EncodedBatch, positions: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits (N, V) at one position per row; hidden states are gathered before lm_head."""
@@ -296,10 +305,7 @@ class Scorer:
         """
         pixels = images if isinstance(images, PixelInputs) else self.prepare_images(images)
         seqs = [p + c + self.close_ids for p, c in zip(chains.prompt_ids, chains.chain_ids)]
-        pad = self.tokenizer.pad_token_id
-        batch = build_batch(seqs, chains.image_index, pixels, self.family, self.image_token_id, pad, "right")
-        batch.inputs["pixel_values"] = batch.inputs["pixel_values"].to(self.model_dtype)
-        batch = batch.to(self.device)
+        batch = self.batch_of(seqs, chains.image_index, pixels)
         p_lens = [len(p) for p in chains.prompt_ids]
         with vs.encode_each_image_once(self.model, chains.image_index, pixels):
             logp, mask, ro = lp.chain_scores(self.model, batch.inputs, batch.lengths, p_lens, chains.chain_ids,

@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from zreward.losses import (expected_score_loss, kl_div_levels, pair_target_win_prob, score_gap_huber,
                             thurstone_fidelity)
 from zreward.models import level_readout
+from zreward.models import vision_share as vs
+from zreward.models.batch import length_chunks
 from zreward.trainers.caption import CaptionConfig, caption_forward, split_captions, tokenize_captions
 from zreward.trainers.common import TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
@@ -123,7 +125,11 @@ def pairwise_sum(mean: torch.Tensor, std: torch.Tensor, group: np.ndarray, targe
 
 
 def rationale_forward(scorer, prompts: list[str], images, dims: list[str], chains: list[list[int]]):
-    """Teacher-forced reasoning pass: prompt + chain + `reasoning_close` per (image, dim), one forward.
+    """Teacher-forced reasoning pass: prompt + chain + `reasoning_close` per (image, dim).
+
+    The B·D rows run in one or two forwards cut by length (`models.batch.length_chunks`: the chains' lengths vary
+    a lot across dims, and a right-padded row's outputs do not depend on its batch mates), each image through the
+    vision tower once per forward (`models.vision_share`).
 
     Args:
         prompts: B prompts.  images: B images.  dims: D dims.
@@ -137,29 +143,41 @@ def rationale_forward(scorer, prompts: list[str], images, dims: list[str], chain
     pixels = scorer.prepare_images(images)
     texts = [scorer.reasoning_prompt(p, dim) for p in prompts for dim in dims]
     image_index = [i for i in range(b) for _ in dims]
-    batch, prompt_ids = scorer.encode_items(texts, image_index, pixels,
-                                            suffix_ids=[c + scorer.close_ids for c in chains])
-    ids = batch.inputs["input_ids"]
-    n, t = ids.shape
-    p_len = torch.tensor([len(p) for p in prompt_ids])
-    c_len = torch.tensor([len(c) for c in chains])
+    ids = scorer.tokenize_items(texts, image_index, pixels)
+    seqs = [p + c + scorer.close_ids for p, c in zip(ids, chains)]
+    ce, score_logits, rows = 0.0, [], []
+    for part in length_chunks([len(x) for x in seqs]):
+        c_ce, c_score = _rationale_rows(scorer, [seqs[i] for i in part], [len(ids[i]) for i in part],
+                                        [chains[i] for i in part], [image_index[i] for i in part], pixels)
+        ce, score_logits, rows = ce + c_ce, score_logits + [c_score], rows + part
+    inverse = torch.empty(len(rows), dtype=torch.long)
+    inverse[torch.tensor(rows)] = torch.arange(len(rows))
+    full = torch.cat(score_logits)[inverse.to(score_logits[0].device)].view(b, d, -1)
+    ro = level_readout.readout(full, scorer.level_token_ids.to(full.device), scorer.levels.to(full.device))
+    return ce, sum(len(c) + 1 for c in chains if c), ro
+
+
+def _rationale_rows(scorer, seqs: list[list[int]], p_lens: list[int], chains: list[list[int]], image_index: list[int],
+                    pixels) -> tuple[torch.Tensor, torch.Tensor]:
+    """One right-padded forward over `seqs` (prompt + chain + close): (CE sum over chain tokens + EOS, (N, V)
+    logits at each row's score position)."""
+    batch = scorer.batch_of(seqs, image_index, pixels)
+    n, t = batch.inputs["input_ids"].shape
+    p_len = torch.tensor(p_lens)
     k = int(t - p_len.min().item() + 1)  # logits for positions t-k..t-1 cover every target and the score position
-    out = scorer.model(**batch.inputs, logits_to_keep=k, use_cache=False)
-    logits = out.logits  # (N, k, V)
-    j = torch.arange(int(c_len.max().item()) + 1)
+    with vs.encode_each_image_once(scorer.model, image_index, pixels):
+        logits = scorer.model(**batch.inputs, logits_to_keep=k, use_cache=False).logits  # (N, k, V)
+    j = torch.arange(max(len(c) for c in chains) + 1)
     targets = torch.full((n, len(j)), -100, dtype=torch.long)
     for i, c in enumerate(chains):  # index bookkeeping only
         if c:
             targets[i, : len(c)] = torch.tensor(c, dtype=torch.long)
             targets[i, len(c)] = scorer.tokenizer.eos_token_id
     local = (p_len.unsqueeze(1) - 1 + j.unsqueeze(0) - (t - k)).clamp(0, k - 1).to(logits.device)
-    rows = torch.arange(n, device=logits.device).unsqueeze(1)
-    tgt = targets.to(logits.device)
-    ce = F.cross_entropy(logits[rows, local].float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="sum")
-    score_local = (batch.lengths - 1 - (t - k)).to(logits.device)
-    full = logits[torch.arange(n, device=logits.device), score_local].view(b, d, -1)
-    ro = level_readout.readout(full, scorer.level_token_ids.to(full.device), scorer.levels.to(full.device))
-    return ce, int((targets != -100).sum()), ro
+    rows = torch.arange(n, device=logits.device)
+    ce = F.cross_entropy(logits[rows.unsqueeze(1), local].float().flatten(0, 1), targets.to(logits.device).flatten(),
+                         ignore_index=-100, reduction="sum")
+    return ce, logits[rows, (batch.lengths - 1 - (t - k)).to(logits.device)]
 
 
 def tokenize_rationales(tokenizer, data: TrainData, idx: np.ndarray, dims: list[str], max_tokens: int) -> list[list[int]]:
