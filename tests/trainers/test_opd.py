@@ -144,9 +144,28 @@ def test_empty_chain_teacher_query_reads_the_score_after_reasoning_close(models)
     assert torch.allclose(direct, t.direct_logits(prompts, ims, dims)) and not torch.allclose(direct, got, atol=1e-3)
 
 
+def test_teacher_cache_computes_each_image_once_and_returns_its_rows():
+    """Rows come back in batch order (repeats included); only unseen indices are computed, first occurrences."""
+    calls = []
+
+    def compute(prompts, images):  # a stand-in teacher: logits encode the image's first pixel and the prompt
+        first = (torch.stack(images) if isinstance(images, list) else images)[:, 0, 0, 0]
+        calls.append((list(prompts), first.tolist()))
+        return torch.stack([torch.full((2, 3), float(x)) + len(p) for p, x in zip(prompts, first)])
+
+    cache = opd.TeacherCache(compute)
+    ims = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    got = cache([7, 3, 7, 5], ["a", "bb", "a", "ccc"], ims[[0, 1, 0, 2]])
+    assert calls == [(["a", "bb", "ccc"], [0.0, 1.0, 2.0])]
+    torch.testing.assert_close(got[:, 0, 0], torch.tensor([1.0, 3.0, 1.0, 5.0]))
+    got = cache([5, 9], ["ccc", "dddd"], [ims[2], ims[3]])  # a list of images (sizes differ) works the same
+    assert calls[-1] == (["dddd"], [3.0]) and len(calls) == 2
+    torch.testing.assert_close(got[:, 1, 2], torch.tensor([5.0, 7.0]))
+
+
 def test_teacher_scores_each_drawn_image_once(models, small_world, tmp_path, monkeypatch):
-    """The frozen teacher's logits are cached per image: over 12 steps of 4 images from 16 it scores exactly the
-    distinct images the batches drew, each once (the resume test above checks the losses stay the same)."""
+    """A training run asks the teacher about each drawn image once: 12 steps of 4 images from 16 (three epochs)
+    score exactly the distinct images drawn."""
     from zreward.trainers.data import load_train_data
     from zreward.trainers.run_utils import batch_indices
 
@@ -162,5 +181,5 @@ def test_teacher_scores_each_drawn_image_once(models, small_world, tmp_path, mon
     cfg.data.val = None
     opd.train(cfg)
     n = len(load_train_data(small_world / "train", max_images=16))
-    drawn = {int(i) for s in range(1, 13) for i in batch_indices(n, 4, s, cfg.run.seed)}
+    drawn = {int(i) for s in range(12) for i in batch_indices(n, 4, s, cfg.run.seed)}
     assert n == 16 and len(scored) == len(drawn) <= 16 < 12 * 4

@@ -70,7 +70,8 @@ LONG_CHAIN = "1 object: red circle. want 1 red circle: see 1. extra: none. " * 3
 
 @pytest.mark.parametrize("texts", [("see 1 red circle.", "", "noise: 0.", "blur 1"),
                                    (LONG_CHAIN, "", "noise: 0.", "blur 1")], ids=["one_forward", "two_chunks"])
-def test_rationale_forward_targets_chain_tokens_and_eos_and_reads_the_inference_position(tiny_model, texts):
+def test_rationale_forward_targets_chain_tokens_and_eos_and_reads_the_inference_position(tiny_model, texts,
+                                                                                        monkeypatch):
     """CE = −Σ log p(chain_j | prefix) − log p(EOS | prompt+chain); score logits equal `chain_forward`'s — also
     when the rows run in two forwards cut by length (a long alignment chain beside short ones)."""
     from zreward.models.batch import length_chunks
@@ -82,7 +83,8 @@ def test_rationale_forward_targets_chain_tokens_and_eos_and_reads_the_inference_
     prompts, dims = ["a red circle", "two blue squares"], ["alignment", "realism"]
     tok = sc.tokenizer
     chains = [tok.encode(t, add_special_tokens=False) for t in texts]
-    assert len(length_chunks([len(c) + 40 for c in chains])) == (2 if texts[0] == LONG_CHAIN else 1)
+    cuts = []
+    monkeypatch.setattr(sft, "length_chunks", lambda lengths: cuts.append(length_chunks(lengths)) or cuts[-1])
     with torch.no_grad():
         ce, n, ro = sft.rationale_forward(sc, prompts, images, dims, chains)
         # by hand, one sequence at a time: full logits over prompt + chain + close
@@ -103,6 +105,7 @@ def test_rationale_forward_targets_chain_tokens_and_eos_and_reads_the_inference_
                         [sc.encode_items([sc.reasoning_prompt(prompts[i // 2], dims[i % 2])], [i // 2], pixels)[1][0]
                          for i in range(4)], chains, [""] * 4)
         ref = sc.chain_forward(cb, pixels).level_logits.view(2, 2, -1)
+    assert [len(c) for c in cuts] == [2 if texts[0] == LONG_CHAIN else 1]  # the rows ran in that many forwards
     assert n == count == sum(len(c) + 1 for c in chains if c)
     assert float(ce) == pytest.approx(want, rel=1e-4)
     torch.testing.assert_close(ro.logits, ref, rtol=1e-4, atol=1e-4)
@@ -194,3 +197,29 @@ def test_lora_resume_gives_identical_losses_and_rejects_other_adapters(tiny_mode
     full.data.val = None
     with pytest.raises(RuntimeError, match="cannot resume from .*half/checkpoints/step_000002"):
         sft.train(full)
+
+
+def test_rationale_forward_in_two_chunks_gives_the_gradients_of_one_forward(tiny_factory, monkeypatch):
+    """Cutting the rows by length changes no loss and no gradient (right padding: rows do not see each other)."""
+    from zreward.models.scorer import load_scorer
+
+    sc = load_scorer(tiny_factory(seed=3))
+    sc.model.train()
+    torch.manual_seed(0)
+    images, prompts, dims = torch.rand(2, 3, 64, 64), ["a red circle", "two blue squares"], ["alignment", "realism"]
+    chains = [sc.tokenizer.encode(t, add_special_tokens=False) for t in (LONG_CHAIN, "", "noise: 0.", "blur 1")]
+    w = torch.linspace(-1, 1, 9)
+
+    def grads(one_forward: bool):
+        if one_forward:
+            monkeypatch.setattr(sft, "length_chunks", lambda lengths: [list(range(len(lengths)))])
+        sc.model.zero_grad()
+        ce, _, ro = sft.rationale_forward(sc, prompts, images, dims, chains)
+        loss = ce + (ro.logits * w).sum() + 3 * ro.mean[0, 1] - ro.std.sum()
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in sc.model.named_parameters() if p.grad is not None}
+
+    (l2, g2), (l1, g1) = grads(False), grads(True)
+    assert l2 == pytest.approx(l1, rel=1e-5) and g2.keys() == g1.keys() and len(g1) > 10
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -29,9 +29,10 @@ Implemented variant, for a one-token scorer (the Z-Reward student emits a single
 - **Data**: images only (no human labels are used): batches of `images_per_batch` images drawn as a pure
   function of (seed, step) (`run_utils.batch_indices`), all `dims` each; `data.prompts_per_batch` is not used.
 - **Temperature** (`opd.temperature`): both logit sets divided by it (TRL semantics); default 1.0.
-- **Teacher cache**: the teacher is frozen and its query does not depend on the student, so its level logits of
-  an image are computed the first time a batch draws it and kept (D × L floats per image): with the demo's
-  1,600 images × 800 steps × 16 images per step, one teacher forward per image instead of eight.
+- **Teacher cache** (`TeacherCache`): the teacher is frozen and its query does not depend on the student, so its
+  level logits of an image are computed the first time a batch draws it and kept (D × L floats per image): with
+  the demo's 1,600 images × 800 steps × 16 images per step, one teacher forward per image instead of eight (per
+  process: under DDP each rank keeps its own).
 """
 from __future__ import annotations
 
@@ -128,6 +129,30 @@ def teacher_level_logits(teacher, prompts: list[str], images, dims: list[str], q
     return teacher.chain_forward(chains, pixels).level_logits.view(len(prompts), len(dims), -1)
 
 
+class TeacherCache:
+    """A frozen teacher's (D, L) level logits per image index, computed the first time a batch shows the image.
+
+    `cache(idx, prompts, images)` → (B, D, L) float32 for the batch's B indices (repeats allowed); only the indices
+    not seen before go to `compute(prompts, images)` (their first occurrences, in batch order). One per process.
+    """
+
+    def __init__(self, compute):
+        self.compute, self.rows = compute, {}
+
+    def __call__(self, idx, prompts: list[str], images) -> torch.Tensor:
+        first = {}
+        for pos, i in enumerate(int(i) for i in idx):
+            if i not in self.rows:
+                first.setdefault(i, pos)
+        if first:
+            pos = list(first.values())
+            ims = images[torch.tensor(pos)] if isinstance(images, torch.Tensor) else [images[p] for p in pos]
+            with torch.no_grad():
+                out = self.compute([prompts[p] for p in pos], ims).float().cpu()
+            self.rows.update(zip(first, out))
+        return torch.stack([self.rows[int(i)] for i in idx])
+
+
 def check_teacher(student, teacher, dims: list[str]) -> None:
     """The teacher must read out the same levels and know every distilled dimension."""
     if [float(x) for x in teacher.levels] != [float(x) for x in student.levels]:
@@ -157,16 +182,7 @@ def train(cfg: Config) -> Path:
         query = "empty_chain" if teacher.config.mode == "reasoning" else "direct"
     loop.start(scorer)
     teacher_val: list[float] = []  # the ceiling the student distils towards; computed once
-    cache: dict[int, torch.Tensor] = {}  # image index → (D, L) teacher level logits (frozen teacher: computed once)
-
-    def teacher_logits(idx) -> torch.Tensor:
-        new = [int(i) for i in dict.fromkeys(int(i) for i in idx) if int(i) not in cache]
-        if new:
-            with torch.no_grad():
-                out = teacher_level_logits(teacher, [data.prompts[i] for i in new], data.image_batch(new), dims,
-                                           query).float().cpu()
-            cache.update(zip(new, out))
-        return torch.stack([cache[int(i)] for i in idx])
+    teacher_logits = TeacherCache(lambda prompts, images: teacher_level_logits(teacher, prompts, images, dims, query))
 
     def train_step(step: int) -> dict:
         idx = batch_indices(len(data), o.images_per_batch, step, cfg.run.seed, rank=loop.rank,
@@ -174,7 +190,7 @@ def train(cfg: Config) -> Path:
         prompts, images = [data.prompts[i] for i in idx], data.image_batch(idx)
         # rollout: the student's distribution over its one output token; the teacher scores the same outputs.
         s_logits = scorer.direct_logits(prompts, images, dims).float().flatten(0, 1)  # (B·D, L)
-        t_logits = teacher_logits(idx).flatten(0, 1).to(s_logits.device)
+        t_logits = teacher_logits(idx, prompts, images).flatten(0, 1).to(s_logits.device)
         reverse_kl = generalized_jsd(s_logits, t_logits, beta=1.0, temperature=o.temperature)
         if o.estimator == "exact":
             loss = reverse_kl

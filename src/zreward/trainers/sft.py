@@ -53,6 +53,7 @@ from zreward.trainers.config import parse_cli
 from zreward.trainers.data import TrainData, group_batch, split_by_group, within_group_pairs
 from zreward.trainers.loop import RunLoop, global_normalisers
 from zreward.trainers.run_utils import RunConfig
+from zreward.trainers.sharding import rank_world
 
 
 @dataclass
@@ -129,7 +130,9 @@ def rationale_forward(scorer, prompts: list[str], images, dims: list[str], chain
 
     The B·D rows run in one or two forwards cut by length (`models.batch.length_chunks`: the chains' lengths vary
     a lot across dims, and a right-padded row's outputs do not depend on its batch mates), each image through the
-    vision tower once per forward (`models.vision_share`).
+    vision tower once per forward (`models.vision_share`). Under several processes always one forward: every
+    forward of a DDP (buffer broadcast) or FSDP2 (parameter all-gather) model is a collective, so all ranks must
+    make the same number of them.
 
     Args:
         prompts: B prompts.  images: B images.  dims: D dims.
@@ -146,7 +149,8 @@ def rationale_forward(scorer, prompts: list[str], images, dims: list[str], chain
     ids = scorer.tokenize_items(texts, image_index, pixels)
     seqs = [p + c + scorer.close_ids for p, c in zip(ids, chains)]
     ce, score_logits, rows = 0.0, [], []
-    for part in length_chunks([len(x) for x in seqs]):
+    parts = length_chunks([len(x) for x in seqs]) if rank_world()[1] == 1 else [list(range(len(seqs)))]
+    for part in parts:
         c_ce, c_score = _rationale_rows(scorer, [seqs[i] for i in part], [len(ids[i]) for i in part],
                                         [chains[i] for i in part], [image_index[i] for i in part], pixels)
         ce, score_logits, rows = ce + c_ce, score_logits + [c_score], rows + part
