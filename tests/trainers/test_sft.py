@@ -210,9 +210,12 @@ def test_rationale_forward_in_two_chunks_gives_the_gradients_of_one_forward(tiny
     chains = [sc.tokenizer.encode(t, add_special_tokens=False) for t in (LONG_CHAIN, "", "noise: 0.", "blur 1")]
     w = torch.linspace(-1, 1, 9)
 
+    cuts = []
+    chunked = sft.length_chunks
+
     def grads(one_forward: bool):
-        if one_forward:
-            monkeypatch.setattr(sft, "length_chunks", lambda lengths: [list(range(len(lengths)))])
+        monkeypatch.setattr(sft, "length_chunks", (lambda lengths: [list(range(len(lengths)))]) if one_forward
+                            else (lambda lengths: cuts.append(chunked(lengths)) or cuts[-1]))
         sc.model.zero_grad()
         ce, _, ro = sft.rationale_forward(sc, prompts, images, dims, chains)
         loss = ce + (ro.logits * w).sum() + 3 * ro.mean[0, 1] - ro.std.sum()
@@ -220,6 +223,7 @@ def test_rationale_forward_in_two_chunks_gives_the_gradients_of_one_forward(tiny
         return float(loss), {n: p.grad.clone() for n, p in sc.model.named_parameters() if p.grad is not None}
 
     (l2, g2), (l1, g1) = grads(False), grads(True)
+    assert [len(c) for c in cuts] == [2]  # the compared run really used two forwards
     assert l2 == pytest.approx(l1, rel=1e-5) and g2.keys() == g1.keys() and len(g1) > 10
     for name in g1:
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
