@@ -52,12 +52,13 @@ def test_level_rows_receive_gradients_and_drive_the_readout(tiny_dir):
     s.model.train()
     deltas = {n: p for n, p in s.model.named_parameters() if "trainable_tokens_delta" in n}
     assert len(deltas) == 2  # input embedding and (untied) output head
-    logits = s.direct_logits(PROMPTS, _x())
+    # level strings in the input, so that their embedding rows are read (a tiny model's prompt has none of its own)
+    logits = s.direct_logits([p + " from 1.0 to 5.0" for p in PROMPTS], _x())
     (-torch.log_softmax(logits, -1)[..., -1]).mean().backward()
     head_delta = next(p for n, p in deltas.items() if "lm_head" in n)
     assert head_delta.grad is not None and (head_delta.grad.abs().sum(-1) > 0).all()  # every level row
     emb_delta = next(p for n, p in deltas.items() if "embed_tokens" in n)
-    assert emb_delta.grad is not None and emb_delta.grad.abs().sum() > 0  # "1.0" / "5.0" appear in the prompt
+    assert emb_delta.grad is not None and emb_delta.grad.abs().sum() > 0  # "1.0" / "5.0" are read
     # the readout uses the trainable rows: moving them moves the level logits exactly as the full head does
     with torch.no_grad():
         head_delta.add_(torch.randn_like(head_delta))

@@ -8,8 +8,10 @@ import math
 from zreward.data.shapes_world.build import build_world
 from zreward.eval.perception import caption_split, perception_metrics
 from zreward.models.cli import main as model_main
-from zreward.models.shipped import BASE_DIR, base_card
 from zreward.models.scorer import load_scorer
+from zreward.models.scorer_config import ScorerConfig
+from zreward.models.shipped import BASE_DIR, base_card
+from zreward.models.tiny import init_tiny
 
 MAX_BYTES = 25 * 2**20
 
@@ -30,6 +32,18 @@ def test_model_init_from_base_copies_it(tmp_path, capsys):
     assert model_main(["init", "--from", "base", "--out", str(out)]) == 2  # not empty: refused, nothing overwritten
     assert model_main(["init", "--from", "nothing", "--out", str(tmp_path / "x")]) == 2
     assert "expected 'base'" in capsys.readouterr().err
+
+
+def test_shipped_base_reads_the_prompt_a_rebuilt_base_would(tmp_path):
+    # `zreward demo --from-scratch` rebuilds the base through init_tiny: both must score with the same prompt text
+    shipped = ScorerConfig.load(BASE_DIR)
+    rebuilt = ScorerConfig.load(init_tiny(shipped.family, tmp_path / "m", preset="tiny"))
+    assert shipped.rubrics == rebuilt.rubrics == {d: d.capitalize() for d in shipped.dims}
+    assert shipped.templates == rebuilt.templates
+    scorer = load_scorer(BASE_DIR, add_level_tokens=False)
+    assert scorer.direct_prompt("a red circle", "realism").count("Realism") == 1
+    ids = scorer.tokenizer("Prompt: a red circle\nPlausibility")["input_ids"]
+    assert len(ids) <= 8  # the rubric is one token, not a ≈ 30-token sentence
 
 
 def test_shipped_base_reaches_its_card_on_fresh_images(tmp_path):

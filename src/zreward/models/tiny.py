@@ -14,11 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zreward.models.families import get_family
-from zreward.models.scorer_config import ScorerConfig
+from zreward.models.scorer_config import DEFAULT_DIMS, ScorerConfig, Templates
 from zreward.models.tiny_tokenizer import build_tiny_tokenizer
 
 IMAGE_SIZE = 64
 PATCH = 8
+# Tiny models learn ShapesWorld from random weights: a rubric sentence is a constant they read no meaning into, and
+# it was ≈ 40 tokens of every scoring sequence (about half of a direct one). They read the dimension's name instead
+# ("Alignment") and no closing instruction; real checkpoints keep the full rubric sentences of `ScorerConfig`.
+TINY_USER = "Prompt: {prompt}\n{rubric}"
+
+
+def tiny_rubrics(dims: list[str]) -> dict[str, str]:
+    """The tiny models' rubric text of each dim: its capitalised name."""
+    return {d: d.capitalize() for d in dims}
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,8 @@ def init_tiny(family: str, out: str | Path, preset: str = "tiny", seed: int = 0,
         preset: tiny | 1m | 10m | 50m.
         seed: torch seed for the weights.
         vocab_size: pad the vocabulary to this size (default: the tokenizer's, rounded up to 64).
-        **scorer_kwargs: ScorerConfig overrides (dims, rubrics, levels, reward_weights, ...).
+        **scorer_kwargs: ScorerConfig overrides (dims, rubrics, levels, reward_weights, ...); without `rubrics` /
+            `templates` the model reads the dims' names (`tiny_rubrics`) in `TINY_USER`.
 
     Returns:
         The output directory.
@@ -177,6 +187,8 @@ def init_tiny(family: str, out: str | Path, preset: str = "tiny", seed: int = 0,
     import torch
     from transformers import AutoModelForImageTextToText
 
+    scorer_kwargs.setdefault("rubrics", tiny_rubrics(scorer_kwargs.get("dims", DEFAULT_DIMS)))
+    scorer_kwargs.setdefault("templates", Templates(user=TINY_USER))
     cfg = ScorerConfig(family=get_family(family).name, **scorer_kwargs)
     tok = build_tiny_tokenizer(get_family(family), cfg.level_strings)
     config = build_config(family, preset, tok, vocab_size)
