@@ -40,6 +40,9 @@ def test_shipped_base_reads_the_prompt_a_rebuilt_base_would(tmp_path):
     rebuilt = ScorerConfig.load(init_tiny(shipped.family, tmp_path / "m", preset="tiny"))
     assert shipped.rubrics == rebuilt.rubrics == {d: d.capitalize() for d in shipped.dims}
     assert shipped.templates == rebuilt.templates
+    other = ScorerConfig.load(init_tiny("qwen2_vl", tmp_path / "q", preset="tiny", dims=["quality"],
+                                        reward_weights=[1.0]))
+    assert other.rubrics == {"quality": "Quality"}  # any dims: each reads its own name
     scorer = load_scorer(BASE_DIR, add_level_tokens=False)
     assert scorer.direct_prompt("a red circle", "realism").count("Realism") == 1
     ids = scorer.tokenizer("Prompt: a red circle\nPlausibility")["input_ids"]
