@@ -20,7 +20,7 @@ from zreward.models.tiny_tokenizer import build_tiny_tokenizer
 IMAGE_SIZE = 64
 PATCH = 8
 # Tiny models learn ShapesWorld from random weights: a rubric sentence is a constant they read no meaning into, and
-# with its closing instruction it was 23–30 tokens of every scoring sequence (≈ 40% of a direct one). They read the
+# with its closing instruction it was 23–30 tokens of every scoring sequence (33–39% of a direct one). They read the
 # dimension's name instead ("Alignment") and no closing instruction; real checkpoints keep `ScorerConfig`'s sentences.
 TINY_USER = "Prompt: {prompt}\n{rubric}"
 
