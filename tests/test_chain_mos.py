@@ -1,0 +1,50 @@
+"""benchmarks/chain_mos.py: score-vs-MOS correlation after a scorer's own chains and after the true rationales."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from benchmark_scripts import load_benchmark
+
+from zreward import load_scorer
+from zreward.metrics import plcc
+from zreward.trainers.data import load_train_data
+
+
+def _module():
+    return load_benchmark("chain_mos")
+
+
+def test_true_rationale_scores_do_not_depend_on_the_batch(small_world, tiny_model):
+    mod = _module()
+    sc = load_scorer(tiny_model)
+    sc.model.eval()
+    data = load_train_data(small_world / "val", max_images=7)
+    idx = np.arange(7)
+    own_a, true_a = mod.expected_scores(sc, data, idx, sc.dims, samples=1, batch=7)
+    own_b, true_b = mod.expected_scores(sc, data, idx, sc.dims, samples=1, batch=3)
+    assert true_a.shape == own_a.shape == (7, len(sc.dims))
+    np.testing.assert_allclose(true_a, true_b, atol=1e-4)
+    assert ((true_a >= 1.0) & (true_a <= 5.0)).all()
+
+
+def test_correlations_point_is_the_metric_and_inside_its_ci():
+    mod = _module()
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(1, 5, 60)
+    pred = mos + rng.normal(0, 1.0, 60)
+    out = mod.correlations(pred, mos, np.repeat(np.arange(15), 4), n_boot=200)
+    assert abs(out["plcc"][0] - round(float(plcc(pred, mos)), 4)) < 1e-9
+    for name in ("plcc", "srcc"):
+        point, lo, hi = out[name]
+        assert lo <= point <= hi and 0.3 < point < 1.0
+
+
+def test_main_prints_both_readings_per_dim(small_world, tiny_model, capsys):
+    assert _module().main([str(tiny_model), str(small_world / "val"), "--images", "6", "--samples", "2",
+                           "--temperature", "0.5", "--n-boot", "50"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["images"] == 6 and out["temperature"] == 0.5
+    assert set(out["dims"]) == set(load_scorer(tiny_model).dims)
+    for reading in out["dims"].values():
+        assert set(reading) == {"own", "true"} and len(reading["own"]["plcc"]) == 3
