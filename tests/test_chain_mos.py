@@ -6,16 +6,20 @@ import json
 import numpy as np
 from benchmark_scripts import load_benchmark
 
+import torch
+
 from zreward import load_scorer
 from zreward.metrics import plcc
+from zreward.models.scorer import ChainBatch
 from zreward.trainers.data import load_train_data
+from zreward.trainers.sft import tokenize_rationales
 
 
 def _module():
     return load_benchmark("chain_mos")
 
 
-def test_true_rationale_scores_do_not_depend_on_the_batch(small_world, tiny_model):
+def test_true_reading_is_the_score_after_the_true_rationale_whatever_the_batch(small_world, tiny_model):
     mod = _module()
     sc = load_scorer(tiny_model)
     sc.model.eval()
@@ -26,6 +30,19 @@ def test_true_rationale_scores_do_not_depend_on_the_batch(small_world, tiny_mode
     assert true_a.shape == own_a.shape == (7, len(sc.dims))
     np.testing.assert_allclose(true_a, true_b, atol=1e-4)
     assert ((true_a >= 1.0) & (true_a <= 5.0)).all()
+    # the same readout through the Scorer's own teacher-forced path: prompt + the true rationale + close
+    pixels = sc.prepare_images(data.image_batch(idx))
+    items = [(b, d) for b in range(7) for d in sc.dims]
+    texts = [sc.reasoning_prompt(data.prompts[b], d) for b, d in items]
+    image_index = [b for b, _ in items]
+    chains = tokenize_rationales(sc.tokenizer, data, idx, sc.dims, max_tokens=sc.config.max_new_tokens)
+    assert all(chains)
+    cb = ChainBatch(image_index, [sc.dims.index(d) for _, d in items], sc.tokenize_items(texts, image_index, pixels),
+                    chains, texts)
+    with torch.no_grad():
+        cf = sc.chain_forward(cb, pixels, with_tokens=False)
+    mean = (torch.softmax(cf.level_logits.float(), -1) @ sc.levels.float()).view(7, len(sc.dims)).numpy()
+    np.testing.assert_allclose(true_a, mean, atol=1e-4)
 
 
 def test_correlations_point_is_the_metric_and_inside_its_ci():
