@@ -143,7 +143,15 @@ def test_default_stage_list_wiring(from_scratch):
     assert dict(by["opd_student"].links)["teacher.path"] == "gdso_teacher"
     assert dict(by["risd_student"].links)["model.init_from"] == dict(by["opd_student"].links)["model.init_from"]
     assert "sft.mode=reasoning" in by["sft_cold"].extra
-    assert set(by["eval_test"].optional) == set(demo.METHODS)
+    # RISD's teacher pass in two parts before it: RISD's own config and links, one half each; RISD waits for them
+    parts = [by[f"risd_student_teacher{r}"] for r in range(demo.TEACHER_PARTS)]
+    assert by["risd_student"].optional == [p.name for p in parts] and demo.TEACHER_PARTS == 2
+    for r, p in enumerate(parts):
+        assert (p.kind, p.method, p.links, p.overrides_of) == ("train", "risd", by["risd_student"].links,
+                                                               "risd_student")
+        assert p.extra == by["risd_student"].extra + (f"teacher.part={r}/2",)
+    assert set(by["eval_test"].optional) == {f"score_{m}" for m in demo.METHODS}
+    assert all(by[f"score_{m}"].deps == sorted([m, "world"]) for m in demo.METHODS)
     # generator stages: after the evaluations; tuned with the RISD student as reward, GSB of tuned vs SFT generator
     assert names[-3:] == ["gen_pretrain", "gen_tune", "gen_eval"] and all(by[n].kind == "gen" for n in names[-3:])
     assert by["gen_pretrain"].deps == ["world"]
@@ -184,6 +192,8 @@ def test_report_budgets_side_by_side(tmp_path, configs):
         (tmp_path / "runs" / name / "config.yaml").write_text(cfg)
         ctx.status[name] = {"state": "done", "seconds": 120.0, "cpu_s": 60.0}
     ctx.status["world"] = {"state": "done", "seconds": 5.0}  # no run dir: not a trained stage
+    for r in (0, 1):  # the parts of RISD's teacher pass: their time is RISD's
+        ctx.status[f"risd_student_teacher{r}"] = {"state": "done", "seconds": 40.0, "cpu_s": 35.0 + r}
     rows = {b["stage"]: b for b in demo_report.budgets(ctx)}
     assert set(rows) == {"sft", "risd_student", "opd_student"}
     assert rows["opd_student"]["batch"] == "16 images"  # its own section's batch, not data.prompts_per_batch
@@ -191,7 +201,9 @@ def test_report_budgets_side_by_side(tmp_path, configs):
             rows["sft"]["lr"]) == (300, "32 images", "all", True, 0.0003)
     r = rows["risd_student"]
     assert (r["batch"], r["train_images"], r["extra_unlabelled"], r["labels"]) == ("4 prompts", 400, True, False)
-    assert (r["wall_s"], r["cpu_s"]) == (120.0, 60.0)
+    assert (r["wall_s"], r["cpu_s"]) == (200.0, 131.0)
+    assert r["includes"] == ["risd_student_teacher0", "risd_student_teacher1"]
+    assert (rows["sft"]["wall_s"], rows["sft"]["cpu_s"], rows["sft"]["includes"]) == (120.0, 60.0, [])
 
 
 _GEN = [s for s in demo.STAGES if s.kind == "gen"]
@@ -350,3 +362,61 @@ def test_goals_carry_the_paired_ci_of_each_difference():
     assert math.isclose(risd["value"], -2.0) and risd["ci"] == pytest.approx([-5.0, 1.0])
     opd = next(x for x in g if x["claim"].startswith("RISD student above"))
     assert opd["ci"] is None and len(g) == 5  # no stored pair: no interval, never invented
+
+
+def test_score_and_eval_stages_equal_one_zreward_eval(tmp_path, configs, monkeypatch, small_world, tiny_factory):
+    """Each model scored in its own stage, then one report per split: the same report as `evaluate()` scoring all
+    the models in one run (a reasoning model with M = 2 chains and a direct one); a failed model is left out."""
+    import numpy as np
+
+    from zreward.eval.runner import ModelScores, evaluate, json_clean, load_eval_data, parse_model_spec
+
+    monkeypatch.setitem(PROFILES["test"], "eval_samples", 2)
+    monkeypatch.setitem(PROFILES["test"], "eval_temperature", 0.7)
+    models = {"a": tiny_factory(mode="reasoning", max_new_tokens=6), "b": tiny_factory(seed=2)}
+
+    def runner(stage, ctx, resume):
+        if stage.name == "world":
+            return small_world
+        if stage.name == "c":
+            raise RuntimeError("training failed")
+        return models[stage.name] if stage.name in models else demo_stages.run_stage(stage, ctx, resume)
+
+    names = ["a", "c", "b"]
+    stages = [Stage("world", "world"), *(Stage(n, "init", "student") for n in names),
+              *(Stage(f"score_{n}", "score", n, (("model", n), ("data", "world"))) for n in names),
+              Stage("eval_test", "eval", "test", tuple((f"model.{n}", f"score_{n}") for n in names)
+                    + (("data", "world:test"),))]
+    out = tmp_path / "d"
+    ctx = _run(out, runner, stages)
+    assert ctx.status["score_c"]["state"] == "skipped" and ctx.status["eval_test"]["state"] == "done"
+    got = json.loads((out / "eval" / "test" / "report.json").read_text())
+
+    data = load_eval_data(small_world / "test", max_images=8)
+    specs = [parse_model_spec(f"{n}={models[n]}") for n in ("a", "b")]
+    results, _, scores = evaluate(specs, data, reasoning=True, samples=2, seed=0, temperature=0.7, log=lambda *_: None)
+    assert list(got["models"]) == ["a", "b"] and got["models"]["a"]["mode"] == "reasoning"
+    for n in ("a", "b"):
+        saved = ModelScores.load(out / "scores" / n / "test.npz")
+        for f in ("probs", "mean", "std", "overall", "weights"):
+            assert np.array_equal(getattr(saved, f), getattr(scores[n], f)), (n, f)
+        assert (saved.dims, saved.samples, saved.chains) == (scores[n].dims, scores[n].samples, scores[n].chains)
+        for key in ("accuracy", "accuracy_ci", "per_dim", "kl", "w1", "ece", "srcc"):
+            assert got["models"][n][key] == json_clean(results[n][key]), (n, key)
+    assert got["paired"] and {(p["a"], p["b"]) for p in got["paired"]} == {("a", "b")}
+    # the recorded command re-runs the same evaluation through the CLI
+    cmd = shlex.split(ctx.commands["eval_test"])
+    assert cmd[:2] == ["zreward", "eval"] and cmd.count("--model") == 2 and "--reasoning" in cmd
+
+
+def test_failed_teacher_part_does_not_block_risd(tmp_path, configs):
+    """A stage in `after` is waited for, its key is an input, but its failure skips nothing."""
+    stages = _stages(Stage("p", "train", "sft", (("model.init_from", "init_student"),) + _DATA),
+                     Stage("r", "train", "sft", (("model.init_from", "init_student"),) + _DATA, after=("p",)))
+    r = FakeRunner(fail="p")
+    ctx = _run(tmp_path / "d", r, stages)
+    assert ctx.status["p"]["state"] == "failed" and ctx.status["r"]["state"] == "done"
+    assert [c for c, _ in r.calls].index("p") < [c for c, _ in r.calls].index("r")
+    # p builds now; r's output never depended on p finishing (only helped), so r is reused under the same key
+    ctx2 = _run(tmp_path / "d", FakeRunner(), stages)
+    assert ctx2.status["p"]["state"] == "done" and ctx2.status["r"]["state"] == "reused"

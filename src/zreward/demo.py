@@ -15,9 +15,13 @@ each as soon as its inputs are final, default one per CPU):
   sft_cold       teacher cold start: SFT in reasoning mode on the rationales     ← pretrain
   grpo           GRPO baseline (scalar PG reward on the sampled score only)      ← sft_cold
   gdso_teacher   GDSO teacher (PG on distribution expectations + pointwise + pairwise) ← sft_cold
+  risd_student_teacher0/1  the two halves of RISD's teacher pass (`teacher.part=R/2`: the teacher's M chains on
+                 every training image, written to RISD's target cache), side by side   ← gdso_teacher
   risd_student   RISD student: KL(p̄_T ‖ p_S) to the teacher's chain-averaged distribution ← pretrain, gdso_teacher
   opd_student    OPD baseline: on-policy distillation from the same teacher      ← pretrain, gdso_teacher
-  eval_test / eval_ood   `zreward eval` of all six on test and ood (reasoning models in reasoning mode, M chains)
+  score_<method> one trained model scored on test and ood as `zreward eval` scores it (reasoning models in
+                 reasoning mode, M chains), as soon as it is trained   ← the method's stage, world
+  eval_test / eval_ood   `zreward eval`'s metrics and report of each split over all six models' scores
   gen_pretrain   the tiny T2I generator (`zreward gen pretrain`) on world's high-quality train images: the SFT
                  generator                                                       ← world
   gen_tune       DRaFT-1 reward tuning of it (`zreward gen tune`), the RISD student's Scorer as the reward, with
@@ -60,6 +64,7 @@ from pathlib import Path
 from typing import Callable
 
 from zreward.demo_stages import (
+    EVAL_SPLITS,
     PROFILES,
     Ctx,
     Stage,
@@ -80,6 +85,15 @@ _PRETRAIN_LINKS = (("model.init_from", "init_base"), ("data.train", "pretrain_wo
 SCRATCH_BASE = [Stage("pretrain_world", "world", "pretrain"),
                 Stage("init_base", "init", "base"),
                 Stage("pretrain", "train", "caption", _PRETRAIN_LINKS)]
+# RISD's teacher pass (M chains per training image) in parts that run side by side before it (`teacher.part`): the
+# same rows as RISD's own pass, which then reads them from the cache; a failed part is only recomputed by RISD.
+TEACHER_PARTS = 2
+_RISD_LINKS = _BASE + (("teacher.path", "gdso_teacher"),) + _DATA
+_RISD_EXTRA = ("teacher.cache_dir={out}/cache/risd_teacher_targets",)
+_TEACHER_PASS = [Stage(f"risd_student_teacher{r}", "train", "risd", _RISD_LINKS,
+                       _RISD_EXTRA + (f"teacher.part={r}/{TEACHER_PARTS}",), overrides_of="risd_student")
+                 for r in range(TEACHER_PARTS)]
+_RISD = Stage("risd_student", "train", "risd", _RISD_LINKS, _RISD_EXTRA, after=tuple(s.name for s in _TEACHER_PASS))
 STAGES: list[Stage] = [
     Stage("world", "world"),
     *SHIPPED_BASE,
@@ -88,14 +102,15 @@ STAGES: list[Stage] = [
     Stage("sft_cold", "train", "sft", _BASE + _DATA, ("sft.mode=reasoning",), config="cold_start_tiny_cpu"),
     Stage("grpo", "train", "grpo", (("model.init_from", "sft_cold"),) + _DATA),
     Stage("gdso_teacher", "train", "gdso", (("model.init_from", "sft_cold"),) + _DATA),
-    Stage("risd_student", "train", "risd", _BASE + (("teacher.path", "gdso_teacher"),) + _DATA,
-          ("teacher.cache_dir={out}/cache/risd_teacher_targets",)),
+    *_TEACHER_PASS,
+    _RISD,
     Stage("opd_student", "train", "opd", _BASE + (("teacher.path", "gdso_teacher"),) + _DATA),
 ]
 METHODS = ["sft", "grpo", "rewarddance", "gdso_teacher", "risd_student", "opd_student"]
-EVAL_SPLITS = ["test", "ood"]
-STAGES += [Stage(f"eval_{s}", "eval", s, tuple((f"model.{m}", m) for m in METHODS) + (("data", f"world:{s}"),))
-           for s in EVAL_SPLITS]
+# Each model is scored as soon as it is trained (while later ones train); each split's report waits for them all.
+STAGES += [Stage(f"score_{m}", "score", m, (("model", m), ("data", "world"))) for m in METHODS]
+STAGES += [Stage(f"eval_{s}", "eval", s, tuple((f"model.{m}", f"score_{m}") for m in METHODS)
+                 + (("data", f"world:{s}"),)) for s in EVAL_SPLITS]
 # Reward-guided T2I (issue 6), after the evaluations; the links are `zreward gen` flags (`_gen_job`).
 STAGES += [Stage("gen_pretrain", "gen", "pretrain", (("data", "world"),)),
            Stage("gen_tune", "gen", "tune", (("generator", "gen_pretrain"), ("reward", "risd_student"),

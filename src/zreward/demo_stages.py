@@ -29,6 +29,16 @@ from zreward.trainers.config import config_to_dict, load_config
 # T = 1 chains are too noisy to average.
 EVAL_TEMPERATURE = 0.3
 
+# The splits every trained model is scored on; the evaluation of each is one report over all the models.
+EVAL_SPLITS = ["test", "ood"]
+# Rough seconds of one model's scoring stage (both splits), from the evaluations of 2026-12-02: the reasoning
+# models' chains are most of it.
+_SCORE_EST_QUICK = {"score_sft": 12, "score_rewarddance": 12, "score_grpo": 40, "score_gdso_teacher": 40,
+                    "score_risd_student": 12, "score_opd_student": 12}
+_SCORE_EST_FULL = {k: 6 * v for k, v in _SCORE_EST_QUICK.items()}
+# Each half of RISD's teacher pass (1,600 images, M = 2 in both profiles): ≈ 2.5 of RISD's 6.2 CPU-min (2026-12-02).
+_PASS_EST = {"risd_student_teacher0": 80, "risd_student_teacher1": 80}
+
 # Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
 # reasoning models at eval_temperature), per-stage overrides (YAML dotlist) on top of the stage's config, and rough
 # stage durations (s) on an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs unchanged, the
@@ -56,7 +66,8 @@ PROFILES: dict[str, dict] = {
               # with --jobs > 1 they also decide which ready stage starts first (the longest path to the end)
               "estimates": {"world": 40, "pretrain_world": 40, "init_base": 5, "pretrain": 600, "sft": 190,
                             "rewarddance": 70, "sft_cold": 680, "grpo": 30, "gdso_teacher": 35,
-                            "risd_student": 750, "opd_student": 700, "eval_test": 65, "eval_ood": 65}},
+                            "risd_student": 600, **_PASS_EST, "opd_student": 700, **_SCORE_EST_QUICK, "eval_test": 10,
+                            "eval_ood": 10}},
     "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
              "eval_samples": 4, "eval_temperature": EVAL_TEMPERATURE, "overrides": {},
              # generator stages: measured 278 + 103 + 8 s (1-min load 3.5–4.7)
@@ -64,7 +75,8 @@ PROFILES: dict[str, dict] = {
                      "estimates": {"gen_pretrain": 280, "gen_tune": 105, "gen_eval": 10}},
              "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 1600, "sft": 600,
                            "rewarddance": 420, "sft_cold": 600, "grpo": 360, "gdso_teacher": 480,
-                           "risd_student": 800, "opd_student": 700, "eval_test": 500, "eval_ood": 500}},
+                           "risd_student": 650, **_PASS_EST, "opd_student": 700, **_SCORE_EST_FULL, "eval_test": 20,
+                           "eval_ood": 20}},
 }
 FAMILY = "qwen2_vl"
 
@@ -75,12 +87,17 @@ class Stage:
 
     Attributes:
         name: stage name (= the method's key in report.json for trained methods).
-        kind: "world", "init", "train", "eval" or "gen" (a `zreward gen` step; method = pretrain | tune | eval,
-            links = its flags).
-        method: trainer module name (train) / "student" or "teacher" (init) / split name (eval).
+        kind: "world", "init", "train", "score" (one trained model scored on every split of `EVAL_SPLITS`),
+            "eval" (the metrics and report of one split over every scored model) or "gen" (a `zreward gen` step;
+            method = pretrain | tune | eval, links = its flags).
+        method: trainer module name (train) / "student" or "teacher" (init) / the model stage (score) / split
+            name (eval).
         links: config key → upstream stage whose output (final Scorer dir / world split) it gets.
         extra: fixed overrides of this stage; `{out}` is replaced by the demo directory.
         config: the YAML under configs/<method>/ (without .yaml).
+        after: stages to wait for whose outputs only help (e.g. a part of the teacher pass RISD would otherwise
+            run itself): their keys are inputs, their failure blocks nothing.
+        overrides_of: the stage whose profile overrides this one takes (default: its own name).
     """
 
     name: str
@@ -89,17 +106,20 @@ class Stage:
     links: tuple[tuple[str, str], ...] = ()
     extra: tuple[str, ...] = ()
     config: str = "tiny_cpu"
+    after: tuple[str, ...] = ()
+    overrides_of: str = ""
 
     @property
     def deps(self) -> list[str]:
-        """Stages this one needs (an eval stage needs the world; each model it evaluates is optional)."""
+        """Stages this one needs (an eval stage needs the world; each model's scores it reports are optional)."""
         if self.kind == "eval":
             return ["world"]
         return sorted({src.split(":")[0] for _, src in self.links})
 
     @property
     def optional(self) -> list[str]:
-        return [src for k, src in self.links if k.startswith("model.")] if self.kind == "eval" else []
+        """Stages waited for whose failure does not block this one."""
+        return [src for k, src in self.links if k.startswith("model.") and self.kind == "eval"] + list(self.after)
 
 
 class StageError(RuntimeError):
@@ -171,7 +191,8 @@ def _train_config(stage: Stage, ctx: Ctx, symbolic: bool):
     run_dir = "<run_dir>" if symbolic else str(ctx.out / "runs" / stage.name)
     overrides = [f"{k}={ctx.resolve(src, symbolic)}" for k, src in stage.links]
     out = "<out>" if symbolic else str(ctx.out)
-    overrides += [e.replace("{out}", out) for e in stage.extra] + list(ctx.prof["overrides"].get(stage.name, []))
+    overrides += [e.replace("{out}", out) for e in stage.extra]
+    overrides += list(ctx.prof["overrides"].get(stage.overrides_of or stage.name, []))
     overrides += [f"run.output_dir={run_dir}", f"run.seed={ctx.seed}"]
     return mod, load_config(mod.Config, yaml_path, overrides), yaml_path, overrides
 
@@ -189,8 +210,11 @@ _TRAIN_SHARED = ("zreward.trainers.common", "zreward.trainers.data", "zreward.tr
                  "zreward.data.shapes_world", "zreward.atomic")
 
 
-# What an eval stage runs (not the demo's own report, which is rewritten on every run anyway).
-_EVAL_MODULES = ("runner", "model_metrics", "calibration", "bootstrap", "cost", "report")
+# What a score stage runs, and what an eval stage runs (not the demo's own report, rewritten on every run anyway).
+_SCORE_CODE = ("zreward.eval.runner", "zreward.eval.cost", "zreward.models", "zreward.trainers.sharding",
+               "zreward.data.image_store", "zreward.atomic")
+_EVAL_CODE = tuple(f"zreward.eval.{m}" for m in ("runner", "model_metrics", "calibration", "bootstrap", "report")) \
+    + ("zreward.metrics",)
 
 
 # The pretraining world's seed is offset so that its scenes are disjoint from the main world's (both exclude the
@@ -283,11 +307,11 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
     if stage.kind == "gen":
         settings, _, _ = _gen_job(stage, ctx, symbolic=True)
         return {"config": digest(settings), "code": source_digest(*_GEN_CODE), "inputs": up}
-    return {"config": digest([stage.method, ctx.prof["eval_max_images"], ctx.prof["eval_samples"],
-                              ctx.prof["eval_temperature"], ctx.seed]),
-            "code": source_digest(*(f"zreward.eval.{m}" for m in _EVAL_MODULES), "zreward.metrics",
-                                  "zreward.models", "zreward.trainers.sharding", "zreward.data.image_store"),
-            "inputs": up}
+    settings = [stage.method, ctx.prof["eval_max_images"], ctx.prof["eval_samples"], ctx.prof["eval_temperature"],
+                ctx.seed]
+    if stage.kind == "score":
+        return {"config": digest(settings + [EVAL_SPLITS]), "code": source_digest(*_SCORE_CODE), "inputs": up}
+    return {"config": digest(settings), "code": source_digest(*_EVAL_CODE), "inputs": up}
 
 
 def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
@@ -297,8 +321,8 @@ def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
         prompts, seed = _world_prompts(stage, ctx), _world_seed(stage, ctx)
         ctx.commands[stage.name] = f"zreward world build --out {out} --prompts {prompts} --seed {seed} --overwrite"
         return Path(build_world(out, prompts=prompts, seed=seed, overwrite=True))
-    out = ctx.out / ("eval" if stage.kind == "eval" else "runs") / (stage.method if stage.kind == "eval"
-                                                                      else stage.name)
+    out = ctx.out / {"eval": "eval", "score": "scores"}.get(stage.kind, "runs") / (
+        stage.method if stage.kind in ("eval", "score") else stage.name)
     if stage.kind == "init" and stage.method == "shipped":
         ctx.commands[stage.name] = f"zreward model init --from base --out {out}"
         if out.exists():
@@ -327,22 +351,56 @@ def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
             shutil.rmtree(out)  # no checkpoints to resume from: a rerun starts clean (no stale audit or grid files)
         call()
         return out
+    if stage.kind == "score":
+        return _score(stage, ctx, out)
+    return _eval_report(stage, ctx, out)
+
+
+def _eval_argv(ctx: Ctx, split: str, out: Path) -> list[str]:
+    """The `zreward eval` flags (after the --model ones) of the demo's evaluation of one split."""
+    m, t, n = ctx.prof["eval_samples"], ctx.prof["eval_temperature"], ctx.prof["eval_max_images"]
+    return ["--data", str(ctx.outputs["world"] / split), "--out", str(out), "--reasoning", "--samples", str(m),
+            "--temperature", str(t), "--seed", str(ctx.seed)] + (["--max-images", str(n)] if n else [])
+
+
+def _score(stage: Stage, ctx: Ctx, out: Path) -> Path:
+    """One trained model scored on every split, as `zreward eval` scores it: DIR/scores/<model>/<split>.npz."""
+    from zreward.eval.runner import load_eval_data, parse_model_spec, score_spec  # deferred: torch + transformers
+
+    spec = parse_model_spec(f"{stage.method}={ctx.outputs[stage.method]}")
+    if out.exists():
+        shutil.rmtree(out)  # a changed key: no stale split file
+    out.mkdir(parents=True)
+    cmds = []
+    for split in EVAL_SPLITS:
+        data = load_eval_data(ctx.outputs["world"] / split, max_images=ctx.prof["eval_max_images"])
+        sc = score_spec(spec, data, reasoning=True, samples=ctx.prof["eval_samples"], seed=ctx.seed,
+                        temperature=ctx.prof["eval_temperature"], log=_log)
+        sc.save(out / f"{split}.npz")
+        cmds.append(shlex.join(["zreward", "eval", "--model", f"{spec.name}={spec.path}",
+                                *_eval_argv(ctx, split, out / split)]))
+    ctx.commands[stage.name] = " && ".join(cmds)  # the same scores, each with a one-model report
+    return out
+
+
+def _eval_report(stage: Stage, ctx: Ctx, out: Path) -> Path:
+    """The metrics and report of one split over every model whose score stage finished (`zreward eval`'s report)."""
     # deferred: torch + transformers (+ matplotlib)
     from zreward.eval.report import write_eval_report
-    from zreward.eval.runner import ceiling_metrics, evaluate, load_eval_data, parse_model_spec
+    from zreward.eval.runner import ModelScores, ceiling_metrics, load_eval_data, model_results
 
-    m = ctx.prof["eval_samples"]
-    specs = [parse_model_spec(f"{name}={ctx.outputs[name]}") for name in stage.optional if name in ctx.outputs]
-    if not specs:
+    split = stage.method
+    got = [(k.partition(".")[2], src) for k, src in stage.links if k.startswith("model.") and src in ctx.outputs]
+    if not got:
         raise StageError(f"stage {stage.name}: no trained model to evaluate")
-    data = load_eval_data(ctx.outputs["world"] / stage.method, max_images=ctx.prof["eval_max_images"])
-    t = ctx.prof["eval_temperature"]
-    args = ["--data", str(ctx.outputs["world"] / stage.method), "--out", str(out), "--reasoning", "--samples", str(m),
-            "--temperature", str(t), "--seed", str(ctx.seed)] + (["--max-images", str(ctx.prof["eval_max_images"])]
-                                        if ctx.prof["eval_max_images"] else [])
-    cmd = shlex.join(["zreward", "eval"] + [a for s in specs for a in ("--model", f"{s.name}={s.path}")] + args)
+    scores = {name: ModelScores.load(ctx.outputs[src] / f"{split}.npz") for name, src in got}
+    dirs = {name: ctx.outputs[name] for name, _ in got}
+    data = load_eval_data(ctx.outputs["world"] / split, max_images=ctx.prof["eval_max_images"])
+    cmd = shlex.join(["zreward", "eval"] + [a for n, d in dirs.items() for a in ("--model", f"{n}={d}")]
+                     + _eval_argv(ctx, split, out))
     ctx.commands[stage.name] = cmd
-    results, cals, scores = evaluate(specs, data, reasoning=True, samples=m, seed=ctx.seed, temperature=t, log=_log)
+    results, cals = model_results(data, scores, dirs, seed=ctx.seed, log=_log)
+    m, t = ctx.prof["eval_samples"], ctx.prof["eval_temperature"]
     write_eval_report(out, data, results, cals, scores, {"command": cmd, "settings": {"samples": m, "temperature": t,
                                                                                       "seed": ctx.seed}},
                       ceiling=ceiling_metrics(data, seed=ctx.seed), seed=ctx.seed)

@@ -236,3 +236,39 @@ def test_sharded_teacher_cache_equals_one_process(models, small_world, tmp_path,
     f1, f2 = (next((tmp_path / d).glob("teacher_*.safetensors")) for d in ("one", "two"))
     assert f1.name == f2.name
     assert hashlib.sha256(f1.read_bytes()).digest() == hashlib.sha256(f2.read_bytes()).digest()
+
+
+def test_teacher_parts_hold_one_pass_rows(models, small_world, tmp_path):
+    """teacher.part = R/W: each part runs chunks k ≡ R (mod W) of the one-pass chunking under the same chunk seeds;
+    with both part files present a run computes nothing and reads the exact targets of one pass; a finished part
+    is not recomputed; the main file's rows are not run again; a bad R/W is refused."""
+    from zreward.trainers.data import load_train_data
+
+    cfg = _cfg(models, small_world, tmp_path / "run")
+    cfg.teacher.batch_size = 3  # 16 images (12 + 4 unlabelled): 6 chunks, parts of 3 and 3
+    data, dims = risd.train_inputs(cfg)
+    one, _ = risd.teacher_targets(cfg, data, dims, tmp_path / "one", _Main())
+    files = []
+    for r in (1, 0):
+        cfg.teacher.part = f"{r}/2"
+        files.append(risd.train(cfg))  # no training: only the part file
+        assert files[-1].name.endswith(f".part{r}of2.safetensors") and files[-1].parent == tmp_path / "cache"
+    assert not (tmp_path / "run").exists()
+    cfg.teacher.part = None
+    two, info = risd.teacher_targets(cfg, data, dims, tmp_path / "cache", _Main())
+    assert info["computed"] == 0 and torch.equal(two, one)
+    stamp = files[0].stat().st_mtime_ns
+    cfg.teacher.part = "1/2"
+    assert risd.train(cfg) == files[0] and files[0].stat().st_mtime_ns == stamp
+
+    # a cache file holding the first 4 images: the parts split only the other 12 (4 chunks, 2 each)
+    few = load_train_data(cfg.data.train, max_images=4)
+    cfg.teacher.part = None
+    risd.teacher_targets(cfg, few, dims, tmp_path / "c2", _Main())
+    cfg.teacher.cache_dir = str(tmp_path / "c2")
+    for r in (0, 1):
+        cfg.teacher.part = f"{r}/2"
+        assert len(risd._read_file(risd.train(cfg))[0]) == 6
+    for bad in ("2/2", "a/2", "1", "-1/2"):
+        with pytest.raises(ValueError, match="teacher.part"):
+            risd.TeacherConfig(path="x", part=bad)

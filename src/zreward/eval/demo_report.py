@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -94,12 +95,15 @@ _LABELS = {"risd_student": lambda c: (c.get("risd") or {}).get("human_weight", 0
 def budgets(ctx) -> list[dict]:
     """Each trained stage's budget side by side, from its run's config.yaml and the stage record: optimizer steps,
     the batch (images or prompts per step), the training images it may read, whether it reads human labels, the
-    learning rate, and the stage's wall and CPU seconds (0 CPU s for a stage reused from an earlier run)."""
+    learning rate, and the stage's wall and CPU seconds (0 CPU s for a stage reused from an earlier run) with those
+    of the stages that did part of its work (`includes`: the parts of RISD's teacher pass, "<stage>_teacher<R>")."""
     rows = []
     for name, st in ctx.status.items():
         cfg_file = ctx.out / "runs" / name / "config.yaml"
         if not cfg_file.is_file():
             continue
+        parts = [h for h in ctx.status if re.fullmatch(re.escape(name) + r"_teacher\d+", h)]
+        wall, cpu = ([st.get(k)] + [ctx.status[h].get(k) for h in parts] for k in ("seconds", "cpu_s"))
         c = yaml.safe_load(cfg_file.read_text()) or {}
         data, run = c.get("data") or {}, c.get("run") or {}
         # a method section may batch by images itself (OPD's opd.images_per_batch) instead of data.*
@@ -111,7 +115,8 @@ def budgets(ctx) -> list[dict]:
         rows.append({"stage": name, "steps": run.get("max_steps"), "batch": batch,
                      "train_images": data.get("max_images") or "all", "extra_unlabelled": bool(extra),
                      "labels": _LABELS.get(name, lambda _: name != "pretrain")(c),
-                     "lr": (c.get("optim") or {}).get("lr"), "wall_s": st.get("seconds"), "cpu_s": st.get("cpu_s")})
+                     "lr": (c.get("optim") or {}).get("lr"), "includes": parts,
+                     "wall_s": None if None in wall else sum(wall), "cpu_s": None if None in cpu else sum(cpu)})
     return rows
 
 
@@ -308,7 +313,8 @@ def _markdown(rep: dict, ev: dict, gen_detail: dict | None = None) -> list[str]:
         L.append(f"| {b['stage']} | {b['steps']} | {b['batch']} | {b['train_images']} | "
                  f"{'yes' if b['extra_unlabelled'] else 'no'} | {'yes' if b['labels'] else 'no'} | {b['lr']} | "
                  f"{fmt(None if b['wall_s'] is None else b['wall_s'] / 60, 1)} | "
-                 f"{fmt(None if b['cpu_s'] is None else b['cpu_s'] / 60, 1)} |")
+                 f"{fmt(None if b['cpu_s'] is None else b['cpu_s'] / 60, 1)}"
+                 + (f" (with {', '.join(b['includes'])})" if b.get("includes") else "") + " |")
     p = rep["plots"]
     L += ["", "## Plots", ""]
     if "training_curves" in p:

@@ -31,15 +31,18 @@ Implemented (the maths lives in `metrics`, `calibration`, `bootstrap`, `cost`; t
 from __future__ import annotations
 
 import gc
+import io
+import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from zreward.atomic import atomic_write_bytes
 from zreward.data.image_store import ImageStore
 from zreward.data.labels import dist_mean_std, label_dist
 from zreward.data.records import Split, read_split
@@ -52,7 +55,8 @@ from zreward.models.scorer import load_scorer
 from zreward.trainers.sharding import chunk_seed, chunks, my_chunks, rank_world, run_and_gather
 
 __all__ = ["ModelSpec", "parse_model_spec", "resolve_mode", "EvalData", "load_eval_data", "ModelScores",
-           "score_model", "evaluate", "json_clean", "compute_metrics", "ceiling_metrics", "start_distributed"]
+           "score_model", "score_spec", "model_results", "evaluate", "json_clean", "compute_metrics",
+           "ceiling_metrics", "start_distributed"]
 
 # how long a process that finished its calls waits for the others at the gather (shares differ by one call)
 GATHER_TIMEOUT_S = 3600.0
@@ -227,6 +231,22 @@ class ModelScores:
         """Images / total timed seconds."""
         return self.probs.shape[0] / self.seconds if self.seconds > 0 else float("nan")
 
+    _ARRAYS = ("probs", "mean", "std", "overall", "weights")
+
+    def save(self, path: str | Path) -> Path:
+        """Write every field losslessly (float64 arrays, the rest as JSON) to one .npz, atomically; `load` reads
+        it back equal, so metrics computed later equal those computed from the scoring run's own object."""
+        meta = {k: v for k, v in asdict(self).items() if k not in self._ARRAYS}
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.array(json.dumps(meta)), **{k: getattr(self, k) for k in self._ARRAYS})
+        atomic_write_bytes(Path(path), buf.getvalue())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelScores":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(**{k: z[k] for k in cls._ARRAYS}, **json.loads(str(z["meta"])))
+
 
 def score_model(scorer, data: EvalData, *, reasoning: bool, samples: int, batch_size: int = 32,
                 device: str | None = None, seed: int = 0) -> ModelScores:
@@ -283,10 +303,43 @@ def start_distributed(device: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------- driver
 
+def score_spec(spec: ModelSpec, data: EvalData, *, reasoning: bool = False, samples: int = 4, batch_size: int = 32,
+               seed: int = 0, device: str = "cpu", temperature: float | None = None, engine: str = "hf",
+               log=print) -> ModelScores:
+    """Load one model, score `data` with it in the mode `resolve_mode` gives, free it (see `evaluate`)."""
+    if not (spec.path / "zreward.json").is_file():
+        raise FileNotFoundError(f"--model {spec.path}: expected a Scorer directory with zreward.json")
+    scorer = load_scorer(spec.path, device=device, add_level_tokens=False)
+    use_r, m = resolve_mode(spec, scorer.config.mode, reasoning, samples)
+    if use_r and temperature is not None:
+        scorer.config.temperature = temperature
+    if use_r:
+        scorer.engine = make_engine(engine, "--engine", model_dir=spec.path)
+    how = f"reasoning, M={m}, T={scorer.config.temperature}" if use_r else "direct"
+    log(f"[eval] {spec.name}: {how} on {len(data.ids)} images")
+    sc = score_model(scorer, data, reasoning=use_r, samples=m, batch_size=batch_size, device=device, seed=seed)
+    del scorer
+    gc.collect()
+    return sc
+
+
+def model_results(data: EvalData, scores: dict[str, ModelScores], model_dirs: dict[str, Path], *,
+                  n_boot: int = 1000, seed: int = 0, log=print) -> tuple[dict, dict]:
+    """(results {name: report dict}, calibrations {name: Calibration | None}) of scored models, in `scores` order."""
+    results, cals = {}, {}
+    for name, sc in scores.items():
+        rep, cal = compute_metrics(data, sc, n_boot=n_boot, seed=seed)
+        rep["model_dir"] = str(model_dirs[name])
+        results[name], cals[name] = rep, cal
+        acc = rep.get("accuracy")
+        log(f"[eval] {name}: accuracy {acc if acc is None else round(acc, 4)}, {rep['img_per_s']:.2f} img/s")
+    return results, cals
+
+
 def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False, samples: int = 4,
              batch_size: int = 32, n_boot: int = 1000, seed: int = 0, device: str = "cpu",
              temperature: float | None = None, engine: str = "hf", log=print) -> tuple[dict, dict, dict]:
-    """Load, score and measure each model in turn (freed before the next, so peak memory is its own).
+    """Load, score and measure each model in turn (`score_spec`: freed before the next, so peak memory is its own).
 
     `engine` samples the chains of models scored in reasoning mode (`zreward.models.engine`: hf, or vllm started
     on the model directory; the distributions are read by the Scorer's own teacher-forced forward either way).
@@ -309,30 +362,12 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
     if temperature is not None and not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"--temperature must be a finite number > 0, got {temperature}")
     check_engine(engine, "--engine")
-    results, cals, scores = {}, {}, {}
-    for spec in specs:
-        if not (spec.path / "zreward.json").is_file():
-            raise FileNotFoundError(f"--model {spec.path}: expected a Scorer directory with zreward.json")
-        scorer = load_scorer(spec.path, device=device, add_level_tokens=False)
-        use_r, m = resolve_mode(spec, scorer.config.mode, reasoning, samples)
-        if use_r and temperature is not None:
-            scorer.config.temperature = temperature
-        if use_r:
-            scorer.engine = make_engine(engine, "--engine", model_dir=spec.path)
-        how = f"reasoning, M={m}, T={scorer.config.temperature}" if use_r else "direct"
-        log(f"[eval] {spec.name}: {how} on {len(data.ids)} images")
-        sc = score_model(scorer, data, reasoning=use_r, samples=m, batch_size=batch_size, device=device, seed=seed)
-        del scorer
-        gc.collect()
-        scores[spec.name] = sc
-        if not main:
-            continue
-        rep, cal = compute_metrics(data, sc, n_boot=n_boot, seed=seed)
-        rep["model_dir"] = str(spec.path)
-        results[spec.name], cals[spec.name] = rep, cal
-        acc = rep.get("accuracy")
-        log(f"[eval] {spec.name}: accuracy {acc if acc is None else round(acc, 4)}, "
-            f"{rep['img_per_s']:.2f} img/s")
+    scores = {spec.name: score_spec(spec, data, reasoning=reasoning, samples=samples, batch_size=batch_size,
+                                    seed=seed, device=device, temperature=temperature, engine=engine, log=log)
+              for spec in specs}
+    if not main:
+        return {}, {}, scores
+    results, cals = model_results(data, scores, {s.name: s.path for s in specs}, n_boot=n_boot, seed=seed, log=log)
     return results, cals, scores
 
 

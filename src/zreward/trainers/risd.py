@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class TeacherConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "where the target cache lives (null: <run.output_dir>/teacher_cache)"})
     barrier_timeout_s: float = field(default=3600.0, metadata={"help": "how long a process that finished its share of the teacher pass waits for the others (shares differ by at most one batch; this covers stragglers)"})
     engine: str = field(default="hf", metadata={"help": "what samples the teacher's chains: hf (transformers generate) or vllm (vLLM on teacher.path, prefix caching; pip install 'zreward[vllm]', CUDA only, untested here)"})
+    part: str | None = field(default=None, metadata={"help": "R/W: only run the teacher on part R of W of the targets the cache file lacks, write them next to it as a part file and stop without training (the W parts can run side by side, in separate jobs; a normal run then reads them all)"})
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1:
@@ -85,6 +87,16 @@ class TeacherConfig:
         check_engine(self.engine, "teacher.engine")
         if not self.barrier_timeout_s > 0:
             raise ValueError(f"teacher.barrier_timeout_s must be > 0, got {self.barrier_timeout_s}")
+        self.part_of()
+
+    def part_of(self) -> tuple[int, int] | None:
+        """`part` as (R, W), or None."""
+        if self.part is None:
+            return None
+        r, _, w = str(self.part).partition("/")
+        if not (r.isdigit() and w.isdigit() and int(r) < int(w)):
+            raise ValueError(f"teacher.part: expected R/W with 0 <= R < W (e.g. 0/2), got {self.part!r}")
+        return int(r), int(w)
 
 
 @dataclass
@@ -147,20 +159,55 @@ def item_keys(data: TrainData, idx: list[int] | None = None) -> list[str]:
     return keys
 
 
-def _read_cache(path: Path) -> tuple[dict[str, int], torch.Tensor | None, torch.Tensor | None]:
-    if not path.exists():
-        return {}, None, None
+def _read_file(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = json.loads(f.metadata()["zreward"])["keys"]
             probs, mass = f.get_tensor("probs"), f.get_tensor("in_level_mass")
     except Exception as e:  # a torn/foreign file: rebuild rather than train on garbage
         print(f"[risd] {path}: unreadable teacher cache ({e}); rebuilding it", file=sys.stderr)
-        return {}, None, None
+        return None
     if len(keys) != len(probs):
         print(f"[risd] {path}: {len(keys)} keys for {len(probs)} rows; rebuilding it", file=sys.stderr)
+        return None
+    return keys, probs, mass
+
+
+def part_path(path: Path, r: int, w: int) -> Path:
+    """The file of part r of w of a cache file's pass (`teacher.part`)."""
+    return path.with_name(f"{path.stem}.part{r}of{w}{path.suffix}")
+
+
+def _read_cache(path: Path, parts: bool = True) -> tuple[dict[str, int], torch.Tensor | None, torch.Tensor | None]:
+    """(row of each key, probs, in-level mass) of the cache file and, with `parts`, of its part files (a key
+    found twice: its first row)."""
+    files = [path] + (sorted(path.parent.glob(f"{path.stem}.part*of*{path.suffix}")) if parts else [])
+    got = [x for f in files if f.exists() and (x := _read_file(f)) is not None]
+    if not got:
         return {}, None, None
-    return {k: r for r, k in enumerate(keys)}, probs, mass
+    keys = [k for g in got for k in g[0]]
+    rows = {}
+    for r, k in enumerate(keys):
+        rows.setdefault(k, r)
+    return rows, torch.cat([g[1] for g in got]), torch.cat([g[2] for g in got])
+
+
+def _cache_file(cfg: Config, dims: list[str], levels: list[float], cache_dir: Path) -> tuple[Path, dict]:
+    """The cache file of these teacher settings, and the settings (named by their hash; see the module docstring)."""
+    t = cfg.teacher
+    settings = {"teacher": dir_fingerprint(t.path), "samples": t.samples, "temperature": t.temperature,
+                "max_new_tokens": t.max_new_tokens, "dims": dims, "levels": levels, "seed": cfg.run.seed,
+                **({"engine": t.engine} if t.engine != "hf" else {})}  # hf keeps the keys of caches made before engines
+    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / f"teacher_{tag}.safetensors", settings
+
+
+def _write_cache(path: Path, keys: list[str], probs: torch.Tensor, mass: torch.Tensor, settings: dict) -> None:
+    blob = st_save({"probs": probs.contiguous(), "in_level_mass": mass.contiguous()},
+                   # one metadata entry: safetensors writes several in a per-process random (hash) order,
+                   # and the file must not depend on which process wrote it
+                   metadata={"zreward": json.dumps({"keys": keys, "settings": settings})})
+    atomic_write_bytes(path, blob)
 
 
 def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Path, acc) -> tuple[torch.Tensor, dict]:
@@ -178,11 +225,7 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
     t = cfg.teacher
     if not t.path:
         raise ValueError("teacher.path is required: a reasoning-mode teacher Scorer directory")
-    settings = {"teacher": dir_fingerprint(t.path), "samples": t.samples, "temperature": t.temperature,
-                "max_new_tokens": t.max_new_tokens, "dims": dims, "levels": data.levels, "seed": cfg.run.seed,
-                **({"engine": t.engine} if t.engine != "hf" else {})}  # hf keeps the keys of caches made before engines
-    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir / f"teacher_{tag}.safetensors"
+    path, settings = _cache_file(cfg, dims, data.levels, cache_dir)
     rank, world, wait = acc.process_index, acc.num_processes, t.barrier_timeout_s
     t0 = time.perf_counter()
     share = np.array_split(np.arange(len(data)), world)[rank].tolist()
@@ -200,13 +243,10 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
             new_p = torch.cat([done[k][0] for k in range(len(parts))])
             new_m = torch.cat([done[k][1] for k in range(len(parts))])
             all_keys = list(rows) + [keys[i] for i in missing]
-            probs = new_p if probs is None else torch.cat([probs, new_p])
-            mass = new_m if mass is None else torch.cat([mass, new_m])
-            blob = st_save({"probs": probs.contiguous(), "in_level_mass": mass.contiguous()},
-                           # one metadata entry: safetensors writes several in a per-process random (hash) order,
-                           # and the file must not depend on which process wrote it
-                           metadata={"zreward": json.dumps({"keys": all_keys, "settings": settings})})
-            atomic_write_bytes(path, blob)
+            old = torch.tensor(list(rows.values()), dtype=torch.long)  # one row per key (parts may repeat one)
+            probs = new_p if probs is None else torch.cat([probs[old], new_p])
+            mass = new_m if mass is None else torch.cat([mass[old], new_m])
+            _write_cache(path, all_keys, probs, mass, settings)
         barrier(wait, "risd teacher cache write")
         rows, probs, mass = _read_cache(path)
     absent = [k for k in keys if k not in rows]
@@ -216,6 +256,35 @@ def teacher_targets(cfg: Config, data: TrainData, dims: list[str], cache_dir: Pa
     info = {"cache": str(path), "computed": len(missing), "seconds": time.perf_counter() - t0,
             "in_level_mass": float(mass[sel].mean())}
     return probs[sel].float(), info
+
+
+def teacher_part(cfg: Config) -> Path:
+    """`teacher.part` = R/W: run the teacher on part R of W of the targets the cache file lacks and write them to
+    the part file (`part_path`); returns it. The images the cache file lacks are cut into `teacher.batch_size`
+    chunks exactly as one `teacher_targets` pass cuts them (the part files of the same pass are not counted), and
+    part R runs chunks k ≡ R (mod W) under `chunk_seed(run.seed, k)`: the W parts hold the rows one pass computes.
+    One process; an existing part file of the same pass is kept (a rerun of a finished part does nothing)."""
+    r, w = cfg.teacher.part_of()
+    if not cfg.teacher.path:
+        raise ValueError("teacher.path is required: a reasoning-mode teacher Scorer directory")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("teacher.part: runs in one process (split the pass into more parts instead of torchrun)")
+    data, dims = train_inputs(cfg)
+    path, settings = _cache_file(cfg, dims, data.levels, _cache_dir(cfg))
+    out = part_path(path, r, w)
+    if out.exists() and _read_file(out) is not None:
+        return out
+    rows = _read_cache(path, parts=False)[0]
+    keys = item_keys(data)
+    missing = [i for i, k in enumerate(keys) if k not in rows]
+    parts = chunks(len(missing), cfg.teacher.batch_size)
+    mine = {k: [missing[j] for j in parts[k]] for k in range(r, len(parts), w)}
+    done = _run_teacher(cfg, data, dims, mine, "cuda" if torch.cuda.is_available() else "cpu") if mine else {}
+    empty = torch.zeros(0, len(dims), len(data.levels)), torch.zeros(0, len(dims))
+    got = [done[k] for k in sorted(done)] or [empty]
+    _write_cache(out, [keys[i] for k in sorted(mine) for i in mine[k]], torch.cat([g[0] for g in got]),
+                 torch.cat([g[1] for g in got]), settings)
+    return out
 
 
 def _run_teacher(cfg: Config, data: TrainData, dims: list[str], work: dict[int, list[int]],
@@ -270,20 +339,33 @@ def step_losses(cfg: Config, scorer, data: TrainData, teach: torch.Tensor, idx: 
     return terms
 
 
-def train(cfg: Config) -> Path:
-    """Build/reuse the teacher cache, then train the direct-mode student; returns `run_dir/final`."""
+def train_inputs(cfg: Config) -> tuple[TrainData, list[str]]:
+    """The images the student learns from (`data.train` + `data.extra_unlabelled`, labels of the latter dropped)
+    and the dims it distils."""
     if not cfg.data.train:
         raise ValueError("data.train is required: a canonical split directory")
-    loop = RunLoop(cfg, "risd")
     data = cfg.data.load_train()
     if cfg.data.extra_unlabelled:
         data = concat_splits(data, cfg.data.load(cfg.data.extra_unlabelled, cfg.data.extra_max_images),
                              keep_labels=False, what="data.extra_unlabelled")
-    val = cfg.data.load_val()
     dims = list(cfg.risd.dims or data.dims)
     data.dim_index(dims)  # raises naming unknown dims
-    cache_dir = Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else loop.run_dir.root / "teacher_cache"
-    teach, tinfo = teacher_targets(cfg, data, dims, cache_dir, loop.acc)
+    return data, dims
+
+
+def _cache_dir(cfg: Config) -> Path:
+    return Path(cfg.teacher.cache_dir or Path(cfg.run.output_dir) / "teacher_cache")
+
+
+def train(cfg: Config) -> Path:
+    """Build/reuse the teacher cache, then train the direct-mode student; returns `run_dir/final` (with
+    `teacher.part`: only that part of the teacher pass, `teacher_part`; returns the part file)."""
+    if cfg.teacher.part is not None:
+        return teacher_part(cfg)
+    data, dims = train_inputs(cfg)
+    loop = RunLoop(cfg, "risd")
+    val = cfg.data.load_val()
+    teach, tinfo = teacher_targets(cfg, data, dims, _cache_dir(cfg), loop.acc)
     if loop.is_main:
         print(f"[risd] teacher targets for {len(data)} images: {tinfo['computed']} computed, "
               f"{len(data) - tinfo['computed']} from {tinfo['cache']} ({tinfo['seconds']:.1f} s)", file=sys.stderr)
