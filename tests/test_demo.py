@@ -15,7 +15,8 @@ import pytest
 import zreward.demo as demo
 import zreward.demo_stages as demo_stages
 from zreward.demo import run_demo
-from zreward.demo_stages import PROFILES, Ctx, Stage, digest, stage_parts
+from zreward.demo_profiles import GEN_DEFAULTS, PROFILES
+from zreward.demo_stages import Ctx, Stage, digest, stage_parts
 from zreward.eval import demo_report
 from zreward.eval.demo_report import GEN_KEYS, write_demo_report
 
@@ -161,7 +162,7 @@ def test_default_stage_list_wiring(from_scratch):
     assert set(by["gen_eval"].deps) == {"gen_pretrain", "gen_tune", "world"}
     assert dict(by["gen_eval"].links)["a"] == "gen_tune" and dict(by["gen_eval"].links)["b"] == "gen_pretrain"
     for name, prof in PROFILES.items():  # no typo in a profile's generator settings
-        assert set(prof.get("gen", {})) <= set(demo_stages.GEN_DEFAULTS), name
+        assert set(prof.get("gen", {})) <= set(GEN_DEFAULTS), name
 
 
 def test_report_keys_without_results(tmp_path, configs):

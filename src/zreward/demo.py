@@ -63,9 +63,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
+from zreward.demo_profiles import EVAL_SPLITS, PROFILES
 from zreward.demo_stages import (
-    EVAL_SPLITS,
-    PROFILES,
     Ctx,
     Stage,
     StageError,

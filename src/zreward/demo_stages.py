@@ -21,63 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from zreward.data.shapes_world.build import build_world
+from zreward.demo_profiles import EVAL_SPLITS, GEN_DEFAULTS, PROFILES
 from zreward.models.shipped import base_card, copy_base
 from zreward.trainers.config import config_to_dict, load_config
 
-# Chain temperature of the reasoning models at evaluation. Measured on 400 val images (600 pairs) with the
-# cold-start teacher: greedy 0.655, M = 4 at T = 1.0 0.571, T = 0.5 0.613, T = 0.3 0.646 — the tiny teachers'
-# T = 1 chains are too noisy to average.
-EVAL_TEMPERATURE = 0.3
-
-# The splits every trained model is scored on; the evaluation of each is one report over all the models.
-EVAL_SPLITS = ["test", "ood"]
-# Rough seconds of one model's scoring stage (both splits), from the evaluations of 2026-12-02: the reasoning
-# models' chains are most of it.
-_SCORE_EST_QUICK = {"score_sft": 12, "score_rewarddance": 12, "score_grpo": 40, "score_gdso_teacher": 40,
-                    "score_risd_student": 12, "score_opd_student": 12}
-_SCORE_EST_FULL = {k: 6 * v for k, v in _SCORE_EST_QUICK.items()}
-# Each half of RISD's teacher pass (1,600 images, M = 2 in both profiles): ≈ 2.5 of RISD's 6.2 CPU-min (2026-12-02).
-_PASS_EST = {"risd_student_teacher0": 80, "risd_student_teacher1": 80}
-
-# Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
-# reasoning models at eval_temperature), per-stage overrides (YAML dotlist) on top of the stage's config, and rough
-# stage durations (s) on an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs unchanged, the
-# whole test/ood splits, M = 4; quick = the same pipeline with fewer steps, 200 test + 200 ood images (50 prompts
-# each), M = 2.
-PROFILES: dict[str, dict] = {
-    "quick": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": 200,
-              "eval_samples": 2, "eval_temperature": EVAL_TEMPERATURE,
-              # generator stages (`GEN_DEFAULTS`): measured 178 + 33 + 8 s (seed 0, in order, 2026-12-01)
-              "gen": {"pretrain_steps": 800, "tune_steps": 40, "eval_prompts": 100,
-                      "estimates": {"gen_pretrain": 180, "gen_tune": 35, "gen_eval": 8}},
-              "overrides": {"pretrain": ["run.max_steps=500", "data.eval_every=0", "data.val_max_images=100"],
-                            "sft": ["run.max_steps=300", "data.eval_every=0", "data.val_max_images=200"],
-                            "rewarddance": ["run.max_steps=150", "data.val_max_images=100"],
-                            # the cold start's length is the measured lever (seed-0 world, shipped base, 700 val
-                            # images / 958 pairs, M = 2 at T = 0.3): 250 steps 59.9%, 400 61.2%, 600 65.9%
-                            "sft_cold": ["run.max_steps=600", "data.eval_every=0", "data.val_max_images=48"],
-                            "grpo": ["run.max_steps=15", "data.val_max_images=48"],
-                            "gdso_teacher": ["run.max_steps=15", "data.val_max_images=48"],
-                            # RISD and OPD: their configs' 1,600 images × 800 steps (the same image visits); RISD's
-                            # budget and lr were chosen on val (configs/risd/tiny_cpu.yaml)
-                            "risd_student": ["data.eval_every=0", "data.val_max_images=200"],
-                            "opd_student": ["data.eval_every=0", "data.val_max_images=200"]},
-              # rough durations from the in-order runs of 2026-12-01 and the cold-start sweep (one stage per core);
-              # with --jobs > 1 they also decide which ready stage starts first (the longest path to the end)
-              "estimates": {"world": 40, "pretrain_world": 40, "init_base": 5, "pretrain": 600, "sft": 190,
-                            "rewarddance": 70, "sft_cold": 680, "grpo": 30, "gdso_teacher": 35,
-                            "risd_student": 600, **_PASS_EST, "opd_student": 700, **_SCORE_EST_QUICK, "eval_test": 10,
-                            "eval_ood": 10}},
-    "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
-             "eval_samples": 4, "eval_temperature": EVAL_TEMPERATURE, "overrides": {},
-             # generator stages: measured 278 + 103 + 8 s (1-min load 3.5–4.7)
-             "gen": {"align_profile": "full", "pretrain_steps": 2000, "tune_steps": 200, "eval_prompts": 150,
-                     "estimates": {"gen_pretrain": 280, "gen_tune": 105, "gen_eval": 10}},
-             "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 1600, "sft": 600,
-                           "rewarddance": 420, "sft_cold": 600, "grpo": 360, "gdso_teacher": 480,
-                           "risd_student": 650, **_PASS_EST, "opd_student": 700, **_SCORE_EST_FULL, "eval_test": 20,
-                           "eval_ood": 20}},
-}
 FAMILY = "qwen2_vl"
 
 
@@ -231,12 +178,6 @@ def _world_prompts(stage: Stage, ctx: Ctx) -> int:
     return int(ctx.prof.get(key, 2000))
 
 
-# Generator stages: the profile's "gen" dict over these defaults; None = the value of `zreward gen`'s own profile
-# `align_profile` (`zreward.align.pretrain.PROFILES` / `tune.PROFILES`). DRaFT-1 is `zreward gen tune`'s default and
-# what its profiles were measured with. `estimates` (s per gen stage) only feed the first ETA.
-GEN_DEFAULTS: dict = {"align_profile": "quick", "arch": "default", "pretrain_steps": None, "pretrain_batch_size": None,
-                      "method": "draft", "k": 1, "tune_steps": None, "tune_batch_size": None, "audit_every": None,
-                      "eval_prompts": 100, "estimates": {}}
 _GEN_CODE = ("zreward.align", "zreward.data.shapes_world", "zreward.models")
 
 
