@@ -64,3 +64,18 @@ def loopback_servers():
     for h in handles:
         if h.thread.is_alive():
             h.stop()
+
+
+@pytest.fixture
+def configs(tmp_path, monkeypatch):
+    """A throwaway configs/ dir (one sft config) and the demo's "test" profile, for the demo tests."""
+    from zreward.demo_profiles import PROFILES  # here, like the others: nothing of zreward loads before the env
+
+    cdir = tmp_path / "configs"
+    (cdir / "sft").mkdir(parents=True)
+    (cdir / "sft" / "tiny_cpu.yaml").write_text("run:\n  max_steps: 5\noptim:\n  lr: 0.001\n")
+    monkeypatch.setenv("ZREWARD_CONFIGS", str(cdir))
+    monkeypatch.setitem(PROFILES, "test", {"student_preset": "tiny", "teacher_preset": "tiny",
+                                           "eval_max_images": 8, "eval_samples": 1, "eval_temperature": 0.3,
+                                           "overrides": {}, "estimates": {}})
+    return cdir

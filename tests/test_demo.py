@@ -20,48 +20,7 @@ from zreward.demo_stages import Ctx, Stage, digest, stage_parts
 from zreward.eval import demo_report
 from zreward.eval.demo_report import GEN_KEYS, write_demo_report
 
-_DATA = (("data.train", "world:train"), ("data.val", "world:val"))
-
-
-def _stages(*more: Stage) -> list[Stage]:
-    return [Stage("world", "world"), Stage("init_student", "init", "student"),
-            Stage("a", "train", "sft", (("model.init_from", "init_student"),) + _DATA),
-            Stage("b", "train", "sft", (("model.init_from", "a"),) + _DATA), *more]
-
-
-class FakeRunner:
-    """Records (stage, resume) calls and makes an output dir; `interrupt` raises KeyboardInterrupt at that stage."""
-
-    def __init__(self, interrupt: str | None = None, fail: str | None = None):
-        self.calls: list[tuple[str, bool]] = []
-        self.interrupt, self.fail = interrupt, fail
-
-    def __call__(self, stage, ctx, resume):
-        self.calls.append((stage.name, resume))
-        if stage.name == self.interrupt:
-            raise KeyboardInterrupt
-        if stage.name == self.fail:
-            raise RuntimeError("boom")
-        out = ctx.out / "fake" / stage.name
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-
-
-@pytest.fixture
-def configs(tmp_path, monkeypatch):
-    cdir = tmp_path / "configs"
-    (cdir / "sft").mkdir(parents=True)
-    (cdir / "sft" / "tiny_cpu.yaml").write_text("run:\n  max_steps: 5\noptim:\n  lr: 0.001\n")
-    monkeypatch.setenv("ZREWARD_CONFIGS", str(cdir))
-    monkeypatch.setitem(PROFILES, "test", {"student_preset": "tiny", "teacher_preset": "tiny",
-                                           "eval_max_images": 8, "eval_samples": 1, "overrides": {}, "estimates": {}})
-    return cdir
-
-
-def _run(out, runner, stages=None, log=None):
-    return run_demo(out, "test", 0, stages or _stages(), runner=runner, log=(log.append if log is not None
-                                                                             else lambda *_: None))
-
+from demo_fixtures import DATA as _DATA, FakeRunner, run_small_demo as _run, small_stages as _stages
 
 def test_reuse_rebuild_and_resume(tmp_path, configs, monkeypatch):
     out = tmp_path / "demo"
@@ -363,61 +322,3 @@ def test_goals_carry_the_paired_ci_of_each_difference():
     assert math.isclose(risd["value"], -2.0) and risd["ci"] == pytest.approx([-5.0, 1.0])
     opd = next(x for x in g if x["claim"].startswith("RISD student above"))
     assert opd["ci"] is None and len(g) == 5  # no stored pair: no interval, never invented
-
-
-def test_score_and_eval_stages_equal_one_zreward_eval(tmp_path, configs, monkeypatch, small_world, tiny_factory):
-    """Each model scored in its own stage, then one report per split: the same report as `evaluate()` scoring all
-    the models in one run (a reasoning model with M = 2 chains and a direct one); a failed model is left out."""
-    import numpy as np
-
-    from zreward.eval.runner import ModelScores, evaluate, json_clean, load_eval_data, parse_model_spec
-
-    monkeypatch.setitem(PROFILES["test"], "eval_samples", 2)
-    monkeypatch.setitem(PROFILES["test"], "eval_temperature", 0.7)
-    models = {"a": tiny_factory(mode="reasoning", max_new_tokens=6), "b": tiny_factory(seed=2)}
-
-    def runner(stage, ctx, resume):
-        if stage.name == "world":
-            return small_world
-        if stage.name == "c":
-            raise RuntimeError("training failed")
-        return models[stage.name] if stage.name in models else demo_stages.run_stage(stage, ctx, resume)
-
-    names = ["a", "c", "b"]
-    stages = [Stage("world", "world"), *(Stage(n, "init", "student") for n in names),
-              *(Stage(f"score_{n}", "score", n, (("model", n), ("data", "world"))) for n in names),
-              Stage("eval_test", "eval", "test", tuple((f"model.{n}", f"score_{n}") for n in names)
-                    + (("data", "world:test"),))]
-    out = tmp_path / "d"
-    ctx = _run(out, runner, stages)
-    assert ctx.status["score_c"]["state"] == "skipped" and ctx.status["eval_test"]["state"] == "done"
-    got = json.loads((out / "eval" / "test" / "report.json").read_text())
-
-    data = load_eval_data(small_world / "test", max_images=8)
-    specs = [parse_model_spec(f"{n}={models[n]}") for n in ("a", "b")]
-    results, _, scores = evaluate(specs, data, reasoning=True, samples=2, seed=0, temperature=0.7, log=lambda *_: None)
-    assert list(got["models"]) == ["a", "b"] and got["models"]["a"]["mode"] == "reasoning"
-    for n in ("a", "b"):
-        saved = ModelScores.load(out / "scores" / n / "test.npz")
-        for f in ("probs", "mean", "std", "overall", "weights"):
-            assert np.array_equal(getattr(saved, f), getattr(scores[n], f)), (n, f)
-        assert (saved.dims, saved.samples, saved.chains) == (scores[n].dims, scores[n].samples, scores[n].chains)
-        for key in ("accuracy", "accuracy_ci", "per_dim", "kl", "w1", "ece", "srcc"):
-            assert got["models"][n][key] == json_clean(results[n][key]), (n, key)
-    assert got["paired"] and {(p["a"], p["b"]) for p in got["paired"]} == {("a", "b")}
-    # the recorded command re-runs the same evaluation through the CLI
-    cmd = shlex.split(ctx.commands["eval_test"])
-    assert cmd[:2] == ["zreward", "eval"] and cmd.count("--model") == 2 and "--reasoning" in cmd
-
-
-def test_failed_teacher_part_does_not_block_risd(tmp_path, configs):
-    """A stage in `after` is waited for, its key is an input, but its failure skips nothing."""
-    stages = _stages(Stage("p", "train", "sft", (("model.init_from", "init_student"),) + _DATA),
-                     Stage("r", "train", "sft", (("model.init_from", "init_student"),) + _DATA, after=("p",)))
-    r = FakeRunner(fail="p")
-    ctx = _run(tmp_path / "d", r, stages)
-    assert ctx.status["p"]["state"] == "failed" and ctx.status["r"]["state"] == "done"
-    assert [c for c, _ in r.calls].index("p") < [c for c, _ in r.calls].index("r")
-    # p builds now; r's output never depended on p finishing (only helped), so r is reused under the same key
-    ctx2 = _run(tmp_path / "d", FakeRunner(), stages)
-    assert ctx2.status["p"]["state"] == "done" and ctx2.status["r"]["state"] == "reused"

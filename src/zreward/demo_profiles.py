@@ -17,8 +17,9 @@ _SCORE_EST_QUICK = {"score_sft": 12, "score_rewarddance": 12, "score_grpo": 40, 
 _SCORE_EST_FULL = {k: 6 * v for k, v in _SCORE_EST_QUICK.items()}
 # Each half of RISD's teacher pass (1,600 images, M = 2 in both profiles). The quick estimates are rough and also set
 # the order in which ready stages start; the 14.6-min run (README) used these: measured there, each half 67 s, RISD's
-# own training 250 s, OPD 250 s.
-_PASS_EST = {"risd_student_teacher0": 80, "risd_student_teacher1": 80}
+# own training 250 s, OPD 250 s. With 90 (not 80 as in that run) the parts' longest path (90 + 600 + the generator's
+# 43) clearly beats OPD's (722), so both halves start before OPD, as they did there.
+_PASS_EST = {"risd_student_teacher0": 90, "risd_student_teacher1": 90}
 
 # Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
 # reasoning models at eval_temperature), per-stage overrides (YAML dotlist) on top of the stage's config, and rough

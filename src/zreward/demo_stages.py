@@ -1,10 +1,11 @@
-"""The demo's building blocks: profiles, the `Stage` type, the run context, and how one stage is keyed and built.
+"""The demo's building blocks: the `Stage` type, the run context, and how one stage is keyed and built.
 
-`zreward.demo` holds the stage graph and the driver; this module answers, for one stage, what its cache key is
-made of (`stage_parts`: resolved config, source code, upstream keys) and how its output is built (`run_stage`:
-the ShapesWorld builder, `init_tiny`, a trainer's `train(cfg)`, `zreward eval` or a `zreward gen` step, all in this
-process). Heavy modules (torch, transformers, diffusers) are imported inside `run_stage` / `_gen_job` only when a
-stage actually runs, so `zreward demo --help` and the reuse check of cached stages stay fast.
+`zreward.demo` holds the stage graph and the driver, `zreward.demo_profiles` the profiles; this module answers, for
+one stage, what its cache key is made of (`stage_parts`: resolved config, source code, upstream keys) and how its
+output is built (`run_stage`: the ShapesWorld builder, `init_tiny`, a trainer's `train(cfg)`, one model's scores,
+one split's `zreward eval` report or a `zreward gen` step, all in this process). Heavy modules (torch, transformers,
+diffusers) are imported inside `run_stage` / `_gen_job` only when a stage actually runs, so `zreward demo --help`
+and the reuse check of cached stages stay fast.
 """
 from __future__ import annotations
 
@@ -150,18 +151,19 @@ def _train_config(stage: Stage, ctx: Ctx, symbolic: bool):
 _TRAIN_SHARED = ("zreward.trainers.common", "zreward.trainers.data", "zreward.trainers.run_utils",
                  "zreward.trainers.checkpoint", "zreward.trainers.sharded_checkpoint", "zreward.trainers.config",
                  "zreward.trainers.rollout", "zreward.trainers.loop", "zreward.trainers.rl",
-                 "zreward.trainers.resume", "zreward.trainers.sharding", "zreward.trainers.trackers",
-                 "zreward.trainers.sft", "zreward.trainers.caption", "zreward.losses", "zreward.metrics",
-                 "zreward.models",
+                 "zreward.trainers.risd_teacher", "zreward.trainers.resume", "zreward.trainers.sharding",
+                 "zreward.trainers.trackers", "zreward.trainers.sft", "zreward.trainers.caption", "zreward.losses",
+                 "zreward.metrics", "zreward.models",
                  "zreward.data.records", "zreward.data.labels", "zreward.data.images", "zreward.data.image_store",
                  "zreward.data.shapes_world", "zreward.atomic")
 
 
 # What a score stage runs, and what an eval stage runs (not the demo's own report, rewritten on every run anyway).
+# (the data package whole: decoding, labels, records and the oracle all shape scores, targets, pairs or ceiling)
 _SCORE_CODE = ("zreward.eval.runner", "zreward.eval.cost", "zreward.models", "zreward.trainers.sharding",
-               "zreward.data.image_store", "zreward.atomic")
+               "zreward.data", "zreward.atomic")
 _EVAL_CODE = tuple(f"zreward.eval.{m}" for m in ("runner", "model_metrics", "calibration", "bootstrap", "report")) \
-    + ("zreward.metrics",)
+    + ("zreward.metrics", "zreward.data")
 
 
 # The pretraining world's seed is offset so that its scenes are disjoint from the main world's (both exclude the
@@ -231,7 +233,10 @@ def _gen_job(stage: Stage, ctx: Ctx, symbolic: bool) -> tuple[dict, list[str], C
 def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
     """Digests of what a stage depends on: "config" (resolved settings), "code" (sources it runs), "inputs"
     (upstream keys). Raises StageError when the stage cannot be built."""
-    up = digest({d: ctx.keys[d] for d in stage.deps + stage.optional if d in ctx.keys})
+    # an eval stage's inputs are the scores it reports: only those that finished (a score stage that failed after
+    # it was keyed is not in the report, and finishing later must change the report's key)
+    done = [d for d in stage.optional if stage.kind != "eval" or d in ctx.outputs]
+    up = digest({d: ctx.keys[d] for d in stage.deps + done if d in ctx.keys})
     if stage.kind == "world":
         return {"config": digest({"seed": _world_seed(stage, ctx), "prompts": _world_prompts(stage, ctx)}),
                 "code": source_digest("zreward.data.shapes_world", "zreward.data.records", "zreward.data.split_writer",
@@ -341,6 +346,8 @@ def _eval_report(stage: Stage, ctx: Ctx, out: Path) -> Path:
                      + _eval_argv(ctx, split, out))
     ctx.commands[stage.name] = cmd
     results, cals = model_results(data, scores, dirs, seed=ctx.seed, log=_log)
+    if out.exists():
+        shutil.rmtree(out)  # no plot or predictions file of a model this report leaves out
     m, t = ctx.prof["eval_samples"], ctx.prof["eval_temperature"]
     write_eval_report(out, data, results, cals, scores, {"command": cmd, "settings": {"samples": m, "temperature": t,
                                                                                       "seed": ctx.seed}},

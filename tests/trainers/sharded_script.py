@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zreward.eval import cli as eval_cli
 from zreward.eval.runner import evaluate, load_eval_data, parse_model_spec
-from zreward.trainers import risd
+from zreward.trainers import risd, risd_teacher
 from zreward.trainers.run_utils import AcceleratorConfig, make_accelerator
 from zreward.trainers.sharding import rank_world
 
@@ -23,7 +23,7 @@ def main() -> None:
     cfg = risd.Config()
     cfg.teacher.path, cfg.teacher.samples, cfg.teacher.batch_size = teacher, 2, 3  # 8 images: chunks of 3, 3, 2
     data = cfg.data.load(train, 8)
-    targets, info = risd.teacher_targets(cfg, data, data.dims, Path(cache), acc)
+    targets, info = risd_teacher.teacher_targets(cfg, data, data.dims, Path(cache), acc)
     data_e = load_eval_data(test, max_images=6)
     _, _, scores = evaluate([parse_model_spec(f"t={teacher}:reasoning:2")], data_e, samples=2, batch_size=2,
                             n_boot=20, seed=3, log=lambda *a: None)

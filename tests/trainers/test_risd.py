@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from zreward.trainers import risd
+from zreward.trainers import risd, risd_teacher
 from zreward.trainers.run_utils import derive_seed, read_metrics
 
 
@@ -70,7 +70,7 @@ def test_risd_run_caches_teacher_once_and_student_learns(models, small_world, tm
                          load_train_data(cfg.data.extra_unlabelled, max_images=4), keep_labels=False,
                          what="data.extra_unlabelled")
     acc = _Main()
-    cached, info = risd.teacher_targets(cfg, data, data.dims, tmp_path / "cache", acc)
+    cached, info = risd_teacher.teacher_targets(cfg, data, data.dims, tmp_path / "cache", acc)
     assert info["computed"] == 0  # reused
     teacher = load_scorer(models[0])
     torch.manual_seed(derive_seed(cfg.run.seed, 0))
@@ -107,21 +107,21 @@ def test_teacher_cache_is_rebuilt_when_inputs_change(models, small_world, tmp_pa
     shutil.copytree(small_world / "train", split)
     data = load_train_data(split, max_images=4)
     acc, cache = _Main(), tmp_path / "cache"
-    _, info = risd.teacher_targets(cfg, data, data.dims, cache, acc)
+    _, info = risd_teacher.teacher_targets(cfg, data, data.dims, cache, acc)
     assert info["computed"] == 4
-    assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 0
+    assert risd_teacher.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 0
     cfg.teacher.samples = 3  # another M: new cache file
-    assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 4
+    assert risd_teacher.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 4
     cfg.teacher.samples = 2
     zr = json.loads((teacher / "zreward.json").read_text())
     zr["temperature"] = 0.7  # the teacher dir changed: new fingerprint
     (teacher / "zreward.json").write_text(json.dumps(zr))
-    assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 4
+    assert risd_teacher.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 4
     from PIL import Image
 
     f = data.images.paths[0]  # an image changed under the same id: only that row is recomputed
     Image.fromarray(255 - data.images[0].permute(1, 2, 0).numpy()).save(f)
-    assert risd.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 1
+    assert risd_teacher.teacher_targets(cfg, data, data.dims, cache, acc)[1]["computed"] == 1
     assert len(list(cache.glob("teacher_*.safetensors"))) == 3
 
 
@@ -201,8 +201,8 @@ def test_sharded_teacher_cache_equals_one_process(models, small_world, tmp_path,
     cfg = _cfg(models, small_world, tmp_path / "run")
     cfg.teacher.batch_size = 3  # 7 images: chunks of 3, 3, 1; rank 0 runs chunks 0 and 2, rank 1 chunk 1
     data = load_train_data(small_world / "train", max_images=7)
-    one, _ = risd.teacher_targets(cfg, data, data.dims, tmp_path / "one", _Main())
-    shares = [risd.item_keys(data, list(range(0, 4))), risd.item_keys(data, list(range(4, 7)))]
+    one, _ = risd_teacher.teacher_targets(cfg, data, data.dims, tmp_path / "one", _Main())
+    shares = [risd_teacher.item_keys(data, list(range(0, 4))), risd_teacher.item_keys(data, list(range(4, 7)))]
     parts = {}
 
     class Recorded(Exception):
@@ -213,6 +213,8 @@ def test_sharded_teacher_cache_equals_one_process(models, small_world, tmp_path,
             self.process_index, self.num_processes, self.is_main_process = r, 2, r == 0
 
     def gather(obj, timeout_s, what):
+        if what == "risd cache rows":  # both ranks read the same (empty) cache
+            return [obj, obj]
         assert obj == shares[acc.process_index]  # each rank hashed only its contiguous share
         return shares
 
@@ -222,16 +224,16 @@ def test_sharded_teacher_cache_equals_one_process(models, small_world, tmp_path,
         parts[acc.process_index] = fn()
         raise Recorded
 
-    monkeypatch.setattr(risd, "all_gather_objects", gather)
-    monkeypatch.setattr(risd, "run_and_gather", run_gather)
-    monkeypatch.setattr(risd, "barrier", lambda timeout_s, what: None)
+    monkeypatch.setattr(risd_teacher, "all_gather_objects", gather)
+    monkeypatch.setattr(risd_teacher, "run_and_gather", run_gather)
+    monkeypatch.setattr(risd_teacher, "barrier", lambda timeout_s, what: None)
     for r in (1, 0):
         acc = Rank(r)
         with pytest.raises(Recorded):
-            risd.teacher_targets(cfg, data, data.dims, tmp_path / "two", acc)
+            risd_teacher.teacher_targets(cfg, data, data.dims, tmp_path / "two", acc)
     assert sorted(parts[0]) == [0, 2] and sorted(parts[1]) == [1]
     acc = Rank(0)
-    two, info = risd.teacher_targets(cfg, data, data.dims, tmp_path / "two", acc)
+    two, info = risd_teacher.teacher_targets(cfg, data, data.dims, tmp_path / "two", acc)
     assert torch.equal(two, one) and info["computed"] == 7
     f1, f2 = (next((tmp_path / d).glob("teacher_*.safetensors")) for d in ("one", "two"))
     assert f1.name == f2.name
@@ -247,7 +249,7 @@ def test_teacher_parts_hold_one_pass_rows(models, small_world, tmp_path):
     cfg = _cfg(models, small_world, tmp_path / "run")
     cfg.teacher.batch_size = 3  # 16 images (12 + 4 unlabelled): 6 chunks, parts of 3 and 3
     data, dims = risd.train_inputs(cfg)
-    one, _ = risd.teacher_targets(cfg, data, dims, tmp_path / "one", _Main())
+    one, _ = risd_teacher.teacher_targets(cfg, data, dims, tmp_path / "one", _Main())
     files = []
     for r in (1, 0):
         cfg.teacher.part = f"{r}/2"
@@ -255,7 +257,7 @@ def test_teacher_parts_hold_one_pass_rows(models, small_world, tmp_path):
         assert files[-1].name.endswith(f".part{r}of2.safetensors") and files[-1].parent == tmp_path / "cache"
     assert not (tmp_path / "run").exists()
     cfg.teacher.part = None
-    two, info = risd.teacher_targets(cfg, data, dims, tmp_path / "cache", _Main())
+    two, info = risd_teacher.teacher_targets(cfg, data, dims, tmp_path / "cache", _Main())
     assert info["computed"] == 0 and torch.equal(two, one)
     stamp = files[0].stat().st_mtime_ns
     cfg.teacher.part = "1/2"
@@ -264,11 +266,63 @@ def test_teacher_parts_hold_one_pass_rows(models, small_world, tmp_path):
     # a cache file holding the first 4 images: the parts split only the other 12 (4 chunks, 2 each)
     few = load_train_data(cfg.data.train, max_images=4)
     cfg.teacher.part = None
-    risd.teacher_targets(cfg, few, dims, tmp_path / "c2", _Main())
+    risd_teacher.teacher_targets(cfg, few, dims, tmp_path / "c2", _Main())
     cfg.teacher.cache_dir = str(tmp_path / "c2")
     for r in (0, 1):
         cfg.teacher.part = f"{r}/2"
-        assert len(risd._read_file(risd.train(cfg))[0]) == 6
+        assert len(risd_teacher._read_file(risd.train(cfg))[0]) == 6
     for bad in ("2/2", "a/2", "1", "-1/2"):
         with pytest.raises(ValueError, match="teacher.part"):
-            risd.TeacherConfig(path="x", part=bad)
+            risd_teacher.TeacherConfig(path="x", part=bad)
+
+
+def test_teacher_part_of_another_pass_is_replaced(models, small_world, tmp_path):
+    """A part file made for other images (here: data.max_images 8 -> 12) is recomputed, not kept: the parts of the
+    new pass again hold exactly one pass's rows."""
+    cfg = _cfg(models, small_world, tmp_path / "run", data__max_images=8)
+    cfg.data.extra_unlabelled, cfg.teacher.batch_size = None, 2
+    cfg.teacher.part = "0/2"
+    n_old = len(risd_teacher._read_file(risd.train(cfg))[0])
+    cfg.data.max_images = 12
+    assert len(risd_teacher._read_file(risd.train(cfg))[0]) == 6 != n_old
+    cfg.teacher.part = "1/2"
+    risd.train(cfg)
+    cfg.teacher.part = None
+    data, dims = risd.train_inputs(cfg)
+    two, info = risd_teacher.teacher_targets(cfg, data, dims, tmp_path / "cache", _Main())
+    one, _ = risd_teacher.teacher_targets(cfg, data, dims, tmp_path / "one", _Main())
+    assert info["computed"] == 0 and torch.equal(one, two)
+    cfg.teacher.part = "0/3"  # another split of the same pass: the halves' files are stale and removed
+    risd.train(cfg)
+    assert sorted(f.name.split(".")[1] for f in (tmp_path / "cache").glob("*.part*")) == ["part0of3"]
+
+
+def test_teacher_part_runs_on_the_configured_device(models, small_world, tmp_path, monkeypatch):
+    """accelerator.device=cpu on a machine with CUDA: the part runs on the CPU, as one pass would."""
+    cfg = _cfg(models, small_world, tmp_path / "run")
+    cfg.accelerator.device, cfg.teacher.part = "cpu", "0/2"
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(risd_teacher, "_run_teacher", lambda cfg, data, dims, work, device: seen.append(device) or {
+        k: (torch.zeros(len(v), len(dims), len(data.levels)), torch.zeros(len(v), len(dims))) for k, v in work.items()})
+    risd.train(cfg)
+    assert seen == ["cpu"]
+    with pytest.raises(ValueError, match="teacher.part"):
+        risd_teacher.TeacherConfig(path="x", part="²/3")  # a unicode digit is not a part number
+
+
+def test_ranks_reading_different_caches_refuse(models, small_world, tmp_path, monkeypatch):
+    """Under torchrun the chunks are cut from each rank's view of the cache: if a part file appeared between two
+    ranks' reads, the pass stops with a message instead of mixing up rows."""
+    cfg = _cfg(models, small_world, tmp_path / "run")
+    data = risd.train_inputs(cfg)[0]
+
+    class Rank0(_Main):
+        process_index, num_processes = 0, 2
+
+    def gather(obj, timeout_s, what):
+        return [obj, "another view"] if what == "risd cache rows" else [obj, []]
+
+    monkeypatch.setattr(risd_teacher, "all_gather_objects", gather)
+    with pytest.raises(RuntimeError, match="different teacher caches"):
+        risd_teacher.teacher_targets(cfg, data, data.dims, tmp_path / "c", Rank0())

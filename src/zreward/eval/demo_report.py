@@ -103,7 +103,8 @@ def budgets(ctx) -> list[dict]:
         if not cfg_file.is_file():
             continue
         parts = [h for h in ctx.status if re.fullmatch(re.escape(name) + r"_teacher\d+", h)]
-        wall, cpu = ([st.get(k)] + [ctx.status[h].get(k) for h in parts] for k in ("seconds", "cpu_s"))
+        # a part that failed has no time (RISD then ran it itself, inside its own time)
+        wall, cpu = ([st.get(k)] + [ctx.status[h].get(k) or 0.0 for h in parts] for k in ("seconds", "cpu_s"))
         c = yaml.safe_load(cfg_file.read_text()) or {}
         data, run = c.get("data") or {}, c.get("run") or {}
         # a method section may batch by images itself (OPD's opd.images_per_batch) instead of data.*

@@ -83,6 +83,12 @@ class AcceleratorConfig:
         if self.gradient_accumulation_steps < 1:
             raise ValueError(f"accelerator.gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
 
+    def torch_device(self) -> str:
+        """"cpu" or "cuda": the device `device` asks for (auto: cuda when available); cuda without CUDA is refused."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("accelerator.device=cuda but torch.cuda.is_available() is False")
+        return "cpu" if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()) else "cuda"
+
 
 # -------------------------------------------------------------------------------------------------- run dir
 
@@ -347,9 +353,7 @@ def make_accelerator(cfg: AcceleratorConfig | None = None, **kwargs: Any):
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     cfg = cfg or AcceleratorConfig()
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("accelerator.device=cuda but torch.cuda.is_available() is False")
+    cpu = cfg.torch_device() == "cpu"
     if _env_true("ACCELERATE_USE_DEEPSPEED"):
         raise ValueError("accelerate is configured for DeepSpeed (ACCELERATE_USE_DEEPSPEED=true, from `accelerate "
                          "launch` with a DeepSpeed config): zreward's trainers support DDP and FSDP2 only; use "

@@ -1,0 +1,102 @@
+"""`zreward demo`'s score and eval stages (each model scored in its own stage, one report per split from the saved
+scores) and the stages that only help another (`Stage.after`: RISD's teacher-pass parts)."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+
+import zreward.demo_stages as demo_stages
+from zreward.demo_profiles import PROFILES
+from zreward.demo_stages import Ctx, Stage
+from zreward.eval import demo_report
+from zreward.eval.runner import ModelScores, evaluate, json_clean, load_eval_data, parse_model_spec
+
+from demo_fixtures import DATA as _DATA, FakeRunner, run_small_demo as _run, small_stages as _stages
+
+
+def test_score_and_eval_stages_equal_one_zreward_eval(tmp_path, configs, monkeypatch, small_world, tiny_factory):
+    """Each model scored in its own stage, then one report per split: the same report as `evaluate()` scoring all
+    the models in one run (a reasoning model with M = 2 chains and a direct one); a failed model is left out."""
+    monkeypatch.setitem(PROFILES["test"], "eval_samples", 2)
+    monkeypatch.setitem(PROFILES["test"], "eval_temperature", 0.7)
+    models = {"a": tiny_factory(mode="reasoning", max_new_tokens=6), "b": tiny_factory(seed=2)}
+
+    def runner(stage, ctx, resume):
+        if stage.name == "world":
+            return small_world
+        if stage.name == "c":
+            raise RuntimeError("training failed")
+        return models[stage.name] if stage.name in models else demo_stages.run_stage(stage, ctx, resume)
+
+    names = ["a", "c", "b"]
+    stages = [Stage("world", "world"), *(Stage(n, "init", "student") for n in names),
+              *(Stage(f"score_{n}", "score", n, (("model", n), ("data", "world"))) for n in names),
+              Stage("eval_test", "eval", "test", tuple((f"model.{n}", f"score_{n}") for n in names)
+                    + (("data", "world:test"),))]
+    out = tmp_path / "d"
+    ctx = _run(out, runner, stages)
+    assert ctx.status["score_c"]["state"] == "skipped" and ctx.status["eval_test"]["state"] == "done"
+    got = json.loads((out / "eval" / "test" / "report.json").read_text())
+
+    data = load_eval_data(small_world / "test", max_images=8)
+    specs = [parse_model_spec(f"{n}={models[n]}") for n in ("a", "b")]
+    results, _, scores = evaluate(specs, data, reasoning=True, samples=2, seed=0, temperature=0.7, log=lambda *_: None)
+    assert list(got["models"]) == ["a", "b"] and got["models"]["a"]["mode"] == "reasoning"
+    for n in ("a", "b"):
+        saved = ModelScores.load(out / "scores" / n / "test.npz")
+        for f in ("probs", "mean", "std", "overall", "weights"):
+            assert np.array_equal(getattr(saved, f), getattr(scores[n], f)), (n, f)
+        assert (saved.dims, saved.samples, saved.chains) == (scores[n].dims, scores[n].samples, scores[n].chains)
+        for key in ("accuracy", "accuracy_ci", "per_dim", "kl", "w1", "ece", "srcc"):
+            assert got["models"][n][key] == json_clean(results[n][key]), (n, key)
+    assert got["paired"] and {(p["a"], p["b"]) for p in got["paired"]} == {("a", "b")}
+    # the recorded command re-runs the same evaluation through the CLI
+    cmd = shlex.split(ctx.commands["eval_test"])
+    assert cmd[:2] == ["zreward", "eval"] and cmd.count("--model") == 2 and "--reasoning" in cmd
+
+
+def test_failed_teacher_part_does_not_block_risd(tmp_path, configs):
+    """A stage in `after` is waited for, its key is an input, but its failure skips nothing."""
+    stages = _stages(Stage("p", "train", "sft", (("model.init_from", "init_student"),) + _DATA),
+                     Stage("r", "train", "sft", (("model.init_from", "init_student"),) + _DATA, after=("p",)))
+    r = FakeRunner(fail="p")
+    ctx = _run(tmp_path / "d", r, stages)
+    assert ctx.status["p"]["state"] == "failed" and ctx.status["r"]["state"] == "done"
+    assert [c for c, _ in r.calls].index("p") < [c for c, _ in r.calls].index("r")
+    # p builds now; r's output never depended on p finishing (only helped), so r is reused under the same key
+    ctx2 = _run(tmp_path / "d", FakeRunner(), stages)
+    assert ctx2.status["p"]["state"] == "done" and ctx2.status["r"]["state"] == "reused"
+
+
+def _score_eval(names):
+    return [Stage("world", "world"), *(Stage(n, "init", "student") for n in names),
+            *(Stage(f"score_{n}", "score", n, (("model", n), ("data", "world"))) for n in names),
+            Stage("eval_test", "eval", "test", tuple((f"model.{n}", f"score_{n}") for n in names)
+                  + (("data", "world:test"),))]
+
+
+def test_eval_report_is_rebuilt_when_a_failed_score_stage_finishes(tmp_path, configs):
+    """An eval stage's key holds only the scores it reported: a score stage that failed (after it was keyed) and
+    finishes on the next run changes the report's key, so the report is rebuilt with that model."""
+    stages = _score_eval(["a", "b"])
+    ctx = _run(tmp_path / "d", FakeRunner(fail="score_b"), stages)
+    assert ctx.status["score_b"]["state"] == "failed" and ctx.status["eval_test"]["state"] == "done"
+    r = FakeRunner()
+    ctx2 = _run(tmp_path / "d", r, stages)
+    assert [c for c, _ in r.calls] == ["score_b", "eval_test"] and ctx2.status["eval_test"]["state"] == "done"
+    assert ctx2.keys["eval_test"] != ctx.keys["eval_test"]
+    assert _run(tmp_path / "d", FakeRunner(), stages).status["eval_test"]["state"] == "reused"
+
+
+def test_budgets_keep_risd_time_when_a_part_failed(tmp_path):
+    """A failed part of the teacher pass has no time (RISD then ran that part itself): RISD's own time remains."""
+    ctx = Ctx(out=tmp_path, profile="test", seed=0)
+    (tmp_path / "runs" / "risd_student").mkdir(parents=True)
+    (tmp_path / "runs" / "risd_student" / "config.yaml").write_text("run: {max_steps: 10}\n")
+    ctx.status["risd_student"] = {"state": "done", "seconds": 100.0, "cpu_s": 90.0}
+    ctx.status["risd_student_teacher0"] = {"state": "done", "seconds": 20.0, "cpu_s": 19.0}
+    ctx.status["risd_student_teacher1"] = {"state": "failed", "reason": "boom"}
+    (row,) = demo_report.budgets(ctx)
+    assert (row["wall_s"], row["cpu_s"]) == (120.0, 109.0) and len(row["includes"]) == 2
