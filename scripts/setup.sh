@@ -10,12 +10,21 @@ if command -v flock >/dev/null; then
   exec 9>.setup.lock
   flock 9
 fi
+# In our own ./.venv, pip installs without byte-compiling and compileall then compiles the environment on every core
+# (measured on a fresh clone, 2 cores: 94 s -> 73 s); an active environment keeps pip's own compilation.
+NOCOMPILE=""
 if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ]; then
   PY=$(command -v python)
 else
   [ -x .venv/bin/python ] || python3 -m venv .venv
   PY=$PWD/.venv/bin/python
+  [ -f .venv/.compiled ] || NOCOMPILE="--no-compile"  # once compiled, pip compiles what it adds later itself
 fi
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0" >&2
-"$PY" -m pip install -q -e ".[test]" >&2
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q $NOCOMPILE "torch==2.13.0" >&2
+"$PY" -m pip install -q $NOCOMPILE -e ".[test]" >&2
+if [ -n "$NOCOMPILE" ]; then
+  # a file that does not compile (a package's own test data) must not fail the set-up; pip ignores those too
+  "$PY" -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
+  touch .venv/.compiled
+fi
 echo "$PY"
