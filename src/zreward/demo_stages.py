@@ -317,11 +317,12 @@ def _score(stage: Stage, ctx: Ctx, out: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)  # a changed key: no stale split file
     out.mkdir(parents=True)
+    datas = [load_eval_data(ctx.outputs["world"] / split, max_images=ctx.prof["eval_max_images"])
+             for split in EVAL_SPLITS]
+    scores = score_spec(spec, datas, reasoning=True, samples=ctx.prof["eval_samples"], seed=ctx.seed,
+                        temperature=ctx.prof["eval_temperature"], log=_log)  # the model loaded once for all splits
     cmds = []
-    for split in EVAL_SPLITS:
-        data = load_eval_data(ctx.outputs["world"] / split, max_images=ctx.prof["eval_max_images"])
-        sc = score_spec(spec, data, reasoning=True, samples=ctx.prof["eval_samples"], seed=ctx.seed,
-                        temperature=ctx.prof["eval_temperature"], log=_log)
+    for split, sc in zip(EVAL_SPLITS, scores):
         sc.save(out / f"{split}.npz")
         cmds.append(shlex.join(["zreward", "eval", "--model", f"{spec.name}={spec.path}",
                                 *_eval_argv(ctx, split, out / split)]))

@@ -303,10 +303,11 @@ def start_distributed(device: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------- driver
 
-def score_spec(spec: ModelSpec, data: EvalData, *, reasoning: bool = False, samples: int = 4, batch_size: int = 32,
-               seed: int = 0, device: str = "cpu", temperature: float | None = None, engine: str = "hf",
-               log=print) -> ModelScores:
-    """Load one model, score `data` with it in the mode `resolve_mode` gives, free it (see `evaluate`)."""
+def score_spec(spec: ModelSpec, datas: list[EvalData], *, reasoning: bool = False, samples: int = 4,
+               batch_size: int = 32, seed: int = 0, device: str = "cpu", temperature: float | None = None,
+               engine: str = "hf", log=print) -> list[ModelScores]:
+    """Load one model once, score each split of `datas` with it in the mode `resolve_mode` gives, free it (see
+    `evaluate`); one `ModelScores` per split."""
     if not (spec.path / "zreward.json").is_file():
         raise FileNotFoundError(f"--model {spec.path}: expected a Scorer directory with zreward.json")
     scorer = load_scorer(spec.path, device=device, add_level_tokens=False)
@@ -316,11 +317,14 @@ def score_spec(spec: ModelSpec, data: EvalData, *, reasoning: bool = False, samp
     if use_r:
         scorer.engine = make_engine(engine, "--engine", model_dir=spec.path)
     how = f"reasoning, M={m}, T={scorer.config.temperature}" if use_r else "direct"
-    log(f"[eval] {spec.name}: {how} on {len(data.ids)} images")
-    sc = score_model(scorer, data, reasoning=use_r, samples=m, batch_size=batch_size, device=device, seed=seed)
+    out = []
+    for data in datas:
+        log(f"[eval] {spec.name}: {how} on {len(data.ids)} images")
+        out.append(score_model(scorer, data, reasoning=use_r, samples=m, batch_size=batch_size, device=device,
+                               seed=seed))
     del scorer
     gc.collect()
-    return sc
+    return out
 
 
 def model_results(data: EvalData, scores: dict[str, ModelScores], model_dirs: dict[str, Path], *,
@@ -362,8 +366,8 @@ def evaluate(specs: list[ModelSpec], data: EvalData, *, reasoning: bool = False,
     if temperature is not None and not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"--temperature must be a finite number > 0, got {temperature}")
     check_engine(engine, "--engine")
-    scores = {spec.name: score_spec(spec, data, reasoning=reasoning, samples=samples, batch_size=batch_size,
-                                    seed=seed, device=device, temperature=temperature, engine=engine, log=log)
+    scores = {spec.name: score_spec(spec, [data], reasoning=reasoning, samples=samples, batch_size=batch_size,
+                                    seed=seed, device=device, temperature=temperature, engine=engine, log=log)[0]
               for spec in specs}
     if not main:
         return {}, {}, scores
