@@ -227,3 +227,31 @@ def test_rationale_forward_in_two_chunks_gives_the_gradients_of_one_forward(tiny
     assert l2 == pytest.approx(l1, rel=1e-5) and g2.keys() == g1.keys() and len(g1) > 10
     for name in g1:
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_empty_chain_term_is_the_kl_at_the_position_opd_reads_and_is_learned(tiny_model, small_world, tmp_path):
+    from zreward.losses import kl_div_levels
+    from zreward.models.scorer import load_scorer
+    from zreward.trainers.data import load_train_data
+    from zreward.trainers.opd import teacher_level_logits
+
+    with pytest.raises(ValueError, match="empty_chain_weight"):
+        sft.SFTConfig(mode="direct", empty_chain_weight=1.0)
+    cfg = _cfg(tiny_model, small_world, tmp_path / "run", sft__mode="reasoning", sft__max_chain_tokens=24,
+               sft__empty_chain_weight=0.5)
+    cfg.data.val, cfg.run.max_steps = None, 6
+    sft.train(cfg)
+    logs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert logs[-1]["kl_empty"] < logs[0]["kl_empty"]
+    for e in logs:
+        assert e["loss"] == pytest.approx(e["kl"] + e["ce"] + 0.5 * e["kl_empty"], rel=1e-5)
+    # step 1's term: KL(label ‖ p) of the initial model read after its reasoning prompt closed at once — the
+    # teacher query OPD makes of a reasoning teacher — summed over labelled rows / their count
+    data = load_train_data(small_world / "train")
+    sc = load_scorer(tiny_model)
+    idx = sft.group_batch(data, 2, 0, cfg.run.seed)
+    dims = list(data.dims)
+    logits = teacher_level_logits(sc, [data.prompts[i] for i in idx], data.image_batch(idx), dims, "empty_chain")
+    mask = torch.as_tensor(data.mask[idx])
+    want = kl_div_levels(logits.float(), torch.as_tensor(data.target[idx]), mask, reduction="sum") / mask.sum()
+    assert logs[0]["kl_empty"] == pytest.approx(float(want), rel=1e-4)

@@ -24,6 +24,10 @@ Two variants (`sft.mode`), both explicit loops over prompt-grouped batches (`zre
   captioning CE of `zreward.trainers.caption` on the batch's own images (their scene captions; mean over caption
   tokens + EOS of the global batch), so that the cold start keeps the base VLM's description — which the
   describe-then-compare chains begin with — alive (measured: without it a cold start no longer captions at all).
+  Optional `empty_chain_weight` > 0 adds the same KL read after an *empty* chain (the reasoning prompt closed at
+  once), so the teacher can also answer without reasoning: that is the score position OPD queries a reasoning
+  teacher at (`zreward.trainers.opd.teacher_level_logits`, `empty_chain`), which a cold start on rationales alone
+  never trains (issue 12: OPD then distils a ≈ 55 % target).
 
 Normalisation (exact under DDP): every term is a sum over its items divided by the item count of the **global**
 batch (counts all-reduced once per step), so N processes with the same global batch give the same loss and
@@ -71,6 +75,7 @@ class SFTConfig:
     ce_weight: float = field(default=1.0, metadata={"help": "reasoning mode: weight of the rationale next-token CE"})
     max_chain_tokens: int = field(default=64, metadata={"help": "reasoning mode: rationales are cut to this many tokens"})
     caption_weight: float = field(default=0.0, metadata={"help": "reasoning mode: weight of a captioning CE on the batch's images (keeps the base VLM's description alive; 0: off)"})
+    empty_chain_weight: float = field(default=0.0, metadata={"help": "reasoning mode: weight of the same KL read after an empty chain (the reasoning prompt closed at once: the teacher's answer without reasoning, which OPD distils; 0: off)"})
 
     def __post_init__(self) -> None:
         if self.mode not in ("direct", "reasoning"):
@@ -81,9 +86,11 @@ class SFTConfig:
             raise ValueError(f"sft.expected_kind must be mse or huber, got {self.expected_kind!r}")
         if self.max_chain_tokens < 1:
             raise ValueError(f"sft.max_chain_tokens must be >= 1, got {self.max_chain_tokens}")
-        if self.caption_weight < 0 or (self.caption_weight and self.mode != "reasoning"):
-            raise ValueError(f"sft.caption_weight must be >= 0 and is for sft.mode=reasoning only, got "
-                             f"{self.caption_weight} with mode {self.mode!r}")
+        for name in ("caption_weight", "empty_chain_weight"):
+            w = getattr(self, name)
+            if w < 0 or (w and self.mode != "reasoning"):
+                raise ValueError(f"sft.{name} must be >= 0 and is for sft.mode=reasoning only, got {w} with mode "
+                                 f"{self.mode!r}")
 
 
 @dataclass
@@ -220,6 +227,9 @@ def step_losses(cfg: Config, scorer, data: TrainData, idx: np.ndarray, dims: lis
         if s.caption_weight:
             cap, _, _ = caption_forward(scorer, images, [captions[i] for i in idx], CaptionConfig.instruction)
             terms["caption"] = cap / norms["caption"]
+        if s.empty_chain_weight:
+            _, _, ro0 = rationale_forward(scorer, prompts, images, dims, [[] for _ in chains])
+            terms["kl_empty"] = kl_div_levels(ro0.logits.float(), target, mask, reduction="sum") / norms["rows"]
     else:
         ro = scorer.direct_readout(prompts, images, dims)
     logits = ro.logits.float()
@@ -236,7 +246,7 @@ def step_losses(cfg: Config, scorer, data: TrainData, idx: np.ndarray, dims: lis
 def _weights(cfg: Config) -> dict[str, float]:
     s = cfg.sft
     return {"kl": s.kl_weight, "expected": s.expected_weight, "pair": s.pair_weight, "ce": s.ce_weight,
-            "caption": s.caption_weight}
+            "caption": s.caption_weight, "kl_empty": s.empty_chain_weight}
 
 
 def train(cfg: Config) -> Path:
