@@ -212,3 +212,40 @@ def test_anchor_is_the_cold_start_loss_and_enters_the_logged_loss(tiny_model, sm
                                           rel=1e-5, abs=1e-6)
     with pytest.raises(ValueError, match="gdso.anchor_weight"):
         gdso.GDSOConfig(anchor_weight=-1.0)
+
+
+def test_guide_rationale_puts_the_true_rationale_last_in_each_pg_group(tiny_model, small_world, tmp_path,
+                                                                        monkeypatch):
+    """`gdso.guide_rationale`: the PG chains the objective scores hold, as the last of each (image, dim) group, the
+    record's true rationale cut to max_new_tokens − 1 (`sft.tokenize_rationales`, as the anchor reads it)."""
+    from zreward.models.scorer import load_scorer
+    from zreward.trainers import sft
+    from zreward.trainers.data import load_train_data
+
+    seen = []
+    real = R.score_chains
+
+    def spy(scorer, ro):
+        seen.append(ro)
+        return real(scorer, ro)
+
+    monkeypatch.setattr(R, "score_chains", spy)
+    cfg = _cfg(tiny_model, small_world, tmp_path / "run", steps=2, guide_rationale=True, eval_temperature=None,
+               max_new_tokens=6)
+    cfg.data.val = None
+    gdso.train(cfg)
+    data = load_train_data(small_world / "train")
+    sc = load_scorer(tiny_model)
+    dims = R.resolve_dims(None, data, sc)
+    assert len(seen) == 2  # one PG rollout per step (no evaluation-temperature rollout)
+    for step, ro in enumerate(seen):
+        idx = sft.group_batch(data, 2, step, cfg.run.seed, max_per_prompt=3)
+        sdims = R.step_dims(dims, 2, cfg.run.seed, step)
+        guides = sft.tokenize_rationales(sc.tokenizer, data, idx, sdims, 5)
+        assert any(guides)
+        g = ro.group_size
+        for k, guide in enumerate(guides):
+            if guide:
+                assert ro.chains.chain_ids[(k + 1) * g - 1] == guide
+    with pytest.raises(ValueError, match="gdso.guide_rationale.*hf"):
+        gdso.GDSOConfig(guide_rationale=True, engine="vllm")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from zreward.trainers import rollout as R
@@ -77,3 +78,22 @@ def test_rollout_order_and_subset(tiny_model):
     cf = R.score_chains(sc, sub)
     assert cf.level_logits.shape == (4, 9) and cf.token_logprobs.shape[0] == 4
 
+
+
+def test_with_guides_replaces_the_last_sample_of_each_group():
+    from zreward.models.scorer import ChainBatch
+
+    # 2 images x 2 dims x G = 3 samples; group k holds chains 3k .. 3k + 2
+    cb = ChainBatch([0] * 6 + [1] * 6, [0, 0, 0, 1, 1, 1] * 2, [[9]] * 12, [[i] for i in range(12)],
+                    [f"s{i}" for i in range(12)])
+    ro = R.Rollout(cb, None, n_images=2, n_dims=2, group_size=3, gen_tokens=12)
+    out = R.with_guides(ro, [[70, 71], [], [72], [73, 74, 75]], ["g0", "", "g2", "g3"])
+    assert out.chains.chain_ids == [[0], [1], [70, 71], [3], [4], [5], [6], [7], [72], [9], [10], [73, 74, 75]]
+    assert out.chains.texts[2] == "g0" and out.chains.texts[5] == "s5" and out.chains.texts[11] == "g3"
+    assert out.chains.image_index == cb.image_index and out.chains.prompt_ids == cb.prompt_ids
+    assert ro.chains.chain_ids[2] == [2]  # the input rollout is left as it was
+    with pytest.raises(ValueError, match="4 .*groups"):
+        R.with_guides(ro, [[1]] * 3, ["a"] * 3)
+    cb.sampling_logprobs = [[0.0]] * 12
+    with pytest.raises(ValueError, match="engine"):
+        R.with_guides(ro, [[1]] * 4, ["a"] * 4)

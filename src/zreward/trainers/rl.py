@@ -16,7 +16,10 @@ Per optimizer step (stages named as in verl; the shared settings are `RLConfig`)
    sampling-policy and reference log-probs); `ppo_epochs` > 1 re-uses the rollout with that state, one optimizer
    and scheduler step per epoch. With `anchor_weight` > 0 the loop adds `anchor_weight` × `anchor_loss` (the
    cold start's own CE + KL on the micro-batch's true rationales, logged as anchor_loss) to every objective — the
-   same for GDSO and GRPO, so their comparison stays matched.
+   same for GDSO and GRPO, so their comparison stays matched. With `guide_rationale` the last chain of each
+   rollout group is the record's true rationale instead of a sample (`rollout.with_guides`; issue 12: at the
+   evaluation temperature half the cold start's alignment groups hold no right chain, so group-relative
+   advantages cannot point at one) — also the same for both.
 5. **update**: `RunLoop.optimizer_step` (gradients all-reduced across processes, clipping, NaN guard), then
    `scorer.engine.sync_weights` once the rollout's last update is done, before the next rollout (the engine is
    `release`d between the rollouts and the update).
@@ -85,6 +88,7 @@ class RLConfig:
     engine: str = field(default="hf", metadata={"help": "rollout engine: hf (transformers generate, the CPU path) or vllm (colocated vLLM, sleep mode, prefix caching; pip install 'zreward[vllm]', CUDA only, untested here)"})
     tis_cap: float = field(default=3.0, metadata={"help": "truncated importance sampling cap C: PG tokens weighted by min(exp(trainer − engine log-prob), C) when the engine returns its sampling log-probs (vllm; the hf engine's are the trainer's own, weight 1); 3.0 as TRL's vllm_importance_sampling_clip_max"})
     anchor_weight: float = field(default=0.0, metadata={"help": "weight of the cold start's own loss on the true rationales (CE on rationale + EOS, KL of the level distribution after it, `anchor_loss`) added to every micro-batch's objective (0: off; not yet a measured default)"})
+    guide_rationale: bool = field(default=False, metadata={"help": "replace the last sampled chain of each (image, dim) group by the record's true rationale (off-policy guidance, `rollout.with_guides`), so that groups of wrong chains only still hold a right one (hf engine only; off: not a measured default)"})
 
     section = "rl"  # the config section name, for messages (a class attribute, not a field)
 
@@ -107,6 +111,9 @@ class RLConfig:
             raise ValueError(f"{self.section}.anchor_weight must be >= 0, got {self.anchor_weight}")
         if not self.tis_cap > 0:
             raise ValueError(f"{self.section}.tis_cap must be > 0, got {self.tis_cap}")
+        if self.guide_rationale and self.engine != "hf":
+            raise ValueError(f"{self.section}.guide_rationale needs {self.section}.engine=hf (a guide chain has no "
+                             f"engine log-probs), got {self.engine!r}")
         check_engine(self.engine, f"{self.section}.engine")
 
 
@@ -238,6 +245,9 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
         t0 = time.perf_counter()
         with loop.autocast(), loop.generation():
             ro = R.rollout(scorer, prompts, images, sdims, g.group_size, g.max_new_tokens, g.temperature)
+            if g.guide_rationale:
+                guides = tokenize_rationales(scorer.tokenizer, data, idx, sdims, g.max_new_tokens - 1)
+                ro = R.with_guides(ro, guides, scorer.tokenizer.batch_decode(guides))
             ro_eval = (eval_rollout(scorer, g, prompts, images, sdims, eval_samples_per_item)
                        if eval_samples_per_item is not None else None)
         scorer.engine.release()  # vllm in sleep mode: the update gets the GPU (hf: nothing)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from zreward.models.level_readout import expectation, std_of
 from zreward.models.preprocess import PixelInputs
 from zreward.models.scorer import ChainBatch, ChainForward
 
-__all__ = ["Rollout", "rollout", "generation_chunks", "concat_chains", "subset", "micro_batches", "score_chains",
+__all__ = ["Rollout", "rollout", "generation_chunks", "concat_chains", "with_guides", "subset", "micro_batches", "score_chains",
            "with_score_token", "engine_logprobs", "reference_logprobs", "group_moments", "Labels", "batch_labels",
            "resolve_dims", "step_dims"]
 
@@ -126,6 +126,31 @@ def rollout(scorer, prompts: list[str], images, dims: list[str], group_size: int
     finally:
         scorer.model.train(was_training)
     return Rollout(chains, pixels, len(prompts), len(dims), group_size, sum(len(c) for c in chains.chain_ids))
+
+
+def with_guides(ro: Rollout, guides: list[list[int]], texts: list[str]) -> Rollout:
+    """The rollout with the last sample of each (image, dim) group replaced by a guide chain (off-policy guidance,
+    e.g. the record's true rationale: LUFFY, https://arxiv.org/abs/2504.14945), so that a group whose sampled
+    chains are all wrong still holds a right one for its group-relative advantages to prefer.
+
+    Args:
+        guides: B·D token lists (image-major, like the rollout's groups); [] keeps the group's sampled chain.
+        texts: their decoded texts.
+    Needs the trainer's own log-probs (`sampling_logprobs` None, the hf engine): a guide was not sampled by any
+    engine, so its first-pass ratio is 1 and its PG gradient is A · ∇ log π(guide).
+    """
+    n_groups = ro.n_images * ro.n_dims
+    if len(guides) != n_groups or len(texts) != n_groups:
+        raise ValueError(f"with_guides: {len(guides)} guides / {len(texts)} texts for {n_groups} (image, dim) groups")
+    if ro.chains.sampling_logprobs is not None:
+        raise ValueError("with_guides: guide chains need the trainer's own log-probs (engine hf), not an engine's")
+    chains, out_texts = list(ro.chains.chain_ids), list(ro.chains.texts)
+    for k, (guide, text) in enumerate(zip(guides, texts)):
+        if guide:
+            last = (k + 1) * ro.group_size - 1
+            chains[last], out_texts[last] = list(guide), text
+    cb = ChainBatch(ro.chains.image_index, ro.chains.dim_index, ro.chains.prompt_ids, chains, out_texts)
+    return replace(ro, chains=cb)
 
 
 def subset(ro: Rollout, image_rows: np.ndarray) -> tuple[Rollout, np.ndarray]:
