@@ -5,8 +5,8 @@
 
 Samples G chains per image for one dimension at temperature T (as a GDSO rollout does), reads the score
 distribution after each (`Scorer.chain_forward`), computes each chain's GDSO reward (`losses.distribution_rewards`,
-the trainer's own definition) and compares every chain with the image's true rationale
-(`data.shapes_world.rationales`). Prints one JSON line: the share of exact chains, the mean reward of exact and of
+the trainer's own definition) and compares every chain with the image's true rationale (the split's `rationales`,
+as the cold start reads them). Prints one JSON line: the share of exact chains, the mean reward of exact and of
 wrong chains, the share of groups that hold both ("mixed": the only groups whose group-relative advantages can
 prefer a right chain) and of groups of wrong chains only (no push towards the right one), and over the mixed groups
 the mean reward gap exact − wrong and the share where it is > 0. A reward that cannot tell right from wrong chains
@@ -23,9 +23,6 @@ import numpy as np
 import torch
 
 from zreward import load_scorer
-from zreward.data.records import read_split
-from zreward.data.shapes_world.oracle import oracle_facts
-from zreward.data.shapes_world.rationales import rationales
 from zreward.losses import distribution_rewards
 from zreward.trainers.data import load_train_data
 
@@ -57,12 +54,11 @@ def main(argv: list[str]) -> int:
     sc = load_scorer(a.model)
     sc.model.eval()
     data = load_train_data(a.split, max_images=a.images)
-    recs = read_split(a.split).images[: len(data.ids)]
     di = data.dim_index([a.dim])[0]
     g, rewards, exact = a.samples, [], []
     with torch.no_grad():
-        for s in range(0, len(recs), 16):
-            idx = np.arange(s, min(s + 16, len(recs)))
+        for s in range(0, len(data.ids), 16):
+            idx = np.arange(s, min(s + 16, len(data.ids)))
             pixels = sc.prepare_images(data.image_batch(idx))
             cb = sc.generate_chains([data.prompts[i] for i in idx], pixels, [a.dim], samples=g, do_sample=True,
                                     temperature=a.temperature)
@@ -72,10 +68,11 @@ def main(argv: list[str]) -> int:
                                      torch.as_tensor(data.target[rep, di]), a.reward)
             rewards.append(r.view(len(idx), g).numpy())
             for k, j in enumerate(idx):
-                true = rationales(oracle_facts(recs[j].scene, recs[j].prompt_spec), recs[j].scene)[a.dim]
+                true = data.rationales[j].get(a.dim) or ""  # what the cold start and the guides train on
                 exact.append([t.strip() == true for t in cb.texts[k * g:(k + 1) * g]])
     rew, ex = np.concatenate(rewards), np.array(exact)
-    keep = data.mask[: len(ex), di]  # labelled (image, dim) rows only: the others get no reward in training
+    # labelled (image, dim) rows with a rationale only: the others get no reward in training / nothing to match
+    keep = data.mask[: len(ex), di] & np.array([bool(data.rationales[j].get(a.dim)) for j in range(len(ex))])
     print(json.dumps({"images": int(keep.sum()), "dim": a.dim, "samples": g, "temperature": a.temperature,
                       "reward": a.reward, **summarise(rew[keep], ex[keep])}))
     return 0

@@ -249,3 +249,5 @@ def test_guide_rationale_puts_the_true_rationale_last_in_each_pg_group(tiny_mode
                 assert ro.chains.chain_ids[(k + 1) * g - 1] == guide
     with pytest.raises(ValueError, match="gdso.guide_rationale.*hf"):
         gdso.GDSOConfig(guide_rationale=True, engine="vllm")
+    with pytest.raises(ValueError, match="gdso.guide_rationale.*group_size"):
+        gdso.GDSOConfig(guide_rationale=True, group_size=1)

@@ -17,8 +17,8 @@ Per optimizer step (stages named as in verl; the shared settings are `RLConfig`)
    and scheduler step per epoch. With `anchor_weight` > 0 the loop adds `anchor_weight` × `anchor_loss` (the
    cold start's own CE + KL on the micro-batch's true rationales, logged as anchor_loss) to every objective — the
    same for GDSO and GRPO, so their comparison stays matched. With `guide_rationale` the last chain of each
-   rollout group is the record's true rationale instead of a sample (`rollout.with_guides`; issue 12: at the
-   evaluation temperature half the cold start's alignment groups hold no right chain, so group-relative
+   rollout group is the record's true rationale instead of a sample (`rollout.with_guides`; issue 12: 57% of the
+   cold start's alignment groups hold no right chain at the rollout temperature 1.0, 49% at 0.3, so group-relative
    advantages cannot point at one) — also the same for both.
 5. **update**: `RunLoop.optimizer_step` (gradients all-reduced across processes, clipping, NaN guard), then
    `scorer.engine.sync_weights` once the rollout's last update is done, before the next rollout (the engine is
@@ -88,7 +88,7 @@ class RLConfig:
     engine: str = field(default="hf", metadata={"help": "rollout engine: hf (transformers generate, the CPU path) or vllm (colocated vLLM, sleep mode, prefix caching; pip install 'zreward[vllm]', CUDA only, untested here)"})
     tis_cap: float = field(default=3.0, metadata={"help": "truncated importance sampling cap C: PG tokens weighted by min(exp(trainer − engine log-prob), C) when the engine returns its sampling log-probs (vllm; the hf engine's are the trainer's own, weight 1); 3.0 as TRL's vllm_importance_sampling_clip_max"})
     anchor_weight: float = field(default=0.0, metadata={"help": "weight of the cold start's own loss on the true rationales (CE on rationale + EOS, KL of the level distribution after it, `anchor_loss`) added to every micro-batch's objective (0: off; not yet a measured default)"})
-    guide_rationale: bool = field(default=False, metadata={"help": "replace the last sampled chain of each (image, dim) group by the record's true rationale (off-policy guidance, `rollout.with_guides`), so that groups of wrong chains only still hold a right one (hf engine only; off: not a measured default)"})
+    guide_rationale: bool = field(default=False, metadata={"help": "replace the last sampled chain of each (image, dim) group by the record's true rationale (off-policy guidance, `rollout.with_guides`), so that groups of wrong chains only still hold a right one; the logged chain statistics include it, and with eval_temperature null GDSO's distribution and pair terms read it too (hf engine, group_size >= 2; off: measured no better)"})
 
     section = "rl"  # the config section name, for messages (a class attribute, not a field)
 
@@ -114,6 +114,9 @@ class RLConfig:
         if self.guide_rationale and self.engine != "hf":
             raise ValueError(f"{self.section}.guide_rationale needs {self.section}.engine=hf (a guide chain has no "
                              f"engine log-probs), got {self.engine!r}")
+        if self.guide_rationale and self.group_size < 2:
+            raise ValueError(f"{self.section}.guide_rationale needs {self.section}.group_size >= 2 (a group of the "
+                             f"guide alone has no advantage), got {self.group_size}")
         check_engine(self.engine, f"{self.section}.engine")
 
 
@@ -247,7 +250,7 @@ def train_rl(cfg, g: RLConfig, objective: Objective, eval_samples_per_item: int 
             ro = R.rollout(scorer, prompts, images, sdims, g.group_size, g.max_new_tokens, g.temperature)
             if g.guide_rationale:
                 guides = tokenize_rationales(scorer.tokenizer, data, idx, sdims, g.max_new_tokens - 1)
-                ro = R.with_guides(ro, guides, scorer.tokenizer.batch_decode(guides))
+                ro = R.with_guides(ro, guides, scorer.tokenizer.batch_decode(guides, skip_special_tokens=True))
             ro_eval = (eval_rollout(scorer, g, prompts, images, sdims, eval_samples_per_item)
                        if eval_samples_per_item is not None else None)
         scorer.engine.release()  # vllm in sleep mode: the update gets the GPU (hf: nothing)

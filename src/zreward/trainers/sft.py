@@ -75,7 +75,7 @@ class SFTConfig:
     ce_weight: float = field(default=1.0, metadata={"help": "reasoning mode: weight of the rationale next-token CE"})
     max_chain_tokens: int = field(default=64, metadata={"help": "reasoning mode: rationales are cut to this many tokens"})
     caption_weight: float = field(default=0.0, metadata={"help": "reasoning mode: weight of a captioning CE on the batch's images (keeps the base VLM's description alive; 0: off)"})
-    empty_chain_weight: float = field(default=0.0, metadata={"help": "reasoning mode: weight of the same KL read after an empty chain (the reasoning prompt closed at once: the teacher's answer without reasoning, which OPD distils; 0: off)"})
+    empty_chain_weight: float = field(default=0.0, metadata={"help": "reasoning mode: weight of the same KL read after an empty chain (the reasoning prompt closed at once: the teacher's answer without reasoning, which OPD distils; a row without a rationale is read there by both terms; 0: off)"})
 
     def __post_init__(self) -> None:
         if self.mode not in ("direct", "reasoning"):
