@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     sc.model.eval()
     data = load_train_data(a.split, max_images=a.images)
     di = data.dim_index([a.dim])[0]
-    g, rewards, exact = a.samples, [], []
+    g, rewards, exact, has_rationale = a.samples, [], [], []
     with torch.no_grad():
         for s in range(0, len(data.ids), 16):
             idx = np.arange(s, min(s + 16, len(data.ids)))
@@ -69,10 +69,11 @@ def main(argv: list[str]) -> int:
             rewards.append(r.view(len(idx), g).numpy())
             for k, j in enumerate(idx):
                 true = data.rationales[j].get(a.dim) or ""  # what the cold start and the guides train on
+                has_rationale.append(bool(true))
                 exact.append([t.strip() == true for t in cb.texts[k * g:(k + 1) * g]])
     rew, ex = np.concatenate(rewards), np.array(exact)
     # labelled (image, dim) rows with a rationale only: the others get no reward in training / nothing to match
-    keep = data.mask[: len(ex), di] & np.array([bool(data.rationales[j].get(a.dim)) for j in range(len(ex))])
+    keep = data.mask[: len(ex), di] & np.array(has_rationale)
     print(json.dumps({"images": int(keep.sum()), "dim": a.dim, "samples": g, "temperature": a.temperature,
                       "reward": a.reward, **summarise(rew[keep], ex[keep])}))
     return 0

@@ -79,7 +79,6 @@ def test_rollout_order_and_subset(tiny_model):
     assert cf.level_logits.shape == (4, 9) and cf.token_logprobs.shape[0] == 4
 
 
-
 def test_with_guides_replaces_the_last_sample_of_each_group():
     from zreward.models.scorer import ChainBatch
 

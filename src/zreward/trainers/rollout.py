@@ -38,9 +38,9 @@ from zreward.models.level_readout import expectation, std_of
 from zreward.models.preprocess import PixelInputs
 from zreward.models.scorer import ChainBatch, ChainForward
 
-__all__ = ["Rollout", "rollout", "generation_chunks", "concat_chains", "with_guides", "subset", "micro_batches", "score_chains",
-           "with_score_token", "engine_logprobs", "reference_logprobs", "group_moments", "Labels", "batch_labels",
-           "resolve_dims", "step_dims"]
+__all__ = ["Rollout", "rollout", "generation_chunks", "concat_chains", "with_guides", "subset", "micro_batches",
+           "score_chains", "with_score_token", "engine_logprobs", "reference_logprobs", "group_moments", "Labels",
+           "batch_labels", "resolve_dims", "step_dims"]
 
 
 @dataclass
