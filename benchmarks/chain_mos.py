@@ -7,8 +7,10 @@ the label mean (MOS) of the expected score E_p[level]
   - `own`: after the model's own chains (M sampled at T and their distributions averaged, as `zreward eval` reads
     a reasoning model; M = 1 is greedy), and
   - `true`: after the split's true rationale (teacher-forced, as the cold start trains the head).
-`own` well below `true` means the chains, not the head, limit the scorer. 95% CIs resample whole prompts. Prints one
-JSON object.
+`own` well below `true` means the chains, not the head, limit the scorer. With M = 1 (greedy) each dimension also gets
+`by_chain`: the share of chains that equal the true rationale exactly and, for those and for the others, the PLCC
+of `own` with MOS and the mean |own − true| — how the head reads a wrong chain (as if it were right, or hedging
+toward the image). 95% CIs resample whole prompts. Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -27,17 +29,30 @@ from zreward.trainers.sft import rationale_forward, tokenize_rationales
 
 
 def expected_scores(scorer, data, idx: np.ndarray, dims: list[str], samples: int, batch: int) -> tuple:
-    """((N, D) after own chains, (N, D) after the true rationales) for the images `idx`."""
-    own, true = [], []
+    """((N, D) after own chains, (N, D) after the true rationales, N lists of the D·M chain texts) for the images
+    `idx`."""
+    own, true, texts = [], [], []
     with torch.no_grad():
         for s in range(0, len(idx), batch):
             part = idx[s: s + batch]
             prompts, images = [data.prompts[i] for i in part], data.image_batch(part)
-            own.append(scorer.score(prompts, images, dims, reasoning=True, samples=samples).mean.float().numpy())
+            out = scorer.score(prompts, images, dims, reasoning=True, samples=samples)
+            own.append(out.mean.float().numpy())
+            texts += out.chains
             chains = tokenize_rationales(scorer.tokenizer, data, part, dims, max_tokens=scorer.config.max_new_tokens)
             _, _, ro = rationale_forward(scorer, prompts, images, dims, chains)
             true.append(ro.mean.float().numpy())
-    return np.concatenate(own), np.concatenate(true)
+    return np.concatenate(own), np.concatenate(true), texts
+
+
+def by_chain(own: np.ndarray, true: np.ndarray, mos: np.ndarray, exact: np.ndarray) -> dict:
+    """One dimension's readings split by whether the (greedy) chain equals the true rationale: the exact share, and
+    per part its size, the PLCC of `own` with MOS (None under 3 images) and the mean |own − true|."""
+    out: dict = {"exact_share": round(float(exact.mean()), 4)}
+    for name, m in (("exact", exact), ("wrong", ~exact)):
+        out[name] = {"n": int(m.sum()), "plcc_own": round(float(plcc(own[m], mos[m])), 4) if m.sum() >= 3 else None,
+                     "mean_abs_own_minus_true": round(float(np.abs(own[m] - true[m]).mean()), 4) if m.any() else None}
+    return out
 
 
 def correlations(pred: np.ndarray, mos: np.ndarray, groups: np.ndarray, n_boot: int) -> dict:
@@ -69,13 +84,16 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"chain_mos: the model's dims {scorer.dims} and the split's {data.dims} share none")
     di = data.dim_index(dims)
     rows = np.flatnonzero(data.mask[:, di].all(1))
-    own, true = expected_scores(scorer, data, rows, dims, args.samples, args.batch)
+    own, true, texts = expected_scores(scorer, data, rows, dims, args.samples, args.batch)
     result = {"model": args.model, "split": args.split, "images": int(len(rows)), "samples": args.samples,
               "temperature": scorer.config.temperature if args.samples > 1 else "greedy", "dims": {}}
     for k, (d, j) in enumerate(zip(dims, di)):
         mos, groups = data.mos[rows, j], data.group[rows]
         result["dims"][d] = {"own": correlations(own[:, k], mos, groups, args.n_boot),
                              "true": correlations(true[:, k], mos, groups, args.n_boot)}
+        if args.samples == 1:
+            exact = np.array([t[k].strip() == data.rationales[i].get(d, "").strip() for t, i in zip(texts, rows)])
+            result["dims"][d]["by_chain"] = by_chain(own[:, k], true[:, k], mos, exact)
     print(json.dumps(result))
     return 0
 
