@@ -34,7 +34,8 @@ PROFILES: dict[str, dict] = {
                       "estimates": {"gen_pretrain": 180, "gen_tune": 35, "gen_eval": 8}},
               "overrides": {"pretrain": ["run.max_steps=500", "data.eval_every=0", "data.val_max_images=100"],
                             "sft": ["run.max_steps=300", "data.eval_every=0", "data.val_max_images=200"],
-                            # SFT's 300 steps: chosen on val (seed-0 world, 1,356 pairs): 150 steps 61.3%, 300 63.9%
+                            # RewardDance gets SFT's budget (300 steps), chosen on val (seed-0 world, 1,356 pairs):
+                            # RewardDance 150 steps 61.3%, 300 steps 63.9%
                             "rewarddance": ["run.max_steps=300", "data.val_max_images=100"],
                             # the cold start's length is the measured lever (seed-0 world, shipped base, 700 val
                             # images / 958 pairs, M = 2 at T = 0.3): 250 steps 59.9%, 400 61.2%, 600 65.9%
