@@ -45,6 +45,12 @@ def expected_scores(scorer, data, idx: np.ndarray, dims: list[str], samples: int
     return np.concatenate(own), np.concatenate(true), texts
 
 
+def exact_chains(texts: list[list[str]], rationales: list[dict], rows: np.ndarray, k: int, dim: str) -> np.ndarray:
+    """(N,) whether image rows[n]'s chain for dimension `dim` (the k-th of its texts, greedy M = 1) equals its true
+    rationale, whitespace at the ends aside; an image without a rationale for `dim` never matches."""
+    return np.array([t[k].strip() == (rationales[i].get(dim) or "\0").strip() for t, i in zip(texts, rows)])
+
+
 def by_chain(own: np.ndarray, true: np.ndarray, mos: np.ndarray, exact: np.ndarray) -> dict:
     """One dimension's readings split by whether the (greedy) chain equals the true rationale: the exact share, and
     per part its size, the PLCC of `own` with MOS (None under 3 images) and the mean |own − true|."""
@@ -92,7 +98,7 @@ def main(argv: list[str]) -> int:
         result["dims"][d] = {"own": correlations(own[:, k], mos, groups, args.n_boot),
                              "true": correlations(true[:, k], mos, groups, args.n_boot)}
         if args.samples == 1:
-            exact = np.array([t[k].strip() == data.rationales[i].get(d, "").strip() for t, i in zip(texts, rows)])
+            exact = exact_chains(texts, data.rationales, rows, k, d)
             result["dims"][d]["by_chain"] = by_chain(own[:, k], true[:, k], mos, exact)
     print(json.dumps(result))
     return 0

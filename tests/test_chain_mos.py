@@ -72,6 +72,20 @@ def test_by_chain_splits_exact_and_wrong_chains_on_hand_numbers():
     assert small["wrong"] == {"n": 1, "plcc_own": None, "mean_abs_own_minus_true": 4.0}
 
 
+def test_exact_chains_compare_each_images_chain_of_that_dim_with_its_rationale():
+    rationales = [{"alignment": "want 1 red circle: see 1.", "realism": "noise: 0.00."},
+                  {"alignment": "want 2 blue square: see 1."}, {}]
+    texts = [["want 1 red circle: see 1. ", "noise: 0.10."],  # image 0: right, wrong
+             ["want 2 blue square: see 2.", "noise: 0.00."],  # image 1: wrong, no realism rationale
+             ["", ""]]                                          # image 2: no rationale, empty chains
+    rows = np.array([0, 1, 2])
+    assert _module().exact_chains(texts, rationales, rows, 0, "alignment").tolist() == [True, False, False]
+    assert _module().exact_chains(texts, rationales, rows, 1, "realism").tolist() == [False, False, False]
+    # the n-th texts belong to image rows[n]
+    assert _module().exact_chains([texts[2], texts[0]], rationales, np.array([2, 0]), 0, "alignment").tolist() == [
+        False, True]
+
+
 def test_greedy_main_splits_readings_by_chain(small_world, tiny_model, capsys):
     assert _module().main([str(tiny_model), str(small_world / "val"), "--images", "6", "--samples", "1",
                            "--n-boot", "20"]) == 0

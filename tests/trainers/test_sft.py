@@ -24,6 +24,15 @@ def _cfg(tiny_model, world, out, **over) -> sft.Config:
     return cfg
 
 
+def _reasoning_run(tiny_model, world, run_dir, steps: int, **over) -> tuple[sft.Config, list[dict]]:
+    """Train a reasoning-mode cold start (chains cut at 24 tokens, no val) for `steps` steps: (config, logged
+    metrics)."""
+    cfg = _cfg(tiny_model, world, run_dir, sft__mode="reasoning", sft__max_chain_tokens=24, **over)
+    cfg.data.val, cfg.run.max_steps = None, steps
+    sft.train(cfg)
+    return cfg, read_metrics(run_dir / "metrics.jsonl")
+
+
 def test_direct_sft_learns_and_saves_a_direct_scorer(tiny_model, small_world, tmp_path):
     from zreward.models.scorer import load_scorer
     from zreward.trainers.data import load_train_data
@@ -158,11 +167,7 @@ def test_cold_start_caption_term_is_the_captioning_ce_and_is_learned(tiny_model,
     from zreward.trainers.caption import caption_forward, split_captions, tokenize_captions
     from zreward.trainers.data import load_train_data
 
-    cfg = _cfg(tiny_model, small_world, tmp_path / "run", sft__mode="reasoning", sft__max_chain_tokens=24,
-               sft__caption_weight=0.5)
-    cfg.data.val, cfg.run.max_steps = None, 5
-    sft.train(cfg)
-    logs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    cfg, logs = _reasoning_run(tiny_model, small_world, tmp_path / "run", 5, sft__caption_weight=0.5)
     assert logs[-1]["caption"] < logs[0]["caption"]
     for e in logs:  # the logged loss is the weighted sum of its terms, the caption term included
         assert e["loss"] == pytest.approx(e["kl"] + e["ce"] + 0.5 * e["caption"], rel=1e-5)
@@ -237,11 +242,7 @@ def test_empty_chain_term_is_the_kl_at_the_position_opd_reads_and_is_learned(tin
 
     with pytest.raises(ValueError, match="empty_chain_weight"):
         sft.SFTConfig(mode="direct", empty_chain_weight=1.0)
-    cfg = _cfg(tiny_model, small_world, tmp_path / "run", sft__mode="reasoning", sft__max_chain_tokens=24,
-               sft__empty_chain_weight=0.5)
-    cfg.data.val, cfg.run.max_steps = None, 6
-    sft.train(cfg)
-    logs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    cfg, logs = _reasoning_run(tiny_model, small_world, tmp_path / "run", 6, sft__empty_chain_weight=0.5)
     assert logs[-1]["kl_empty"] < logs[0]["kl_empty"]
     for e in logs:
         assert e["loss"] == pytest.approx(e["kl"] + e["ce"] + 0.5 * e["kl_empty"], rel=1e-5)
