@@ -124,6 +124,19 @@ def test_default_stage_list_wiring(from_scratch):
         assert set(prof.get("gen", {})) <= set(GEN_DEFAULTS), name
 
 
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_risd_and_opd_students_get_the_same_images_and_steps(tmp_path, profile):
+    """The two students are compared at one budget in every profile: the same train images, steps and images per
+    step, resolved from the repository's configs plus the profile's overrides (as the demo runs them)."""
+    by = {s.name: s for s in demo.STAGES}
+    ctx = Ctx(out=tmp_path, profile=profile, seed=0)
+    (_, risd, _, _), (_, opd, _, _) = (demo_stages._train_config(by[n], ctx, symbolic=True)
+                                       for n in ("risd_student", "opd_student"))
+    assert (risd.data.max_images, risd.run.max_steps) == (opd.data.max_images, opd.run.max_steps)
+    assert risd.data.prompts_per_batch * 4 == opd.opd.images_per_batch  # ShapesWorld: 4 candidates per prompt
+    assert risd.data.train == opd.data.train == "<world>/train"
+
+
 def test_report_keys_without_results(tmp_path, configs):
     ctx = _run(tmp_path / "d", FakeRunner(fail="a"))
     rep = write_demo_report(ctx, 12.5, "zreward demo --profile test")
