@@ -23,9 +23,9 @@ _PASS_EST = {"risd_student_teacher0": 90, "risd_student_teacher1": 90}
 
 # Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
 # reasoning models at eval_temperature), per-stage overrides (YAML dotlist) on top of the stage's config, and rough
-# stage durations (s) on an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs unchanged, the
-# whole test/ood splits, M = 4; quick = the same pipeline with fewer steps, 200 test + 200 ood images (50 prompts
-# each), M = 2.
+# stage durations (s) on an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs (RISD and OPD on
+# every train image for twice the steps), the whole test/ood splits, M = 4; quick = the same pipeline with fewer
+# steps, 200 test + 200 ood images (50 prompts each), M = 2.
 PROFILES: dict[str, dict] = {
     "quick": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": 200,
               "eval_samples": 2, "eval_temperature": EVAL_TEMPERATURE,
@@ -54,10 +54,11 @@ PROFILES: dict[str, dict] = {
                             "eval_ood": 10}},
     "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
              "eval_samples": 4, "eval_temperature": EVAL_TEMPERATURE,
-             # RISD distils every train image (8,000) for 1,600 steps, chosen on val (full seed-0 world and GDSO
-             # teacher, 1,356 pairs; teacher 69.4%): 1,600 images x 800 steps 66.9%, x 1,600 steps 67.1%; 3,200
-             # images x 1,600 68.3%; 8,000 x 1,600 69.7%; M = 4 chains (1,600 x 800) 68.0%. OPD gets the same images
-             # and steps. The quick profile keeps the config's 1,600 x 800 for time.
+             # RISD distils every train image (8,000) for 1,600 steps, the best of five settings on val (full seed-0
+             # world and GDSO teacher, 1,356 pairs, one training seed each; teacher 69.4%): 1,600 images x 800 steps
+             # 66.9%, x 1,600 steps 67.1%; 3,200 images x 1,600 68.3%; 8,000 x 1,600 69.7%; M = 4 chains (1,600 x
+             # 800) 68.0%. OPD gets the same images and steps (for parity; not measured on val). The quick profile
+             # keeps the config's 1,600 x 800 for time.
              "overrides": {"risd_student": ["data.max_images=null", "run.max_steps=1600"],
                            "opd_student": ["data.max_images=null", "run.max_steps=1600"]},
              # generator stages: measured 278 + 103 + 8 s (1-min load 3.5–4.7)
