@@ -66,9 +66,10 @@ PROFILES: dict[str, dict] = {
                      "estimates": {"gen_pretrain": 280, "gen_tune": 105, "gen_eval": 10}},
              "estimates": {"world": 10, "pretrain_world": 10, "init_base": 5, "pretrain": 1600, "sft": 600,
                            "rewarddance": 420, "sft_cold": 600, "grpo": 360, "gdso_teacher": 480,
-                           # RISD's teacher pass over 8,000 images: each half ≈ 5× the quick profile's
-                           "risd_student": 1300, "risd_student_teacher0": 450, "risd_student_teacher1": 450,
-                           "opd_student": 1300, **_SCORE_EST_FULL, "eval_test": 20,
+                           # RISD / OPD on 8,000 images × 1,600 steps: measured on seed 0 (a slow day, 0a673b3)
+                           # 694 s, teacher-pass halves 460 + 472 s, OPD 818 s
+                           "risd_student": 700, "risd_student_teacher0": 460, "risd_student_teacher1": 470,
+                           "opd_student": 820, **_SCORE_EST_FULL, "eval_test": 20,
                            "eval_ood": 20}},
 }
 
