@@ -258,15 +258,24 @@ def test_shipped_base_stage_copies_the_packaged_model(tmp_path):
 
 
 class TimedRunner:
-    """A picklable fake runner for worker processes: sleeps, logs (stage, start, end) to a file, fails on request."""
+    """A picklable fake runner for worker processes: sleeps, logs (stage, start, end) to a file, fails on request.
 
-    def __init__(self, log_dir, sleep: float = 0.0, fail: str | None = None):
-        self.log_dir, self.sleep, self.fail = log_dir, sleep, fail
+    `meet`: stages that each wait (up to 60 s) until all of them have started, so that two stages run side by side
+    whatever the time a fresh worker takes to start on a busy machine; in-order execution would time out instead."""
+
+    def __init__(self, log_dir, sleep: float = 0.0, fail: str | None = None, meet: tuple[str, ...] = ()):
+        self.log_dir, self.sleep, self.fail, self.meet = log_dir, sleep, fail, meet
 
     def __call__(self, stage, ctx, resume):
         t0 = time.time()
         if stage.name == self.fail:
             raise RuntimeError("boom in a worker")
+        if stage.name in self.meet:
+            (self.log_dir / f"{stage.name}.started").touch()
+            while not all((self.log_dir / f"{n}.started").exists() for n in self.meet):
+                if time.time() - t0 > 60:
+                    raise RuntimeError(f"{stage.name}: the stages {self.meet} never ran at the same time")
+                time.sleep(0.02)
         time.sleep(self.sleep)
         ctx.commands[stage.name] = f"fake {stage.name}"
         out = ctx.out / "fake" / stage.name
@@ -281,8 +290,8 @@ def test_parallel_jobs_run_independent_stages_side_by_side(tmp_path, configs):
     stages = _stages(Stage("c", "train", "sft", (("model.init_from", "init_student"),) + _DATA))
     logs = tmp_path / "logs"
     logs.mkdir()
-    ctx = run_demo(tmp_path / "par", "test", 0, stages, runner=TimedRunner(logs, sleep=1.0), log=lambda *_: None,
-                   jobs=2)
+    ctx = run_demo(tmp_path / "par", "test", 0, stages, runner=TimedRunner(logs, sleep=0.2, meet=("a", "c")),
+                   log=lambda *_: None, jobs=2)
     assert all(s["state"] == "done" for s in ctx.status.values()), ctx.status
     t = {s.name: json.loads((logs / f"{s.name}.json").read_text()) for s in stages}
     for s in stages:
