@@ -20,6 +20,8 @@ _SCORE_EST_FULL = {k: 6 * v for k, v in _SCORE_EST_QUICK.items()}
 # own training 250 s, OPD 250 s. With 90 (not 80 as in that run) the parts' longest path (90 + 600 + the generator's
 # 43) clearly beats OPD's (722), so both halves start before OPD, as they did there.
 _PASS_EST = {"risd_student_teacher0": 90, "risd_student_teacher1": 90}
+# The full profile's one student budget (RISD and OPD alike): every train image, 1,600 steps.
+_FULL_STUDENT_BUDGET = ["data.max_images=null", "run.max_steps=1600"]
 
 # Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
 # reasoning models at eval_temperature), per-stage overrides (YAML dotlist) on top of the stage's config, and rough
@@ -59,8 +61,7 @@ PROFILES: dict[str, dict] = {
              # 66.9%, x 1,600 steps 67.1%; 3,200 images x 1,600 68.3%; 8,000 x 1,600 69.7%; M = 4 chains (1,600 x
              # 800) 68.0%. OPD gets the same images and steps (for parity; not measured on val). The quick profile
              # keeps the config's 1,600 x 800 for time.
-             "overrides": {"risd_student": ["data.max_images=null", "run.max_steps=1600"],
-                           "opd_student": ["data.max_images=null", "run.max_steps=1600"]},
+             "overrides": {"risd_student": _FULL_STUDENT_BUDGET, "opd_student": _FULL_STUDENT_BUDGET},
              # generator stages: measured 278 + 103 + 8 s (1-min load 3.5–4.7)
              "gen": {"align_profile": "full", "pretrain_steps": 2000, "tune_steps": 200, "eval_prompts": 150,
                      "estimates": {"gen_pretrain": 280, "gen_tune": 105, "gen_eval": 10}},
