@@ -113,7 +113,12 @@ def test_default_stage_list_wiring(from_scratch):
     assert set(by["eval_test"].optional) == {f"score_{m}" for m in demo.METHODS}
     assert all(by[f"score_{m}"].deps == sorted([m, "world"]) for m in demo.METHODS)
     # generator stages: after the evaluations; tuned with the RISD student as reward, GSB of tuned vs SFT generator
-    assert names[-3:] == ["gen_pretrain", "gen_tune", "gen_eval"] and all(by[n].kind == "gen" for n in names[-3:])
+    assert names[-4:-1] == ["gen_pretrain", "gen_tune", "gen_eval"] and all(by[n].kind == "gen" for n in names[-4:-1])
+    # the speed stage last, waiting for every other stage (so nothing runs beside it); the teacher and both students
+    assert names[-1] == "speed" and by["speed"].deps == ["world"]
+    assert set(by["speed"].optional) == set(names[:-1]) - {"pretrain_world", "init_base"}
+    assert {src for k, src in by["speed"].links if k.startswith("model.")} == {"gdso_teacher", "risd_student",
+                                                                              "opd_student"}
     assert by["gen_pretrain"].deps == ["world"]
     assert set(by["gen_tune"].deps) == {"gen_pretrain", "risd_student", "world"}
     assert dict(by["gen_tune"].links)["reward"] == "risd_student"
@@ -286,8 +291,11 @@ class TimedRunner:
 
 def test_parallel_jobs_run_independent_stages_side_by_side(tmp_path, configs):
     """--jobs 2: the two stages that only need init_student overlap in time, each in its own process; every stage
-    starts after its inputs finished; keys, outputs and recorded commands equal those of the in-order run."""
+    starts after its inputs finished, a speed stage after every stage it waits for (nothing beside it); keys,
+    outputs and recorded commands equal those of the in-order run."""
     stages = _stages(Stage("c", "train", "sft", (("model.init_from", "init_student"),) + _DATA))
+    stages += [Stage("speed", "speed", "test", (("model.a", "a"), ("model.c", "c"), ("data", "world:test")),
+                     after=tuple(s.name for s in stages))]
     logs = tmp_path / "logs"
     logs.mkdir()
     ctx = run_demo(tmp_path / "par", "test", 0, stages, runner=TimedRunner(logs, sleep=0.2, meet=("a", "c")),
@@ -297,6 +305,7 @@ def test_parallel_jobs_run_independent_stages_side_by_side(tmp_path, configs):
     for s in stages:
         assert all(t[d][1] <= t[s.name][0] for d in s.deps)  # inputs finished before the stage started
     assert t["a"][0] < t["c"][1] and t["c"][0] < t["a"][1]  # a and c ran at the same time
+    assert all(t[s.name][1] <= t["speed"][0] for s in stages[:-1])  # the speed stage alone, after every other
     pids = {v[2] for v in t.values()}
     assert os.getpid() not in pids  # every stage ran in a worker, one fresh process each (Python ≥ 3.11)
     assert len(pids) == len(stages) or (sys.version_info < (3, 11) and len(pids) >= 2)

@@ -16,20 +16,28 @@ from zreward.eval.runner import ModelScores, evaluate, json_clean, load_eval_dat
 from demo_fixtures import DATA as _DATA, FakeRunner, run_small_demo as _run, small_stages as _stages
 
 
+class _PresetRunner:
+    """Stage runner: `world` and the trained models are given directories, stage `fail` raises, the rest (score,
+    eval, speed stages) run as the demo runs them."""
+
+    def __init__(self, world, models: dict, fail: str):
+        self.world, self.models, self.fail = world, models, fail
+
+    def __call__(self, stage, ctx, resume):
+        if stage.name == "world":
+            return self.world
+        if stage.name == self.fail:
+            raise RuntimeError("training failed")
+        return self.models.get(stage.name) or demo_stages.run_stage(stage, ctx, resume)
+
+
 def test_score_and_eval_stages_equal_one_zreward_eval(tmp_path, configs, monkeypatch, small_world, tiny_factory):
     """Each model scored in its own stage, then one report per split: the same report as `evaluate()` scoring all
     the models in one run (a reasoning model with M = 2 chains and a direct one); a failed model is left out."""
     monkeypatch.setitem(PROFILES["test"], "eval_samples", 2)
     monkeypatch.setitem(PROFILES["test"], "eval_temperature", 0.7)
     models = {"a": tiny_factory(mode="reasoning", max_new_tokens=6), "b": tiny_factory(seed=2)}
-
-    def runner(stage, ctx, resume):
-        if stage.name == "world":
-            return small_world
-        if stage.name == "c":
-            raise RuntimeError("training failed")
-        return models[stage.name] if stage.name in models else demo_stages.run_stage(stage, ctx, resume)
-
+    runner = _PresetRunner(small_world, models, fail="c")
     names = ["a", "c", "b"]
     stages = [Stage("world", "world"), *(Stage(n, "init", "student") for n in names),
               *(Stage(f"score_{n}", "score", n, (("model", n), ("data", "world"))) for n in names),
@@ -100,3 +108,35 @@ def test_budgets_keep_risd_time_when_a_part_failed(tmp_path):
     ctx.status["risd_student_teacher1"] = {"state": "failed", "reason": "boom"}
     (row,) = demo_report.budgets(ctx)
     assert (row["wall_s"], row["cpu_s"]) == (120.0, 109.0) and len(row["includes"]) == 2
+
+
+def test_speed_stage_times_the_finished_models_alone_and_the_report_reads_it(tmp_path, configs, monkeypatch,
+                                                                            small_world, tiny_factory):
+    """The speed stage scores each linked model that finished on the same first `speed_images` test images, as its
+    score stage would (a reasoning teacher with M chains at the eval temperature, a direct student); the cost
+    claim reads those rates, and falls back to the score stages' own img/s (said so) where there is no timing."""
+    monkeypatch.setitem(PROFILES["test"], "eval_samples", 2)
+    models = {"gdso_teacher": tiny_factory(mode="reasoning", max_new_tokens=6), "risd_student": tiny_factory(seed=2)}
+    runner = _PresetRunner(small_world, models, fail="opd_student")
+    names = ["gdso_teacher", "risd_student", "opd_student"]
+    stages = [Stage("world", "world"), *(Stage(n, "init", "student") for n in names)]
+    stages += [Stage("speed", "speed", "test", tuple((f"model.{n}", n) for n in names) + (("data", "world:test"),),
+                     after=tuple(s.name for s in stages))]
+    ctx = _run(tmp_path / "d", runner, stages)
+    assert ctx.status["speed"]["state"] == "done", ctx.status["speed"]
+    sp = json.loads((tmp_path / "d" / "speed" / "test" / "speed.json").read_text())
+    assert (sp["split"], sp["n_images"], list(sp["models"])) == ("test", 4, ["gdso_teacher", "risd_student"])
+    t, s = sp["models"]["gdso_teacher"], sp["models"]["risd_student"]
+    assert (t["reasoning"], t["samples"], s["reasoning"]) == (True, 2, False)
+    assert all(r["img_per_s"] > 0 and r["seconds"] > 0 for r in (t, s)) and len(sp["load_avg_1min"]) == 2
+    cmd = shlex.split(ctx.commands["speed"])  # the same scoring through the CLI, on the same 4 images
+    assert cmd[:2] == ["zreward", "eval"] and cmd.count("--model") == 2
+    assert cmd[cmd.index("--max-images") + 1] == "4" and cmd[cmd.index("--samples") + 1] == "2"
+
+    methods = {"gdso_teacher": {"img_per_s": 2.0}, "risd_student": {"img_per_s": 30.0}, "opd_student": None}
+    ratio, how = demo_report.cost_ratios(methods, sp)
+    assert how == "alone" and ratio == {"risd_student": s["img_per_s"] / t["img_per_s"], "opd_student": None}
+    speed_goal = demo_report.goals(methods, 0.89, [], sp)[-1]
+    assert speed_goal["value"] == ratio["risd_student"]
+    assert demo_report.cost_ratios(methods, None) == ({"risd_student": 15.0, "opd_student": None}, "score stages")
+    assert demo_report.goals(methods, 0.89, [])[-1]["value"] == 15.0

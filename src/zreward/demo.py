@@ -28,6 +28,9 @@ each as soon as its inputs are final, default one per CPU):
                  the hacking audit (reward vs oracle on val prompts)             ← gen_pretrain, risd_student
   gen_eval       `zreward gen eval`: GSB of the tuned vs the SFT generator by the simulated raters on held-out
                  test prompts, oracle means, side-by-side grid                   ← gen_pretrain, gen_tune
+  speed          the teacher's and the students' images/s on the same first test images, timed one after the
+                 other when every other stage has finished (nothing runs beside it): the cost claim's figures
+                                                                                 ← every stage
 then DIR/report.md + DIR/report.json (`zreward.eval.demo_report`).
 
 Every trainer stage runs `zreward.trainers.<method>.train(cfg)` in this process with
@@ -115,6 +118,10 @@ STAGES += [Stage("gen_pretrain", "gen", "pretrain", (("data", "world"),)),
            Stage("gen_tune", "gen", "tune", (("generator", "gen_pretrain"), ("reward", "risd_student"),
                                             ("data", "world"))),
            Stage("gen_eval", "gen", "eval", (("a", "gen_tune"), ("b", "gen_pretrain"), ("data", "world")))]
+# Last, alone: the teacher's and the students' images/s on the same test images (the cost claim's figures).
+STAGES += [Stage("speed", "speed", "test", tuple((f"model.{m}", m) for m in ("gdso_teacher", "risd_student",
+                                                                               "opd_student"))
+                 + (("data", "world:test"),), after=tuple(s.name for s in STAGES))]
 
 
 def demo_stages(from_scratch: bool = False) -> list[Stage]:

@@ -36,8 +36,9 @@ class Stage:
     Attributes:
         name: stage name (= the method's key in report.json for trained methods).
         kind: "world", "init", "train", "score" (one trained model scored on every split of `EVAL_SPLITS`),
-            "eval" (the metrics and report of one split over every scored model) or "gen" (a `zreward gen` step;
-            method = pretrain | tune | eval, links = its flags).
+            "eval" (the metrics and report of one split over every scored model), "gen" (a `zreward gen` step;
+            method = pretrain | tune | eval, links = its flags) or "speed" (the linked models' images/s timed one
+            after the other on the first images of split `method`, once every other stage has finished).
         method: trainer module name (train) / "student" or "teacher" (init) / the model stage (score) / split
             name (eval).
         links: config key → upstream stage whose output (final Scorer dir / world split) it gets.
@@ -59,15 +60,16 @@ class Stage:
 
     @property
     def deps(self) -> list[str]:
-        """Stages this one needs (an eval stage needs the world; each model's scores it reports are optional)."""
-        if self.kind == "eval":
+        """Stages this one needs (an eval or speed stage needs the world; each model it reports on is optional)."""
+        if self.kind in ("eval", "speed"):
             return ["world"]
         return sorted({src.split(":")[0] for _, src in self.links})
 
     @property
     def optional(self) -> list[str]:
         """Stages waited for whose failure does not block this one."""
-        return [src for k, src in self.links if k.startswith("model.") and self.kind == "eval"] + list(self.after)
+        return [src for k, src in self.links if k.startswith("model.") and self.kind in ("eval", "speed")] \
+            + list(self.after)
 
 
 class StageError(RuntimeError):
@@ -235,7 +237,7 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
     (upstream keys). Raises StageError when the stage cannot be built."""
     # an eval stage's inputs are the scores it reports: only those that finished (a score stage that failed after
     # it was keyed is not in the report, and finishing later must change the report's key)
-    done = [d for d in stage.optional if stage.kind != "eval" or d in ctx.outputs]
+    done = [d for d in stage.optional if stage.kind not in ("eval", "speed") or d in ctx.outputs]
     up = digest({d: ctx.keys[d] for d in stage.deps + done if d in ctx.keys})
     if stage.kind == "world":
         return {"config": digest({"seed": _world_seed(stage, ctx), "prompts": _world_prompts(stage, ctx)}),
@@ -257,6 +259,9 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
                 ctx.seed]
     if stage.kind == "score":
         return {"config": digest(settings + [EVAL_SPLITS]), "code": source_digest(*_SCORE_CODE), "inputs": up}
+    if stage.kind == "speed":
+        return {"config": digest(settings + [ctx.prof["speed_images"]]), "code": source_digest(*_SCORE_CODE),
+                "inputs": up}
     return {"config": digest(settings), "code": source_digest(*_EVAL_CODE), "inputs": up}
 
 
@@ -267,8 +272,8 @@ def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
         prompts, seed = _world_prompts(stage, ctx), _world_seed(stage, ctx)
         ctx.commands[stage.name] = f"zreward world build --out {out} --prompts {prompts} --seed {seed} --overwrite"
         return Path(build_world(out, prompts=prompts, seed=seed, overwrite=True))
-    out = ctx.out / {"eval": "eval", "score": "scores"}.get(stage.kind, "runs") / (
-        stage.method if stage.kind in ("eval", "score") else stage.name)
+    out = ctx.out / {"eval": "eval", "score": "scores", "speed": "speed"}.get(stage.kind, "runs") / (
+        stage.method if stage.kind in ("eval", "score", "speed") else stage.name)
     if stage.kind == "init" and stage.method == "shipped":
         ctx.commands[stage.name] = f"zreward model init --from base --out {out}"
         if out.exists():
@@ -299,12 +304,16 @@ def run_stage(stage: Stage, ctx: Ctx, resume: bool) -> Path:
         return out
     if stage.kind == "score":
         return _score(stage, ctx, out)
+    if stage.kind == "speed":
+        return _speed(stage, ctx, out)
     return _eval_report(stage, ctx, out)
 
 
-def _eval_argv(ctx: Ctx, split: str, out: Path) -> list[str]:
-    """The `zreward eval` flags (after the --model ones) of the demo's evaluation of one split."""
-    m, t, n = ctx.prof["eval_samples"], ctx.prof["eval_temperature"], ctx.prof["eval_max_images"]
+def _eval_argv(ctx: Ctx, split: str, out: Path, max_images: int | None = -1) -> list[str]:
+    """The `zreward eval` flags (after the --model ones) of the demo's evaluation of one split (of its first
+    `max_images` images; -1: the profile's `eval_max_images`)."""
+    m, t = ctx.prof["eval_samples"], ctx.prof["eval_temperature"]
+    n = ctx.prof["eval_max_images"] if max_images == -1 else max_images
     return ["--data", str(ctx.outputs["world"] / split), "--out", str(out), "--reasoning", "--samples", str(m),
             "--temperature", str(t), "--seed", str(ctx.seed)] + (["--max-images", str(n)] if n else [])
 
@@ -327,6 +336,37 @@ def _score(stage: Stage, ctx: Ctx, out: Path) -> Path:
         cmds.append(shlex.join(["zreward", "eval", "--model", f"{spec.name}={spec.path}",
                                 *_eval_argv(ctx, split, out / split)]))
     ctx.commands[stage.name] = " && ".join(cmds)  # the same scores, each with a one-model report
+    return out
+
+
+def _speed(stage: Stage, ctx: Ctx, out: Path) -> Path:
+    """Images/s of each linked model that finished, on the same first `speed_images` images of split `method`, each
+    scored as its score stage scores it, one after the other in this process while no other stage runs (the demo
+    starts this stage last; the score stages' own timings share the CPUs with whichever stage runs beside them):
+    DIR/speed/<split>/speed.json, with the 1-min load average before and after (other processes on the machine)."""
+    from zreward.eval.runner import load_eval_data, parse_model_spec, score_spec  # deferred: torch + transformers
+
+    models = [src for k, src in stage.links if k.startswith("model.") and src in ctx.outputs]
+    if not models:
+        raise StageError(f"stage {stage.name}: no trained model to time")
+    n, load = ctx.prof["speed_images"], [os.getloadavg()[0]]
+    data = load_eval_data(ctx.outputs["world"] / stage.method, max_images=n)
+    rates, cmd = {}, ["zreward", "eval"]
+    for m in models:
+        spec = parse_model_spec(f"{m}={ctx.outputs[m]}")
+        sc = score_spec(spec, [data], reasoning=True, samples=ctx.prof["eval_samples"], seed=ctx.seed,
+                        temperature=ctx.prof["eval_temperature"], log=_log)[0]
+        rates[m] = {"img_per_s": sc.reported_img_per_s, "img_per_s_total": sc.img_per_s, "seconds": sc.seconds,
+                    "reasoning": sc.reasoning, "samples": sc.samples}
+        cmd += ["--model", f"{m}={spec.path}"]
+    load.append(os.getloadavg()[0])
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    # the same timings, with the metrics of those images
+    ctx.commands[stage.name] = shlex.join(cmd + _eval_argv(ctx, stage.method, out / "eval", max_images=n))
+    (out / "speed.json").write_text(json.dumps({"split": stage.method, "n_images": len(data.ids), "models": rates,
+                                                "load_avg_1min": load}, indent=1) + "\n")
     return out
 
 

@@ -177,7 +177,7 @@ def compute_metrics(data, s, *, n_boot: int = 1000, seed: int = 0) -> tuple[dict
                     warnings.simplefilter("ignore", RuntimeWarning)
                     return np.nanmean(vals, axis=0)
             rep[name] = _ci(avg, data.prompt_code, len(data.ids), n_boot, seed)
-    rep["img_per_s"] = s.median_img_per_s if np.isfinite(s.median_img_per_s) else s.img_per_s
+    rep["img_per_s"] = s.reported_img_per_s
     rep["img_per_s_total"] = s.img_per_s
     rep["tokens_per_image"] = s.tokens_per_image
     rep["peak_memory_mb"] = s.peak_memory_bytes / 2**20

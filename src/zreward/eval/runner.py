@@ -231,6 +231,11 @@ class ModelScores:
         """Images / total timed seconds."""
         return self.probs.shape[0] / self.seconds if self.seconds > 0 else float("nan")
 
+    @property
+    def reported_img_per_s(self) -> float:
+        """The images/s every report gives: `median_img_per_s`, else (a score file without it) `img_per_s`."""
+        return self.median_img_per_s if np.isfinite(self.median_img_per_s) else self.img_per_s
+
     _ARRAYS = ("probs", "mean", "std", "overall", "weights")
 
     def save(self, path: str | Path) -> Path:
