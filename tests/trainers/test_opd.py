@@ -183,3 +183,27 @@ def test_teacher_scores_each_drawn_image_once(models, small_world, tmp_path, mon
     n = len(load_train_data(small_world / "train", max_images=16))
     drawn = {int(i) for s in range(12) for i in batch_indices(n, 4, s, cfg.run.seed)}
     assert n == 16 and len(scored) == len(drawn) <= 16 < 12 * 4
+
+
+def test_unlabelled_images_are_distilled_too(models, small_world, tmp_path, monkeypatch):
+    """`data.extra_unlabelled` (RISD's unlabelled images, `DistilDataConfig`): OPD draws its batches from the train
+    images followed by the extra ones, and the teacher is asked about exactly the drawn images of both."""
+    from zreward.trainers.data import load_train_data
+    from zreward.trainers.run_utils import batch_indices
+
+    scored: list[str] = []
+    real = opd.teacher_level_logits
+
+    def counting(teacher, prompts, images, dims, query):
+        scored.extend(prompts)
+        return real(teacher, prompts, images, dims, query)
+
+    monkeypatch.setattr(opd, "teacher_level_logits", counting)
+    cfg = _cfg(models, small_world, tmp_path / "run", run__max_steps=6, data__max_images=8)
+    cfg.data.val, cfg.data.extra_unlabelled, cfg.data.extra_max_images = None, str(small_world / "ood"), 8
+    opd.train(cfg)
+    prompts = (load_train_data(small_world / "train", max_images=8).prompts
+               + load_train_data(small_world / "ood", max_images=8).prompts)
+    drawn = sorted({int(i) for s in range(6) for i in batch_indices(16, 4, s, cfg.run.seed)})
+    assert any(i >= 8 for i in drawn)  # some extra images are drawn
+    assert sorted(scored) == sorted(prompts[i] for i in drawn)

@@ -1,7 +1,8 @@
 """Config sections and plain helpers that every trainer uses (the run loop itself is `zreward.trainers.loop`).
 
 - `ModelConfig`, `DataConfig`, `OptimConfig`: nested into each trainer's own `Config` as `model`, `data`, `optim`;
-  `TrainConfig`: those with `run` and `accelerator`, the base of every trainer's `Config`.
+  `TrainConfig`: those with `run` and `accelerator`, the base of every trainer's `Config`; `DistilDataConfig`: the
+  distilling trainers' (RISD, OPD) data section, with their unlabelled images.
 - `build_scorer`: load the model to train through the one scoring path (`zreward.load_scorer`), with LoRA /
   gradient checkpointing / dtype from the config.
 - `build_optimizer`: AdamW over the trainable parameters + linear warm-up then constant or cosine decay.
@@ -89,6 +90,23 @@ class DataConfig(ImageOptions):
     def load_val(self) -> TrainData | None:
         """`data.val` (its first `val_max_images` records), or None when no held-out split is set."""
         return self.load(self.val, self.val_max_images) if self.val else None
+
+
+@dataclass
+class DistilDataConfig(DataConfig):
+    """The data section of the distilling trainers (RISD, OPD): the shared one plus unlabelled images."""
+
+    extra_unlabelled: str | None = field(default=None, metadata={"help": "extra split dir whose images are distilled too (labels ignored)"})
+    extra_max_images: int | None = field(default=None, metadata={"help": "use only the first N extra images"})
+
+    def load_distil(self) -> TrainData:
+        """`load_train()`, then the first `extra_max_images` images of `extra_unlabelled` with their labels dropped
+        (their own prompt groups)."""
+        data = self.load_train()
+        if self.extra_unlabelled:
+            data = concat_splits(data, self.load(self.extra_unlabelled, self.extra_max_images), keep_labels=False,
+                                 what="data.extra_unlabelled")
+        return data
 
 
 @dataclass

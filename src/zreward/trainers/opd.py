@@ -26,8 +26,9 @@ Implemented variant, for a one-token scorer (the Z-Reward student emits a single
     y ~ p_S (temperature 1), per-token reverse KL r = log p_S(y) − log p_T(y), loss = mean of sg(r)·log p_S(y)
     (score-function gradient; E_y[sg(r)·∇log p_S(y)] = ∇KL(p_S ‖ p_T)). Unbiased but noisy — kept for comparison;
     `samples_per_item` tokens are drawn per (image, dim). The logged `loss` is always the exact reverse KL.
-- **Data**: images only (no human labels are used): batches of `images_per_batch` images drawn as a pure
-  function of (seed, step) (`run_utils.batch_indices`), all `dims` each; `data.prompts_per_batch` is not used.
+- **Data**: images only (no human labels are used): `data.train` plus the optional unlabelled split
+  `data.extra_unlabelled` (RISD's images: `DistilDataConfig.load_distil`); batches of `images_per_batch` images drawn
+  as a pure function of (seed, step) (`run_utils.batch_indices`), all `dims` each; `data.prompts_per_batch` is not used.
 - **Temperature** (`opd.temperature`): both logit sets divided by it (TRL semantics); default 1.0.
 - **Teacher cache** (`TeacherCache`): the teacher is frozen and its query does not depend on the student, so its
   level logits of an image are computed the first time a batch draws it and kept (D × L floats per image): with
@@ -44,7 +45,7 @@ import torch
 from zreward.losses import generalized_jsd
 from zreward.models.level_readout import expectation
 from zreward.models.scorer import ChainBatch, load_scorer
-from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer, val_pairwise_accuracy
+from zreward.trainers.common import DistilDataConfig, OptimConfig, TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
 from zreward.trainers.loop import RunLoop
 from zreward.trainers.run_utils import RunConfig, batch_indices
@@ -86,7 +87,7 @@ class OPDSection:
 @dataclass
 class Config(TrainConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/opd_tiny", max_steps=150))
-    data: DataConfig = field(default_factory=lambda: DataConfig(val_max_images=400))
+    data: DistilDataConfig = field(default_factory=lambda: DistilDataConfig(val_max_images=400))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=10))
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     opd: OPDSection = field(default_factory=OPDSection)
@@ -170,7 +171,7 @@ def train(cfg: Config) -> Path:
     if not cfg.teacher.path:
         raise ValueError("teacher.path is required: the Scorer dir of the teacher to distil")
     loop = RunLoop(cfg, "opd", accumulation=False)
-    data = cfg.data.load_train()
+    data = cfg.data.load_distil()
     val = cfg.data.load_val()
     scorer = build_scorer(cfg.model, device=loop.device)
     teacher = load_scorer(cfg.teacher.path, device=str(loop.device), dtype=cfg.teacher.dtype)

@@ -42,20 +42,12 @@ import numpy as np
 import torch
 
 from zreward.losses import kl_div_levels, risd_kl, score_gap_huber
-from zreward.trainers.common import DataConfig, TrainConfig, build_scorer, val_pairwise_accuracy
+from zreward.trainers.common import DistilDataConfig, TrainConfig, build_scorer, val_pairwise_accuracy
 from zreward.trainers.config import parse_cli
-from zreward.trainers.data import TrainData, concat_splits, group_batch, split_by_group, within_group_pairs
+from zreward.trainers.data import TrainData, group_batch, split_by_group, within_group_pairs
 from zreward.trainers.loop import RunLoop, global_normalisers
 from zreward.trainers.risd_teacher import TeacherConfig, cache_dir_of, teacher_part, teacher_targets
 from zreward.trainers.run_utils import RunConfig
-
-
-@dataclass
-class RISDDataConfig(DataConfig):
-    """The shared data section plus RISD's unlabelled inputs."""
-
-    extra_unlabelled: str | None = field(default=None, metadata={"help": "extra split dir whose images get teacher targets only (labels ignored)"})
-    extra_max_images: int | None = field(default=None, metadata={"help": "use only the first N extra images"})
 
 
 @dataclass
@@ -74,7 +66,7 @@ class Config(TrainConfig):
     """`zreward train risd` configuration (YAML files and `a.b=c` overrides only override these defaults)."""
 
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/risd"))
-    data: RISDDataConfig = field(default_factory=RISDDataConfig)
+    data: DistilDataConfig = field(default_factory=DistilDataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     risd: RISDConfig = field(default_factory=RISDConfig)
 
@@ -109,10 +101,7 @@ def train_inputs(cfg: Config) -> tuple[TrainData, list[str]]:
     and the dims it distils."""
     if not cfg.data.train:
         raise ValueError("data.train is required: a canonical split directory")
-    data = cfg.data.load_train()
-    if cfg.data.extra_unlabelled:
-        data = concat_splits(data, cfg.data.load(cfg.data.extra_unlabelled, cfg.data.extra_max_images),
-                             keep_labels=False, what="data.extra_unlabelled")
+    data = cfg.data.load_distil()
     dims = list(cfg.risd.dims or data.dims)
     data.dim_index(dims)  # raises naming unknown dims
     return data, dims
