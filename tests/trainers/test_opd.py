@@ -163,12 +163,8 @@ def test_teacher_cache_computes_each_image_once_and_returns_its_rows():
     torch.testing.assert_close(got[:, 1, 2], torch.tensor([5.0, 7.0]))
 
 
-def test_teacher_scores_each_drawn_image_once(models, small_world, tmp_path, monkeypatch):
-    """A training run asks the teacher about each drawn image once: 12 steps of 4 images from 16 (three epochs)
-    score exactly the distinct images drawn."""
-    from zreward.trainers.data import load_train_data
-    from zreward.trainers.run_utils import batch_indices
-
+def _count_teacher_queries(monkeypatch) -> list[str]:
+    """The prompts of every image the teacher is asked about, in order (OPD's teacher query, wrapped)."""
     scored: list[str] = []
     real = opd.teacher_level_logits
 
@@ -177,6 +173,16 @@ def test_teacher_scores_each_drawn_image_once(models, small_world, tmp_path, mon
         return real(teacher, prompts, images, dims, query)
 
     monkeypatch.setattr(opd, "teacher_level_logits", counting)
+    return scored
+
+
+def test_teacher_scores_each_drawn_image_once(models, small_world, tmp_path, monkeypatch):
+    """A training run asks the teacher about each drawn image once: 12 steps of 4 images from 16 (three epochs)
+    score exactly the distinct images drawn."""
+    from zreward.trainers.data import load_train_data
+    from zreward.trainers.run_utils import batch_indices
+
+    scored = _count_teacher_queries(monkeypatch)
     cfg = _cfg(models, small_world, tmp_path / "run", run__max_steps=12, data__max_images=16)
     cfg.data.val = None
     opd.train(cfg)
@@ -191,14 +197,7 @@ def test_unlabelled_images_are_distilled_too(models, small_world, tmp_path, monk
     from zreward.trainers.data import load_train_data
     from zreward.trainers.run_utils import batch_indices
 
-    scored: list[str] = []
-    real = opd.teacher_level_logits
-
-    def counting(teacher, prompts, images, dims, query):
-        scored.extend(prompts)
-        return real(teacher, prompts, images, dims, query)
-
-    monkeypatch.setattr(opd, "teacher_level_logits", counting)
+    scored = _count_teacher_queries(monkeypatch)
     cfg = _cfg(models, small_world, tmp_path / "run", run__max_steps=6, data__max_images=8)
     cfg.data.val, cfg.data.extra_unlabelled, cfg.data.extra_max_images = None, str(small_world / "ood"), 8
     opd.train(cfg)
