@@ -129,15 +129,35 @@ def test_default_stage_list_wiring(from_scratch):
         assert set(prof.get("gen", {})) <= set(GEN_DEFAULTS), name
 
 
+@pytest.mark.parametrize("from_scratch", [False, True])
+def test_unlabelled_images_go_to_both_students_and_the_teacher_pass(from_scratch):
+    """`unlabelled`: RISD, each part of its teacher pass and OPD read the second world's train split as their
+    unlabelled images; that world is built once, before them, in both modes; nothing else changes."""
+    plain, stages = demo.demo_stages(from_scratch), demo.demo_stages(from_scratch, unlabelled=True)
+    names = [s.name for s in stages]
+    assert names.count("pretrain_world") == 1 and len(set(names)) == len(names)
+    for s in stages:
+        assert all(names.index(d) < names.index(s.name) for d in s.deps + s.optional)
+    by, before = {s.name: s for s in stages}, {s.name: s for s in plain}
+    students = {"risd_student", "risd_student_teacher0", "risd_student_teacher1", "opd_student"}
+    for n in students:
+        assert dict(by[n].links)["data.extra_unlabelled"] == "pretrain_world:train"
+        assert by[n].links[:-1] == before[n].links
+    assert all(by[n] == before[n] for n in before if n not in students)
+    assert set(names) - set(before) == (set() if from_scratch else {"pretrain_world"})
+
+
 @pytest.mark.parametrize("profile", ["quick", "full"])
 def test_risd_and_opd_students_get_the_same_images_and_steps(tmp_path, profile):
     """The two students are compared at one budget in every profile: the same train images, steps and images per
     step, resolved from the repository's configs plus the profile's overrides (as the demo runs them)."""
-    by = {s.name: s for s in demo.STAGES}
+    by = {s.name: s for s in demo.demo_stages(unlabelled=bool(PROFILES[profile].get("unlabelled")))}
     ctx = Ctx(out=tmp_path, profile=profile, seed=0)
     (_, risd, _, _), (_, opd, _, _) = (demo_stages._train_config(by[n], ctx, symbolic=True)
                                        for n in ("risd_student", "opd_student"))
     assert (risd.data.max_images, risd.run.max_steps) == (opd.data.max_images, opd.run.max_steps)
+    assert (risd.data.extra_unlabelled, risd.data.extra_max_images) == (opd.data.extra_unlabelled,
+                                                                        opd.data.extra_max_images)
     assert risd.data.prompts_per_batch * 4 == opd.opd.images_per_batch  # ShapesWorld: 4 candidates per prompt
     assert risd.data.train == opd.data.train == "<world>/train"
 

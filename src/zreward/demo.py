@@ -7,6 +7,7 @@ each as soon as its inputs are final, default one per CPU):
                  package (`zreward model init --from base`; zreward/models/base/MODEL_CARD.md says how it was
                  trained); with `--from-scratch` it is rebuilt by three stages instead:
     pretrain_world a second ShapesWorld from another seed (DIR/pretrain_world): unlabelled images for pretraining
+                   (and, in a profile with `unlabelled`, for RISD and OPD, built in both modes then)
     init_base      random tiny VLM (`zreward.models.tiny.init_tiny`, the profile's `base_preset`)
     pretrain       captioning pretraining of that VLM on pretrain_world's train images (`zreward train caption`;
                    scene captions only, no labels, prompts or scores)
@@ -63,6 +64,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -124,12 +126,24 @@ STAGES += [Stage("speed", "speed", "test", tuple((f"model.{m}", m) for m in ("gd
                  + (("data", "world:test"),), after=tuple(s.name for s in STAGES))]
 
 
-def demo_stages(from_scratch: bool = False) -> list[Stage]:
-    """`STAGES`, with the base VLM rebuilt by captioning pretraining instead of copied when `from_scratch`."""
-    if not from_scratch:
-        return list(STAGES)
-    i = STAGES.index(SHIPPED_BASE[0])
-    return STAGES[:i] + SCRATCH_BASE + STAGES[i + 1:]
+# The distilling students' (RISD with its teacher pass, OPD) unlabelled images where the profile asks for them: the
+# train split of the second world (`pretrain_world`, built in both modes then).
+_DISTIL_STAGES = ("risd_student", *(s.name for s in _TEACHER_PASS), "opd_student")
+_UNLABELLED = ("data.extra_unlabelled", "pretrain_world:train")
+
+
+def demo_stages(from_scratch: bool = False, unlabelled: bool = False) -> list[Stage]:
+    """`STAGES`, with the base VLM rebuilt by captioning pretraining instead of copied when `from_scratch`; with
+    `unlabelled`, RISD and OPD also distil the second world's train images (no labels read)."""
+    stages = list(STAGES)
+    if from_scratch:
+        i = stages.index(SHIPPED_BASE[0])
+        stages = stages[:i] + SCRATCH_BASE + stages[i + 1:]
+    if not unlabelled:
+        return stages
+    if SCRATCH_BASE[0] not in stages:
+        stages.insert(1, SCRATCH_BASE[0])  # right after world
+    return [replace(s, links=s.links + (_UNLABELLED,)) if s.name in _DISTIL_STAGES else s for s in stages]
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -333,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     t0, c0, load0 = time.time(), time.process_time(), os.getloadavg()[0]
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
-    ctx = run_demo(out, args.profile, args.seed, stages=demo_stages(args.from_scratch), jobs=args.jobs)
+    stages = demo_stages(args.from_scratch, bool(PROFILES[args.profile].get("unlabelled")))
+    ctx = run_demo(out, args.profile, args.seed, stages=stages, jobs=args.jobs)
     wall = time.time() - t0
     cpu = time.process_time() - c0  # with workers, this process only waits: add the CPU time of the stages it ran
     cpu += sum(s.get("cpu_s") or 0.0 for s in ctx.status.values() if s["state"] == "done") if args.jobs > 1 else 0.0
