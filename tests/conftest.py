@@ -77,5 +77,6 @@ def configs(tmp_path, monkeypatch):
     monkeypatch.setenv("ZREWARD_CONFIGS", str(cdir))
     monkeypatch.setitem(PROFILES, "test", {"student_preset": "tiny", "teacher_preset": "tiny",
                                            "eval_max_images": 8, "eval_samples": 1, "eval_temperature": 0.3,
-                                           "speed_images": 4, "overrides": {}, "estimates": {}})
+                                           "speed_images": 4, "speed_min_seconds": 0.0, "overrides": {},
+                                           "estimates": {}})
     return cdir

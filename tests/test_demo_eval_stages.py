@@ -128,7 +128,8 @@ def test_speed_stage_times_the_finished_models_alone_and_the_report_reads_it(tmp
     assert (sp["split"], sp["n_images"], list(sp["models"])) == ("test", 4, ["gdso_teacher", "risd_student"])
     t, s = sp["models"]["gdso_teacher"], sp["models"]["risd_student"]
     assert (t["reasoning"], t["samples"], s["reasoning"]) == (True, 2, False)
-    assert all(r["img_per_s"] > 0 and r["seconds"] > 0 for r in (t, s)) and len(sp["load_avg_1min"]) == 2
+    assert all(r["img_per_s"] > 0 and r["seconds"] > 0 and r["passes"] == 1 for r in (t, s))  # min 0 s: one pass
+    assert len(sp["load_avg_1min"]) == 2
     cmd = shlex.split(ctx.commands["speed"])  # the same scoring through the CLI, on the same 4 images
     assert cmd[:2] == ["zreward", "eval"] and cmd.count("--model") == 2
     assert cmd[cmd.index("--max-images") + 1] == "4" and cmd[cmd.index("--samples") + 1] == "2"

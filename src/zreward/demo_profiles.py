@@ -24,13 +24,15 @@ _PASS_EST = {"risd_student_teacher0": 90, "risd_student_teacher1": 90}
 _FULL_STUDENT_BUDGET = ["data.max_images=null", "run.max_steps=1600"]
 
 # Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
-# reasoning models at eval_temperature, test images the speed stage times each model on alone), per-stage overrides
+# reasoning models at eval_temperature, test images the speed stage times each model on alone, in whole passes until
+# speed_min_seconds: a student's one pass of 100-200 images is 1-3 s, ±10% from pass to pass), per-stage overrides
 # (YAML dotlist) on top of the stage's config, and rough stage durations (s) on an idle 2-core CPU for the first ETA.
 # full = the trainers' tiny_cpu configs (RISD and OPD on every train image for twice the steps), the whole test/ood
 # splits, M = 4; quick = the same pipeline with fewer steps, 200 test + 200 ood images (50 prompts each), M = 2.
 PROFILES: dict[str, dict] = {
     "quick": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": 200,
               "eval_samples": 2, "eval_temperature": EVAL_TEMPERATURE, "speed_images": 100,
+              "speed_min_seconds": 5.0,
               # generator stages (`GEN_DEFAULTS`): measured 178 + 33 + 8 s (seed 0, in order, 2026-12-01)
               "gen": {"pretrain_steps": 800, "tune_steps": 40, "eval_prompts": 100,
                       "estimates": {"gen_pretrain": 180, "gen_tune": 35, "gen_eval": 8}},
@@ -53,9 +55,10 @@ PROFILES: dict[str, dict] = {
               "estimates": {"world": 40, "pretrain_world": 40, "init_base": 5, "pretrain": 600, "sft": 190,
                             "rewarddance": 150, "sft_cold": 680, "grpo": 30, "gdso_teacher": 35,
                             "risd_student": 600, **_PASS_EST, "opd_student": 700, **_SCORE_EST_QUICK, "eval_test": 10,
-                            "eval_ood": 10, "speed": 20}},
+                            "eval_ood": 10, "speed": 30}},
     "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
              "eval_samples": 4, "eval_temperature": EVAL_TEMPERATURE, "speed_images": 200,
+             "speed_min_seconds": 10.0,
              # RISD distils every train image (8,000) for 1,600 steps, the best of five settings on val (full seed-0
              # world and GDSO teacher, 1,356 pairs, one training seed each; teacher 69.4%): 1,600 images x 800 steps
              # 66.9%, x 1,600 steps 67.1%; 3,200 images x 1,600 68.3%; 8,000 x 1,600 69.7%; M = 4 chains (1,600 x
@@ -71,7 +74,7 @@ PROFILES: dict[str, dict] = {
                            # 694 s, teacher-pass halves 460 + 472 s, OPD 818 s
                            "risd_student": 700, "risd_student_teacher0": 460, "risd_student_teacher1": 470,
                            "opd_student": 820, **_SCORE_EST_FULL, "eval_test": 20,
-                           "eval_ood": 20, "speed": 50}},
+                           "eval_ood": 20, "speed": 70}},
 }
 
 

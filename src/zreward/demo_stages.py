@@ -260,8 +260,8 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
     if stage.kind == "score":
         return {"config": digest(settings + [EVAL_SPLITS]), "code": source_digest(*_SCORE_CODE), "inputs": up}
     if stage.kind == "speed":
-        return {"config": digest(settings + [ctx.prof["speed_images"]]), "code": source_digest(*_SCORE_CODE),
-                "inputs": up}
+        return {"config": digest(settings + [ctx.prof["speed_images"], ctx.prof["speed_min_seconds"]]),
+                "code": source_digest(*_SCORE_CODE, "zreward.eval.speed"), "inputs": up}
     return {"config": digest(settings), "code": source_digest(*_EVAL_CODE), "inputs": up}
 
 
@@ -340,31 +340,29 @@ def _score(stage: Stage, ctx: Ctx, out: Path) -> Path:
 
 
 def _speed(stage: Stage, ctx: Ctx, out: Path) -> Path:
-    """Images/s of each linked model that finished, on the same first `speed_images` images of split `method`, each
-    scored as its score stage scores it, one after the other in this process while no other stage runs (the demo
-    starts this stage last; the score stages' own timings share the CPUs with whichever stage runs beside them):
-    DIR/speed/<split>/speed.json, with the 1-min load average before and after (other processes on the machine)."""
-    from zreward.eval.runner import load_eval_data, parse_model_spec, score_spec  # deferred: torch + transformers
+    """Images/s of each linked model that finished, on the same first `speed_images` images of split `method`
+    (`zreward.eval.speed.time_models`: each scored as its score stage scores it, alone, in whole passes until
+    `speed_min_seconds`),
+    while no other stage runs (the demo starts this stage last; the score stages' own timings share the CPUs with
+    whichever stage runs beside them): DIR/speed/<split>/speed.json, with the 1-min load average before and after."""
+    from zreward.eval.runner import load_eval_data, parse_model_spec  # deferred: torch + transformers
+    from zreward.eval.speed import time_models
 
-    models = [src for k, src in stage.links if k.startswith("model.") and src in ctx.outputs]
-    if not models:
+    specs = [parse_model_spec(f"{src}={ctx.outputs[src]}") for k, src in stage.links
+             if k.startswith("model.") and src in ctx.outputs]
+    if not specs:
         raise StageError(f"stage {stage.name}: no trained model to time")
     n, load = ctx.prof["speed_images"], [os.getloadavg()[0]]
     data = load_eval_data(ctx.outputs["world"] / stage.method, max_images=n)
-    rates, cmd = {}, ["zreward", "eval"]
-    for m in models:
-        spec = parse_model_spec(f"{m}={ctx.outputs[m]}")
-        sc = score_spec(spec, [data], reasoning=True, samples=ctx.prof["eval_samples"], seed=ctx.seed,
-                        temperature=ctx.prof["eval_temperature"], log=_log)[0]
-        rates[m] = {"img_per_s": sc.reported_img_per_s, "img_per_s_total": sc.img_per_s, "seconds": sc.seconds,
-                    "reasoning": sc.reasoning, "samples": sc.samples}
-        cmd += ["--model", f"{m}={spec.path}"]
+    rates = time_models(specs, data, min_seconds=ctx.prof["speed_min_seconds"], reasoning=True, log=_log,
+                        samples=ctx.prof["eval_samples"], seed=ctx.seed, temperature=ctx.prof["eval_temperature"])
     load.append(os.getloadavg()[0])
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    # the same timings, with the metrics of those images
-    ctx.commands[stage.name] = shlex.join(cmd + _eval_argv(ctx, stage.method, out / "eval", max_images=n))
+    # the same scoring (one pass each), with the metrics of those images
+    models = [a for s in specs for a in ("--model", f"{s.name}={s.path}")]
+    ctx.commands[stage.name] = shlex.join(["zreward", "eval", *models, *_eval_argv(ctx, stage.method, out / "eval", n)])
     (out / "speed.json").write_text(json.dumps({"split": stage.method, "n_images": len(data.ids), "models": rates,
                                                 "load_avg_1min": load}, indent=1) + "\n")
     return out
