@@ -373,3 +373,13 @@ def test_goals_carry_the_paired_ci_of_each_difference():
     assert math.isclose(risd["value"], -2.0) and risd["ci"] == pytest.approx([-5.0, 1.0])
     opd = next(x for x in g if x["claim"].startswith("RISD student above"))
     assert opd["ci"] is None and len(g) == 5  # no stored pair: no interval, never invented
+
+
+@pytest.mark.parametrize("unlabelled", [False, True])
+def test_run_demo_defaults_to_the_profiles_stage_list(tmp_path, configs, monkeypatch, unlabelled):
+    """run_demo without a stage list runs the profile's own (`unlabelled`: the second world and the students' link
+    to it), as `zreward demo --profile P` does."""
+    monkeypatch.setitem(PROFILES["test"], "unlabelled", unlabelled)
+    ctx = run_demo(tmp_path / "d", "test", 0, runner=FakeRunner(), log=lambda *_: None)
+    assert list(ctx.status) == [s.name for s in demo.demo_stages(unlabelled=unlabelled)]
+    assert ("pretrain_world" in ctx.status) == unlabelled

@@ -278,7 +278,9 @@ def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = No
     must be picklable), up to `jobs` at once, a stage as soon as its inputs are final, the one with the longest
     estimated path to the end first; each worker gets cpu_count // jobs torch threads unless OMP_NUM_THREADS is set.
     """
-    d = _Driver(out, profile, seed, STAGES if stages is None else stages, log)
+    if stages is None:  # the profile's own stage list (with --from-scratch: pass `demo_stages(True, ...)`)
+        stages = demo_stages(unlabelled=bool(PROFILES[profile].get("unlabelled")))
+    d = _Driver(out, profile, seed, stages, log)
     if jobs <= 1:
         for i, stage in enumerate(d.stages):
             if not d.plan(stage):

@@ -24,12 +24,12 @@ _PASS_EST = {"risd_student_teacher0": 90, "risd_student_teacher1": 90}
 _FULL_STUDENT_BUDGET = ["data.max_images=null", "run.max_steps=1600"]
 
 # Profiles: world sizes, the base model preset (`zreward.models.tiny`), eval settings (images per split, M chains for
-# reasoning models at eval_temperature, test images the speed stage times each model on alone, in whole passes until
-# speed_min_seconds: a student's one pass of 100-200 images is 1-3 s, ±10-20% from pass to pass), per-stage
-# overrides (YAML dotlist) on top of the stage's config, and rough stage durations (s) on an idle 2-core CPU for the
-# first ETA. full = the trainers' tiny_cpu configs (RISD and OPD on every train image and 8,000 unlabelled ones, for
-# twice the steps), the whole test/ood splits, M = 4; quick = the same pipeline with fewer steps, 200 test + 200 ood
-# images (50 prompts each), M = 2.
+# reasoning models at eval_temperature, test images the speed stage times each model on alone, in passes for about
+# speed_min_seconds: a student's pass of 100-200 images is 1-3 s, its rate 74-109 images/s over 5-6 passes of the
+# same 200 images), per-stage overrides (YAML dotlist) on top of the stage's config, and rough stage durations (s) on
+# an idle 2-core CPU for the first ETA. full = the trainers' tiny_cpu configs (RISD and OPD on every train image and
+# 8,000 unlabelled ones, for twice the steps), the whole test/ood splits, M = 4; quick = the same pipeline with fewer
+# steps, 200 test + 200 ood images (50 prompts each), M = 2.
 PROFILES: dict[str, dict] = {
     "quick": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": 200,
               "eval_samples": 2, "eval_temperature": EVAL_TEMPERATURE, "speed_images": 100,
@@ -59,8 +59,8 @@ PROFILES: dict[str, dict] = {
                             "eval_ood": 10, "speed": 30}},
     # unlabelled: RISD and OPD also distil the second world's 8,000 train images (labels not read), chosen on val
     # (full seed-0 world and GDSO teacher, all 1,000 val images / 1,356 pairs, the same teacher targets for the train
-    # images): 68.95% with them vs 67.99% without, +1.0 [−1.5, +3.6] (rule fixed beforehand: adopt if above);
-    # ≈ 16 CPU-min more of teacher pass
+    # images; one training seed each): 68.95% with them vs 67.99% without, +1.0 [−1.5, +3.6] (rule fixed beforehand:
+    # adopt if above; test, reported only: −1.3 [−3.8, +1.1]); ≈ 20 CPU-min more of stages (16 of them teacher pass)
     "full": {"world_prompts": 2000, "pretrain_prompts": 2000, "base_preset": "1m", "eval_max_images": None,
              "unlabelled": True,
              "eval_samples": 4, "eval_temperature": EVAL_TEMPERATURE, "speed_images": 200,

@@ -341,10 +341,10 @@ def _score(stage: Stage, ctx: Ctx, out: Path) -> Path:
 
 def _speed(stage: Stage, ctx: Ctx, out: Path) -> Path:
     """Images/s of each linked model that finished, on the same first `speed_images` images of split `method`
-    (`zreward.eval.speed.time_models`: each scored as its score stage scores it, alone, in whole passes until
-    `speed_min_seconds`),
-    while no other stage runs (the demo starts this stage last; the score stages' own timings share the CPUs with
-    whichever stage runs beside them): DIR/speed/<split>/speed.json, with the 1-min load average before and after."""
+    (`zreward.eval.speed.time_models`: each scored as its score stage scores it, alone, passes for about
+    `speed_min_seconds`) while no other stage runs (the demo starts it last; the score stages' own timings share the
+    CPUs with whichever stage runs beside them): DIR/speed/<split>/speed.json, with the 1-min load average before and
+    after. Its recorded command is `zreward eval` on those images, one pass each (the metrics, not the timing)."""
     from zreward.eval.runner import load_eval_data, parse_model_spec  # deferred: torch + transformers
     from zreward.eval.speed import time_models
 
@@ -360,9 +360,9 @@ def _speed(stage: Stage, ctx: Ctx, out: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    # the same scoring (one pass each), with the metrics of those images
     models = [a for s in specs for a in ("--model", f"{s.name}={s.path}")]
-    ctx.commands[stage.name] = shlex.join(["zreward", "eval", *models, *_eval_argv(ctx, stage.method, out / "eval", n)])
+    ctx.commands[stage.name] = shlex.join(["zreward", "eval", *models, *_eval_argv(ctx, stage.method, out / "eval",
+                                                                                   n)]) + "  # one pass each"
     (out / "speed.json").write_text(json.dumps({"split": stage.method, "n_images": len(data.ids), "models": rates,
                                                 "load_avg_1min": load}, indent=1) + "\n")
     return out

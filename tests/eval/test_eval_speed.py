@@ -12,7 +12,7 @@ from zreward.eval.runner import ModelScores, load_eval_data, parse_model_spec
 def _scores(seconds: float, n: int = 10) -> ModelScores:
     z = np.zeros((n, 1))
     return ModelScores(np.zeros((n, 1, 9)), z, z, np.zeros(n), ["alignment"], np.ones(1), False, 1, seconds,
-                       float("nan"), 0, "none", median_img_per_s=n / seconds)
+                       float("nan"), 0, "none", median_img_per_s=n / seconds if seconds else float("nan"))
 
 
 def test_passes_until_min_seconds_and_median_rate_by_hand(monkeypatch, tmp_path):
@@ -36,6 +36,21 @@ def test_passes_until_min_seconds_and_median_rate_by_hand(monkeypatch, tmp_path)
     assert got["b"]["img_per_s"] == pytest.approx(20.0) and got["b"]["seconds"] == pytest.approx(4.75)
     with pytest.raises(ValueError, match="min_seconds"):
         speed.time_models(specs, object(), min_seconds=-1.0)
+
+
+def test_pass_count_is_capped_and_a_zero_second_pass_is_refused(monkeypatch, tmp_path):
+    asked = []
+
+    def fake(spec, datas, **kw):
+        asked.append(len(datas))
+        return [_scores(spec_seconds[spec.name]) for _ in datas]
+
+    spec_seconds = {"fast": 1e-6, "none": 0.0}
+    monkeypatch.setattr(speed, "score_spec", fake)
+    got = speed.time_models([parse_model_spec(f"fast={tmp_path}")], object(), min_seconds=10.0, log=lambda *_: None)
+    assert asked == [1, speed.MAX_PASSES - 1] and got["fast"]["passes"] == speed.MAX_PASSES
+    with pytest.raises(ValueError, match="none: a scoring pass over 10 images took 0.0 s"):
+        speed.time_models([parse_model_spec(f"none={tmp_path}")], object(), min_seconds=1.0, log=lambda *_: None)
 
 
 def test_times_a_real_tiny_model(small_world, tiny_model):

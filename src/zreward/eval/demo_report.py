@@ -315,7 +315,8 @@ def _markdown(rep: dict, ev: dict, gen_detail: dict | None = None) -> list[str]:
            f"1-min load average {'–'.join(fmt(x, 1) for x in sp.get('load_avg_1min', []))}; img/s "
            + ", ".join(f"{m} {fmt(r['img_per_s'], 2)}" for m, r in sp.get("models", {}).items())
            if rep.get("cost_timing") == "alone" else
-           "from the score stages, each beside whichever stage shared the CPUs (the speed stage did not finish)")
+           "from the score stages, each beside whichever stage shared the CPUs (the speed stage "
+           + ("did not time the teacher)" if sp else "did not finish)"))
     L += ["", "Teacher vs student cost: student images/s ÷ teacher images/s = "
           + ", ".join(f"{m}: {fmt(v, 1)}×" for m, v in cr.items()) + f" ({how}). The img/s column above is each "
           "score stage's own timing.", "",
