@@ -151,7 +151,7 @@ def test_unlabelled_images_go_to_both_students_and_the_teacher_pass(from_scratch
 def test_risd_and_opd_students_get_the_same_images_and_steps(tmp_path, profile):
     """The two students are compared at one budget in every profile: the same train images, steps and images per
     step, resolved from the repository's configs plus the profile's overrides (as the demo runs them)."""
-    by = {s.name: s for s in demo.demo_stages(unlabelled=bool(PROFILES[profile].get("unlabelled")))}
+    by = {s.name: s for s in demo.profile_stages(profile)}
     ctx = Ctx(out=tmp_path, profile=profile, seed=0)
     (_, risd, _, _), (_, opd, _, _) = (demo_stages._train_config(by[n], ctx, symbolic=True)
                                        for n in ("risd_student", "opd_student"))
@@ -382,4 +382,5 @@ def test_run_demo_defaults_to_the_profiles_stage_list(tmp_path, configs, monkeyp
     monkeypatch.setitem(PROFILES["test"], "unlabelled", unlabelled)
     ctx = run_demo(tmp_path / "d", "test", 0, runner=FakeRunner(), log=lambda *_: None)
     assert list(ctx.status) == [s.name for s in demo.demo_stages(unlabelled=unlabelled)]
+    assert demo.profile_stages("test") == demo.demo_stages(unlabelled=unlabelled)
     assert ("pretrain_world" in ctx.status) == unlabelled

@@ -146,6 +146,12 @@ def demo_stages(from_scratch: bool = False, unlabelled: bool = False) -> list[St
     return [replace(s, links=s.links + (_UNLABELLED,)) if s.name in _DISTIL_STAGES else s for s in stages]
 
 
+def profile_stages(profile: str, from_scratch: bool = False) -> list[Stage]:
+    """The stage list `zreward demo --profile P [--from-scratch]` runs (`demo_stages` with the profile's
+    `unlabelled`)."""
+    return demo_stages(from_scratch, bool(PROFILES[profile].get("unlabelled")))
+
+
 # ---------------------------------------------------------------------------------------------------- driver
 
 _TERMINAL = ("done", "reused", "failed", "skipped")
@@ -278,9 +284,7 @@ def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = No
     must be picklable), up to `jobs` at once, a stage as soon as its inputs are final, the one with the longest
     estimated path to the end first; each worker gets cpu_count // jobs torch threads unless OMP_NUM_THREADS is set.
     """
-    if stages is None:  # the profile's own stage list (with --from-scratch: pass `demo_stages(True, ...)`)
-        stages = demo_stages(unlabelled=bool(PROFILES[profile].get("unlabelled")))
-    d = _Driver(out, profile, seed, stages, log)
+    d = _Driver(out, profile, seed, profile_stages(profile) if stages is None else stages, log)
     if jobs <= 1:
         for i, stage in enumerate(d.stages):
             if not d.plan(stage):
@@ -349,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     t0, c0, load0 = time.time(), time.process_time(), os.getloadavg()[0]
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
-    stages = demo_stages(args.from_scratch, bool(PROFILES[args.profile].get("unlabelled")))
-    ctx = run_demo(out, args.profile, args.seed, stages=stages, jobs=args.jobs)
+    ctx = run_demo(out, args.profile, args.seed, stages=profile_stages(args.profile, args.from_scratch),
+                   jobs=args.jobs)
     wall = time.time() - t0
     cpu = time.process_time() - c0  # with workers, this process only waits: add the CPU time of the stages it ran
     cpu += sum(s.get("cpu_s") or 0.0 for s in ctx.status.values() if s["state"] == "done") if args.jobs > 1 else 0.0
