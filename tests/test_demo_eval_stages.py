@@ -130,8 +130,9 @@ def test_speed_stage_times_the_finished_models_alone_and_the_report_reads_it(tmp
     assert (t["reasoning"], t["samples"], s["reasoning"]) == (True, 2, False)
     assert all(r["img_per_s"] > 0 and r["seconds"] > 0 and r["passes"] == 1 for r in (t, s))  # min 0 s: one pass
     assert len(sp["load_avg_1min"]) == 2
+    assert sp["timing"] == {"by": "zreward.eval.speed.time_models", "min_seconds": 0.0}
     cmd = shlex.split(ctx.commands["speed"])  # the same scoring through the CLI, on the same 4 images
-    assert cmd[:2] == ["zreward", "eval"] and cmd.count("--model") == 2
+    assert cmd[:2] == ["zreward", "eval"] and cmd.count("--model") == 2 and "#" not in cmd  # runnable as written
     assert cmd[cmd.index("--max-images") + 1] == "4" and cmd[cmd.index("--samples") + 1] == "2"
 
     methods = {"gdso_teacher": {"img_per_s": 2.0}, "risd_student": {"img_per_s": 30.0}, "opd_student": None}
@@ -140,4 +141,7 @@ def test_speed_stage_times_the_finished_models_alone_and_the_report_reads_it(tmp
     speed_goal = demo_report.goals(methods, 0.89, [], sp)[-1]
     assert speed_goal["value"] == ratio["risd_student"]
     assert demo_report.cost_ratios(methods, None) == ({"risd_student": 15.0, "opd_student": None}, "score stages")
+    no_teacher = {**sp, "models": {"risd_student": s}}  # a timing without the teacher: the score stages' rates
+    assert demo_report.cost_ratios(methods, no_teacher) == ({"risd_student": 15.0, "opd_student": None},
+                                                            "score stages")
     assert demo_report.goals(methods, 0.89, [])[-1]["value"] == 15.0

@@ -68,7 +68,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from zreward.demo_profiles import EVAL_SPLITS, PROFILES
+from zreward.demo_profiles import EVAL_SPLITS, PROFILES, check_profile
 from zreward.demo_stages import (
     Ctx,
     Stage,
@@ -185,6 +185,13 @@ def _worker_init(threads: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
+def stage_threads(jobs: int) -> int:
+    """Torch intra-op threads of each stage under `jobs`: OMP_NUM_THREADS when set (scripts/demo.sh sets 1), else
+    a worker's share cpu_count // jobs (jobs 1: the whole machine, about torch's own default)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
 def _run_in_worker(runner: Callable[[Stage, Ctx, bool], Path], stage: Stage, ctx: Ctx,
                    resume: bool) -> tuple[str, str, float, float]:
     """One stage in a worker process: (output, recorded command, wall s, CPU s); an exception travels back."""
@@ -196,8 +203,9 @@ def _run_in_worker(runner: Callable[[Stage, Ctx, bool], Path], stage: Stage, ctx
 class _Driver:
     """The bookkeeping of one demo run: which stage is reused, fails at once, or runs, and what each left behind."""
 
-    def __init__(self, out: Path, profile: str, seed: int, stages: list[Stage], log):
-        self.ctx, self.stages, self.log = Ctx(out=out, profile=profile, seed=seed), stages, log
+    def __init__(self, out: Path, profile: str, seed: int, stages: list[Stage], log, threads: int = 0):
+        check_profile(profile)
+        self.ctx, self.stages, self.log = Ctx(out=out, profile=profile, seed=seed, threads=threads), stages, log
         self.rec_dir = out / "stages"
         self.rec_dir.mkdir(parents=True, exist_ok=True)
         self.records = {s.name: json.loads(p.read_text()) for s in stages
@@ -284,7 +292,7 @@ def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = No
     must be picklable), up to `jobs` at once, a stage as soon as its inputs are final, the one with the longest
     estimated path to the end first; each worker gets cpu_count // jobs torch threads unless OMP_NUM_THREADS is set.
     """
-    d = _Driver(out, profile, seed, profile_stages(profile) if stages is None else stages, log)
+    d = _Driver(out, profile, seed, profile_stages(profile) if stages is None else stages, log, stage_threads(jobs))
     if jobs <= 1:
         for i, stage in enumerate(d.stages):
             if not d.plan(stage):
@@ -302,7 +310,7 @@ def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = No
         return d.ctx
     prio = _priorities(d.stages, d.est)
     pending, running = list(d.stages), {}
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # = stage_threads(jobs) unless OMP_NUM_THREADS is set
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init, initargs=(threads,), **_FRESH_WORKERS)
     try:

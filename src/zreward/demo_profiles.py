@@ -84,6 +84,23 @@ PROFILES: dict[str, dict] = {
 }
 
 
+# What every profile must set (the stages read them). Optional: world_prompts / pretrain_prompts (2,000),
+# "unlabelled" (off), "gen" (GEN_DEFAULTS); "<method>_preset" only where a stage inits a model from random weights.
+PROFILE_KEYS = ("eval_max_images", "eval_samples", "eval_temperature", "speed_images", "speed_min_seconds",
+                "overrides", "estimates")
+
+
+def check_profile(name: str) -> dict:
+    """PROFILES[name], or a ValueError naming the profile and the keys it lacks (before any stage runs, not when the
+    first stage that reads one is keyed)."""
+    if name not in PROFILES:
+        raise ValueError(f"demo profile {name!r}: no such profile (have {sorted(PROFILES)})")
+    missing = [k for k in PROFILE_KEYS if k not in PROFILES[name]]
+    if missing:
+        raise ValueError(f"demo profile {name!r} lacks {missing}")
+    return PROFILES[name]
+
+
 # Generator stages: the profile's "gen" dict over these defaults; None = the value of `zreward gen`'s own profile
 # `align_profile` (`zreward.align.pretrain.PROFILES` / `tune.PROFILES`). DRaFT-1 is `zreward gen tune`'s default and
 # what its profiles were measured with. `estimates` (s per gen stage) only feed the first ETA.

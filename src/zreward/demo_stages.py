@@ -113,6 +113,7 @@ class Ctx:
     outputs: dict[str, Path] = field(default_factory=dict)
     status: dict[str, dict] = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)
+    threads: int = 0  # torch intra-op threads a stage runs with (0: not known); part of the speed stage's key
 
     @property
     def prof(self) -> dict:
@@ -260,7 +261,7 @@ def stage_parts(stage: Stage, ctx: Ctx) -> dict[str, str]:
     if stage.kind == "score":
         return {"config": digest(settings + [EVAL_SPLITS]), "code": source_digest(*_SCORE_CODE), "inputs": up}
     if stage.kind == "speed":
-        return {"config": digest(settings + [ctx.prof["speed_images"], ctx.prof["speed_min_seconds"]]),
+        return {"config": digest(settings + [ctx.prof["speed_images"], ctx.prof["speed_min_seconds"], ctx.threads]),
                 "code": source_digest(*_SCORE_CODE, "zreward.eval.speed"), "inputs": up}
     return {"config": digest(settings), "code": source_digest(*_EVAL_CODE), "inputs": up}
 
@@ -344,7 +345,8 @@ def _speed(stage: Stage, ctx: Ctx, out: Path) -> Path:
     (`zreward.eval.speed.time_models`: each scored as its score stage scores it, alone, passes for about
     `speed_min_seconds`) while no other stage runs (the demo starts it last; the score stages' own timings share the
     CPUs with whichever stage runs beside them): DIR/speed/<split>/speed.json, with the 1-min load average before and
-    after. Its recorded command is `zreward eval` on those images, one pass each (the metrics, not the timing)."""
+    after and how it was timed. Its recorded command is `zreward eval` on those images (one pass each: the metrics,
+    not this timing)."""
     from zreward.eval.runner import load_eval_data, parse_model_spec  # deferred: torch + transformers
     from zreward.eval.speed import time_models
 
@@ -362,9 +364,10 @@ def _speed(stage: Stage, ctx: Ctx, out: Path) -> Path:
     out.mkdir(parents=True)
     models = [a for s in specs for a in ("--model", f"{s.name}={s.path}")]
     ctx.commands[stage.name] = shlex.join(["zreward", "eval", *models, *_eval_argv(ctx, stage.method, out / "eval",
-                                                                                   n)]) + "  # one pass each"
+                                                                                   n)])
+    timing = {"by": "zreward.eval.speed.time_models", "min_seconds": ctx.prof["speed_min_seconds"]}
     (out / "speed.json").write_text(json.dumps({"split": stage.method, "n_images": len(data.ids), "models": rates,
-                                                "load_avg_1min": load}, indent=1) + "\n")
+                                                "load_avg_1min": load, "timing": timing}, indent=1) + "\n")
     return out
 
 

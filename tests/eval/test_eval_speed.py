@@ -34,23 +34,34 @@ def test_passes_until_min_seconds_and_median_rate_by_hand(monkeypatch, tmp_path)
     assert got["a"]["passes"] == 1 and got["a"]["img_per_s"] == pytest.approx(2.5)
     assert got["b"]["passes"] == 6 and got["b"]["per_pass"] == pytest.approx([20, 5, 10, 20, 20, 40])
     assert got["b"]["img_per_s"] == pytest.approx(20.0) and got["b"]["seconds"] == pytest.approx(4.75)
-    with pytest.raises(ValueError, match="min_seconds"):
-        speed.time_models(specs, object(), min_seconds=-1.0)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="min_seconds"):
+            speed.time_models(specs, object(), min_seconds=bad)
+    with pytest.raises(ValueError, match="unique"):
+        speed.time_models(specs + specs[:1], object(), min_seconds=1.0)
 
 
 def test_pass_count_is_capped_and_a_zero_second_pass_is_refused(monkeypatch, tmp_path):
+    """A first pass of 1e-6 s (or 5e-324 s: 10 / it is inf) asks for MAX_PASSES in all; a 0-s pass, first or
+    later, is refused by number rather than put into the median."""
     asked = []
 
     def fake(spec, datas, **kw):
         asked.append(len(datas))
-        return [_scores(spec_seconds[spec.name]) for _ in datas]
+        secs = spec_seconds[spec.name]
+        return [_scores(secs.pop(0) if isinstance(secs, list) else secs) for _ in datas]
 
-    spec_seconds = {"fast": 1e-6, "none": 0.0}
+    spec_seconds = {"fast": 1e-6, "tiniest": 5e-324, "none": 0.0, "later": [0.5, 0.5, 0.0]}
     monkeypatch.setattr(speed, "score_spec", fake)
-    got = speed.time_models([parse_model_spec(f"fast={tmp_path}")], object(), min_seconds=10.0, log=lambda *_: None)
-    assert asked == [1, speed.MAX_PASSES - 1] and got["fast"]["passes"] == speed.MAX_PASSES
-    with pytest.raises(ValueError, match="none: a scoring pass over 10 images took 0.0 s"):
+    for name in ("fast", "tiniest"):
+        asked.clear()
+        got = speed.time_models([parse_model_spec(f"{name}={tmp_path}")], object(), min_seconds=10.0,
+                                log=lambda *_: None)
+        assert asked == [1, speed.MAX_PASSES - 1] and got[name]["passes"] == speed.MAX_PASSES
+    with pytest.raises(ValueError, match="none: scoring pass 1 over 10 images took 0.0 s"):
         speed.time_models([parse_model_spec(f"none={tmp_path}")], object(), min_seconds=1.0, log=lambda *_: None)
+    with pytest.raises(ValueError, match="later: scoring pass 3 over 10 images took 0.0 s"):
+        speed.time_models([parse_model_spec(f"later={tmp_path}")], object(), min_seconds=1.5, log=lambda *_: None)
 
 
 def test_times_a_real_tiny_model(small_world, tiny_model):

@@ -311,15 +311,17 @@ def _markdown(rep: dict, ev: dict, gen_detail: dict | None = None) -> list[str]:
     L += _table(rep["methods"], "ood", (ev["ood"] or {}).get("ceiling"), dims)
     cr = rep["cost_ratio"]
     sp = rep.get("speed") or {}
+    threads = sorted({str(r.get("torch_threads", "?")) for r in sp.get("models", {}).values()})
     how = (f"each model alone on the first {sp.get('n_images')} {sp.get('split')} images, one after the other, "
+           f"torch threads {'/'.join(threads)}, "
            f"1-min load average {'–'.join(fmt(x, 1) for x in sp.get('load_avg_1min', []))}; img/s "
            + ", ".join(f"{m} {fmt(r['img_per_s'], 2)}" for m, r in sp.get("models", {}).items())
            if rep.get("cost_timing") == "alone" else
            "from the score stages, each beside whichever stage shared the CPUs (the speed stage "
            + ("did not time the teacher)" if sp else "did not finish)"))
-    L += ["", "Teacher vs student cost: student images/s ÷ teacher images/s = "
-          + ", ".join(f"{m}: {fmt(v, 1)}×" for m, v in cr.items()) + f" ({how}). The img/s column above is each "
-          "score stage's own timing.", "",
+    ratios = ", ".join(f"{m}: {fmt(v, 1)}{'×' if v is not None else ''}" for m, v in cr.items())
+    L += ["", f"Teacher vs student cost: student images/s ÷ teacher images/s = {ratios} ({how}). The img/s column "
+          "above is each score stage's own timing.", "",
           "## The paper's claims on our numbers", "",
           "Differences in points on the test pairs; the CI is the paired one (both methods on each resampled "
           "prompt set).",

@@ -33,18 +33,22 @@ def time_models(specs: list[ModelSpec], data: EvalData, *, min_seconds: float = 
             passes is extrapolated from the first one, at most `MAX_PASSES`).
         score_kw: `score_spec`'s scoring options (reasoning, samples, temperature, seed, batch_size, ...).
     """
-    if not min_seconds >= 0:
-        raise ValueError(f"min_seconds must be >= 0, got {min_seconds}")
+    if not (min_seconds >= 0 and math.isfinite(min_seconds)):
+        raise ValueError(f"min_seconds must be finite and >= 0, got {min_seconds}")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique, got {names}")
     out = {}
     for spec in specs:
         passes = score_spec(spec, [data], log=log, **score_kw)
         first = passes[0].seconds
-        if not first > 0:
-            raise ValueError(f"{spec.name}: a scoring pass over {len(passes[0].probs)} images took {first} s; "
-                             "nothing to time")
-        if first < min_seconds:  # more passes over the same images, the model loaded once more
-            more = min(math.ceil(min_seconds / first), MAX_PASSES) - 1
-            passes += score_spec(spec, [data] * more, log=lambda *_: None, **score_kw)
+        if first < min_seconds and first > 0:  # more passes over the same images, the model loaded once more
+            more = min(min_seconds / first, MAX_PASSES)  # capped before ceil: a tiny first pass cannot overflow
+            passes += score_spec(spec, [data] * (math.ceil(more) - 1), log=lambda *_: None, **score_kw)
+        for i, p in enumerate(passes):
+            if not p.seconds > 0:
+                raise ValueError(f"{spec.name}: scoring pass {i + 1} over {len(p.probs)} images took {p.seconds} "
+                                 "s; nothing to time")
         per_pass = [p.reported_img_per_s for p in passes]
         out[spec.name] = {"img_per_s": statistics.median(per_pass), "per_pass": per_pass, "passes": len(passes),
                           "seconds": sum(p.seconds for p in passes), "reasoning": passes[0].reasoning,
