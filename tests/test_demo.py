@@ -15,7 +15,7 @@ import pytest
 import zreward.demo as demo
 import zreward.demo_stages as demo_stages
 from zreward.demo import run_demo
-from zreward.demo_profiles import GEN_DEFAULTS, PROFILE_KEYS, PROFILES, check_profile
+from zreward.demo_profiles import GEN_DEFAULTS, PROFILES
 from zreward.demo_stages import Ctx, Stage, digest, stage_parts
 from zreward.eval import demo_report
 from zreward.eval.demo_report import GEN_KEYS, write_demo_report
@@ -177,23 +177,6 @@ def test_report_keys_without_results(tmp_path, configs):
     assert set(rep["generator"]) == set(GEN_KEYS) | {"status"}
     assert all(rep["generator"][k] is None for k in GEN_KEYS) and rep["generator"]["status"] == "not run"
     assert "## Reward-guided generation" in md and "Not available: gen_eval not run" in md
-
-
-def test_report_states_how_the_speed_stage_timed(tmp_path, configs):
-    """With a speed.json the report's cost line reads it (alone: the images, threads, load, each rate) and the
-    ratio is its student ÷ teacher."""
-    ctx = _run(tmp_path / "d", FakeRunner(fail="a"))
-    (tmp_path / "sp").mkdir()
-    models = {"gdso_teacher": {"img_per_s": 4.0, "torch_threads": 1}, "risd_student": {"img_per_s": 84.0,
-                                                                                     "torch_threads": 1}}
-    (tmp_path / "sp" / "speed.json").write_text(json.dumps({"split": "test", "n_images": 200, "models": models,
-                                                            "load_avg_1min": [0.4, 1.1]}))
-    ctx.outputs["speed"] = tmp_path / "sp"
-    rep = write_demo_report(ctx, 1.0, "zreward demo --profile test")
-    assert rep["cost_timing"] == "alone" and rep["cost_ratio"] == {"risd_student": 21.0, "opd_student": None}
-    md = (tmp_path / "d" / "report.md").read_text()
-    assert ("risd_student: 21.0×, opd_student: – (each model alone on the first 200 test images, one after the "
-            "other, torch threads 1, 1-min load average 0.4–1.1; img/s gdso_teacher 4.00, risd_student 84.00)") in md
 
 
 def test_report_budgets_side_by_side(tmp_path, configs):
@@ -402,43 +385,3 @@ def test_run_demo_defaults_to_the_profiles_stage_list(tmp_path, configs, monkeyp
     assert demo.profile_stages("test") == demo.demo_stages(unlabelled=unlabelled)
     assert ("pretrain_world" in ctx.status) == unlabelled
 
-
-def test_full_profile_distils_the_unlabelled_images():
-    """The full profile's students read the second world (its `unlabelled` key, chosen on val); the quick one's
-    do not (its time)."""
-    for profile, on in (("full", True), ("quick", False)):
-        by = {s.name: s for s in demo.profile_stages(profile)}
-        assert ("pretrain_world" in by) == on
-        for n in ("risd_student", "risd_student_teacher0", "risd_student_teacher1", "opd_student"):
-            assert (dict(by[n].links).get("data.extra_unlabelled") == "pretrain_world:train") == on
-
-
-def test_profiles_are_checked_before_any_stage_runs(tmp_path, configs, monkeypatch):
-    for name in PROFILES:
-        assert check_profile(name) is PROFILES[name]
-    assert set(PROFILE_KEYS) <= set(PROFILES["quick"]) and set(PROFILE_KEYS) <= set(PROFILES["full"])
-    monkeypatch.delitem(PROFILES["test"], "speed_images")
-    with pytest.raises(ValueError, match=r"demo profile 'test' lacks \['speed_images'\]"):
-        run_demo(tmp_path / "d", "test", 0, runner=FakeRunner(), log=lambda *_: None)
-    assert not (tmp_path / "d").exists()  # nothing started, nothing half-written
-    with pytest.raises(ValueError, match="no such profile"):
-        check_profile("tiny")
-
-
-def test_speed_key_follows_its_settings_and_the_stage_threads(tmp_path, configs, monkeypatch):
-    """A timing is reused only under the same images, seconds and torch threads (a rerun under other threads
-    times again); the threads are OMP_NUM_THREADS when set, else a worker's share of the CPUs."""
-    st = Stage("speed", "speed", "test", (("model.a", "a"), ("data", "world:test")))
-
-    def key(**ctx_kw):
-        return digest(stage_parts(st, Ctx(out=tmp_path, profile="test", seed=0, keys={"world": "w"}, **ctx_kw)))
-
-    k = key(threads=1)
-    assert key(threads=1) == k and key(threads=2) != k
-    monkeypatch.setitem(PROFILES["test"], "speed_min_seconds", 5.0)
-    assert key(threads=1) != k
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert demo.stage_threads(2) == 3
-    monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    assert (demo.stage_threads(1), demo.stage_threads(2), demo.stage_threads(8)) == (4, 2, 1)

@@ -11,6 +11,7 @@ import zreward.demo_stages as demo_stages
 from zreward.demo_profiles import PROFILES
 from zreward.demo_stages import Ctx, Stage
 from zreward.eval import demo_report
+from zreward.eval.demo_report import write_demo_report
 from zreward.eval.runner import ModelScores, evaluate, json_clean, load_eval_data, parse_model_spec
 
 from demo_fixtures import DATA as _DATA, FakeRunner, run_small_demo as _run, small_stages as _stages
@@ -145,3 +146,20 @@ def test_speed_stage_times_the_finished_models_alone_and_the_report_reads_it(tmp
     assert demo_report.cost_ratios(methods, no_teacher) == ({"risd_student": 15.0, "opd_student": None},
                                                             "score stages")
     assert demo_report.goals(methods, 0.89, [])[-1]["value"] == 15.0
+
+
+def test_report_states_how_the_speed_stage_timed(tmp_path, configs):
+    """With a speed.json the report's cost line reads it (alone: the images, threads, load, each rate) and the
+    ratio is its student ÷ teacher."""
+    ctx = _run(tmp_path / "d", FakeRunner(fail="a"))
+    (tmp_path / "sp").mkdir()
+    models = {"gdso_teacher": {"img_per_s": 4.0, "torch_threads": 1}, "risd_student": {"img_per_s": 84.0,
+                                                                                     "torch_threads": 1}}
+    (tmp_path / "sp" / "speed.json").write_text(json.dumps({"split": "test", "n_images": 200, "models": models,
+                                                            "load_avg_1min": [0.4, 1.1]}))
+    ctx.outputs["speed"] = tmp_path / "sp"
+    rep = write_demo_report(ctx, 1.0, "zreward demo --profile test")
+    assert rep["cost_timing"] == "alone" and rep["cost_ratio"] == {"risd_student": 21.0, "opd_student": None}
+    md = (tmp_path / "d" / "report.md").read_text()
+    assert ("risd_student: 21.0×, opd_student: – (each model alone on the first 200 test images, one after the "
+            "other, torch threads 1, 1-min load average 0.4–1.1; img/s gdso_teacher 4.00, risd_student 84.00)") in md
