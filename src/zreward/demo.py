@@ -181,7 +181,7 @@ _FRESH_WORKERS = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else 
 
 
 def _worker_init(threads: int) -> None:
-    """A stage process: one share of the CPUs for torch's intra-op threads, unless the caller set its own."""
+    """A stage process: `stage_threads(jobs)` torch intra-op threads (OMP_NUM_THREADS when the caller set it)."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
@@ -310,9 +310,8 @@ def run_demo(out: Path, profile: str, seed: int, stages: list[Stage] | None = No
         return d.ctx
     prio = _priorities(d.stages, d.est)
     pending, running = list(d.stages), {}
-    threads = max(1, (os.cpu_count() or 1) // jobs)  # = stage_threads(jobs) unless OMP_NUM_THREADS is set
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,), **_FRESH_WORKERS)
+                               initializer=_worker_init, initargs=(d.ctx.threads,), **_FRESH_WORKERS)
     try:
         while pending or running:
             settled = False
