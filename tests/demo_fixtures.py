@@ -3,7 +3,7 @@ list and a driver call on the "test" profile (the `configs` fixture in conftest.
 from __future__ import annotations
 
 from zreward.demo import run_demo
-from zreward.demo_stages import Stage
+from zreward.demo_types import Stage
 
 DATA = (("data.train", "world:train"), ("data.val", "world:val"))
 

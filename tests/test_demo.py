@@ -16,7 +16,8 @@ import zreward.demo as demo
 import zreward.demo_stages as demo_stages
 from zreward.demo import run_demo
 from zreward.demo_profiles import GEN_DEFAULTS, PROFILES
-from zreward.demo_stages import Ctx, Stage, digest, stage_parts
+from zreward.demo_stages import stage_parts
+from zreward.demo_types import Ctx, Stage, StageError, digest
 from zreward.eval import demo_report
 from zreward.eval.demo_report import GEN_KEYS, write_demo_report
 
@@ -226,7 +227,7 @@ def test_gen_profile_settings_change_the_key(tmp_path, configs, monkeypatch):
     monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_steps": 7})
     assert digest(stage_parts(st, ctx)) != k
     monkeypatch.setitem(PROFILES["test"], "gen", {"pretrain_step": 7})
-    with pytest.raises(demo_stages.StageError, match="unknown key"):
+    with pytest.raises(StageError, match="unknown key"):
         digest(stage_parts(st, ctx))
 
 

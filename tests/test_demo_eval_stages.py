@@ -9,7 +9,7 @@ import numpy as np
 
 import zreward.demo_stages as demo_stages
 from zreward.demo_profiles import PROFILES
-from zreward.demo_stages import Ctx, Stage
+from zreward.demo_types import Ctx, Stage
 from zreward.eval import demo_report
 from zreward.eval.demo_report import write_demo_report
 from zreward.eval.runner import ModelScores, evaluate, json_clean, load_eval_data, parse_model_spec

@@ -9,7 +9,8 @@ import pytest
 import zreward.demo as demo
 from zreward.demo import run_demo
 from zreward.demo_profiles import PROFILE_KEYS, PROFILES, check_profile
-from zreward.demo_stages import Ctx, Stage, digest, stage_parts
+from zreward.demo_stages import stage_parts
+from zreward.demo_types import Ctx, Stage, digest
 
 from demo_fixtures import FakeRunner
 

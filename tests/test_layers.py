@@ -7,7 +7,7 @@ import zreward
 
 # Bottom to top; a module may import its own layer and the ones before it.
 LAYERS = ["atomic", "data", "models", "losses", "metrics", "trainers", "eval", "align", "serve", "client",
-          "demo_profiles", "demo_stages", "demo", "cli"]
+          "demo_profiles", "demo_types", "demo_stages", "demo", "cli"]
 
 
 def _imports(tree: ast.AST) -> list[tuple[int, str]]:

@@ -69,16 +69,8 @@ from pathlib import Path
 from typing import Callable
 
 from zreward.demo_profiles import EVAL_SPLITS, PROFILES, check_profile
-from zreward.demo_stages import (
-    Ctx,
-    Stage,
-    StageError,
-    _fmt_s,
-    _log,
-    digest,
-    run_stage,
-    stage_parts,
-)
+from zreward.demo_stages import _fmt_s, _log, run_stage, stage_parts
+from zreward.demo_types import Ctx, Stage, StageError, digest
 
 
 _DATA = (("data.train", "world:train"), ("data.val", "world:val"))

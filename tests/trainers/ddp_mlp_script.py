@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from zreward.trainers.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteGuard, batch_indices,
+from zreward.trainers.guard import NonFiniteGuard
+from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, batch_indices,
                                         end_distributed, make_accelerator, prepare_run_dir, seed_everything)
 
 GLOBAL_BATCH, N_ITEMS, SEED = 8, 64, 0

@@ -14,7 +14,8 @@ from zreward.trainers import checkpoint as ck
 from zreward.atomic import atomic_write_text
 from zreward.trainers.checkpoint import (CheckpointError, capture_rng_state, latest_checkpoint,
                                          list_checkpoints, load_checkpoint, restore_rng_state, save_checkpoint)
-from zreward.trainers.run_utils import NonFiniteGuard, seed_everything
+from zreward.trainers.guard import NonFiniteGuard
+from zreward.trainers.run_utils import seed_everything
 
 
 def _build(seed: int):

@@ -15,7 +15,8 @@ import torch
 from zreward.trainers import cli
 from zreward.trainers.checkpoint import save_checkpoint
 from zreward.trainers.config import ConfigError, load_config
-from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, NonFiniteError, NonFiniteGuard, RunConfig,
+from zreward.trainers.guard import NonFiniteError, NonFiniteGuard
+from zreward.trainers.run_utils import (AcceleratorConfig, MetricsLogger, RunConfig,
                                         batch_indices, derive_seed, make_accelerator, prepare_run_dir,
                                         progress_bar, progress_enabled, read_metrics, seed_everything)
 

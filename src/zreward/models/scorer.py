@@ -36,7 +36,7 @@ from zreward.models.load import load_components, preprocessor_file, tokens_per_i
 from zreward.models.lora import save_merged
 from zreward.models.preprocess import PixelInputs, PixelSpec, pil_to_tensor, prepare_pixels
 from zreward.models.scorer_config import ScorerConfig
-from zreward.models.yesno import prob_vs_reference
+from zreward.models.yesno import score_yesno
 
 
 @dataclass
@@ -372,19 +372,6 @@ class Scorer:
         (out / "preprocessor_config.json").write_text(json.dumps(self.preprocessor_json, indent=2) + "\n")
         self.config.save(out)
         return out
-
-
-def score_yesno(scorer: Scorer, prompts: list[str], images, dims: list[str] | None = None,
-                batch_size: int | None = None) -> ScoreOutput:
-    """`Scorer.score` of a yes/no scorer (also before its mode is saved): probs (B, D, L) put 1 − p on the lowest
-    level and p on the highest, p = `yesno.prob_vs_reference` (so mean = 1 + 4·p on the default levels, every dim);
-    in_level_mass = P(yes) + P(no) under the full softmax."""
-    dims = scorer.resolve_dims(dims)
-    p, mass = prob_vs_reference(scorer, prompts, images, batch_size)
-    b = len(p)
-    probs = torch.zeros(b, len(dims), len(scorer.levels))
-    probs[..., 0], probs[..., -1] = (1 - p).unsqueeze(1), p.unsqueeze(1)
-    return scorer.score_output(probs, mass.unsqueeze(1).expand(b, len(dims)).clone(), dims)
 
 
 def load_scorer(path_or_name: str | Path, device: str = "cpu", dtype=None, **options) -> Scorer:

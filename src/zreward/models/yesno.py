@@ -1,5 +1,6 @@
 """Yes/no (RewardDance-style) scoring, the `mode: "yesno"` of the `Scorer`: the question with two images, the
-answer tokens, the P("yes") readout, and `prob_vs_reference`, which `Scorer.score` uses for a yes/no scorer.
+answer tokens, the P("yes") readout, `prob_vs_reference`, and `score_yesno`, which `Scorer.score` uses for a yes/no
+scorer.
 
 P(yes) that image A is better than image B for the prompt; a single image is scored against the reference image
 stored in zreward.json, symmetrised over both orders (see `zreward.trainers.rewarddance` for the training side).
@@ -206,3 +207,15 @@ def prob_vs_reference(scorer, prompts: list[str], images, batch_size: int | None
             mass_all.append((full[:, ids[0]].exp() + full[:, ids[1]].exp()).view(2, n).mean(0))
     p = torch.cat(p_all).cpu() if p_all else torch.zeros(0)
     return p, (torch.cat(mass_all).cpu() if mass_all else torch.zeros(0))
+
+
+def score_yesno(scorer, prompts: list[str], images, dims: list[str] | None = None, batch_size: int | None = None):
+    """`Scorer.score` of a yes/no scorer (also before its mode is saved), as its `ScoreOutput`: probs (B, D, L) put
+    1 − p on the lowest level and p on the highest, p = `prob_vs_reference` (so mean = 1 + 4·p on the default
+    levels, every dim); in_level_mass = P(yes) + P(no) under the full softmax."""
+    dims = scorer.resolve_dims(dims)
+    p, mass = prob_vs_reference(scorer, prompts, images, batch_size)
+    b = len(p)
+    probs = torch.zeros(b, len(dims), len(scorer.levels))
+    probs[..., 0], probs[..., -1] = (1 - p).unsqueeze(1), p.unsqueeze(1)
+    return scorer.score_output(probs, mass.unsqueeze(1).expand(b, len(dims)).clone(), dims)

@@ -54,9 +54,9 @@ from zreward.trainers.common import build_optimizer, build_scorer, trainable_par
 from zreward.trainers.config import config_to_dict, dump_config
 from zreward.trainers.resume import check_resume_config
 from zreward.trainers.trackers import start_trackers
+from zreward.trainers.guard import NonFiniteGuard
 from zreward.trainers.run_utils import (
     MetricsLogger,
-    NonFiniteGuard,
     make_accelerator,
     prepare_run_dir,
     progress_bar,
