@@ -21,28 +21,33 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 PY=$PWD/.venv/bin/python
 # In our own ./.venv nothing is byte-compiled at install time; compilation runs afterwards on every core, once.
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q --no-compile "torch==2.13.0" >&2
-# The rest through uv when it can be had (measured on a fresh clone, 2 cores: the dependencies 54 s with pip, 7 s
-# with uv and a cold cache; the same versions of every package). uv is held to the installed torch, so no
-# dependency can pull another torch build (uv ignores pip's configuration). Without uv: pip, as before.
+NOCOMPILE=""
+[ -f .venv/.compiled ] || NOCOMPILE="--no-compile"  # once compiled, pip compiles what it adds later itself
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q $NOCOMPILE "torch==2.13.0" >&2
+# The rest through uv when it can be had (fresh clones, the two scripts one after the other, 2 cores, uv's cache
+# cold: set-up 75 -> 48 s and 94 -> 69 s; the same version of every package). uv reads none of pip's configuration:
+# scripts/uv_sources.py hands it pip's indexes, find-links and constraints, and a pin holds it to the installed
+# torch, so no dependency can pull another torch build. Without uv, or if it fails: pip, as before.
 with_uv() {
-  { [ -x .venv/bin/uv ] || "$PY" -m pip install -q --no-compile uv >&2; } || return 1
-  "$PY" -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > .venv/.torch-pin.txt
-  .venv/bin/uv pip install -q --python "$PY" --compile-bytecode --constraint .venv/.torch-pin.txt -e ".[test]" >&2 \
+  { [ -x .venv/bin/uv ] || "$PY" -m pip install -q $NOCOMPILE --only-binary uv "uv>=0.5,<1" >&2; } || return 1
+  "$PY" -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > .venv/.torch-pin.txt \
     || return 1
+  local out sources
+  out=$("$PY" scripts/uv_sources.py) || return 1
+  mapfile -t sources <<< "$out"
+  .venv/bin/uv pip install -q --python "$PY" --compile-bytecode "${sources[@]}" --constraint .venv/.torch-pin.txt \
+    -e ".[test]" >&2 || return 1
   # uv byte-compiles what it installs; torch and its dependencies came from pip: compile them once (compileall
   # skips what is up to date; PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise make every process
   # compile them again at import: measured +2 s per import of the demo's modules, sympy most of it)
-  if [ ! -f .venv/.compiled ]; then
+  if [ -n "$NOCOMPILE" ]; then
     "$PY" -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
     touch .venv/.compiled
   fi
 }
 with_pip() {
-  local nocompile=""
-  [ -f .venv/.compiled ] || nocompile="--no-compile"  # once compiled, pip compiles what it adds later itself
-  "$PY" -m pip install -q $nocompile -e ".[test]" >&2 || exit 1  # (set -e does not act inside a `||` list)
-  if [ -n "$nocompile" ]; then
+  "$PY" -m pip install -q $NOCOMPILE -e ".[test]" >&2 || exit 1  # (set -e does not act inside a `||` list)
+  if [ -n "$NOCOMPILE" ]; then
     # a file that does not compile (a package's own test data) must not fail the set-up; pip ignores those too
     "$PY" -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
     touch .venv/.compiled

@@ -38,8 +38,7 @@ import torch
 from zreward.data.images import image_to_tensor, load_image
 from zreward.losses import yes_no_ce, yes_probability
 from zreward.metrics import pairwise_accuracy
-from zreward.models.yesno import score_yesno
-from zreward.models.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob
+from zreward.models.yesno import YesNoConfig, answer_token_ids, encode_png, pair_logits, prefer_prob, score_yesno
 from zreward.trainers.common import DataConfig, OptimConfig, TrainConfig, build_scorer, val_pairs
 from zreward.trainers.config import parse_cli
 from zreward.trainers.data import TrainData

@@ -248,9 +248,6 @@ def progress_bar(total: int, *, initial: int = 0, desc: str = "train", enabled: 
                 disable=not progress_enabled(enabled, is_main))
 
 
-# ----------------------------------------------------------------------------------------------- NaN guard
-
-
 # ------------------------------------------------------------------------------------------ seeds, devices
 
 
