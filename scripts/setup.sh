@@ -37,21 +37,17 @@ with_uv() {
   mapfile -t sources <<< "$out"
   .venv/bin/uv pip install -q --python "$PY" --compile-bytecode "${sources[@]}" --constraint .venv/.torch-pin.txt \
     -e ".[test]" >&2 || return 1
-  # uv byte-compiles what it installs; torch and its dependencies came from pip: compile them once (compileall
-  # skips what is up to date; PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise make every process
-  # compile them again at import: measured +2 s per import of the demo's modules, sympy most of it)
-  if [ -n "$NOCOMPILE" ]; then
-    "$PY" -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
-    touch .venv/.compiled
-  fi
 }
 with_pip() {
   "$PY" -m pip install -q $NOCOMPILE -e ".[test]" >&2 || exit 1  # (set -e does not act inside a `||` list)
-  if [ -n "$NOCOMPILE" ]; then
-    # a file that does not compile (a package's own test data) must not fail the set-up; pip ignores those too
-    "$PY" -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
-    touch .venv/.compiled
-  fi
 }
 with_uv || { echo "setup: uv unavailable or failed; installing with pip" >&2; with_pip; }
+# Compile what is not compiled yet, once (compileall skips what is up to date; uv compiled what it installed, not
+# torch and its dependencies from pip). PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise make every
+# process compile them again at import (measured: +2 s per import of the demo's modules, sympy most of it). A file
+# that does not compile (a package's own test data) must not fail the set-up; pip ignores those too.
+if [ -n "$NOCOMPILE" ]; then
+  "$PY" -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
+  touch .venv/.compiled
+fi
 echo "$PY"

@@ -3,8 +3,9 @@
 uv reads none of pip's configuration, so without these flags it would resolve from PyPI alone where pip uses a
 mirror, local wheels or a constraints file. From `pip config list` (pip's config files and PIP_* variables):
 index-url -> --default-index, extra-index-url -> --index, find-links -> --find-links, constraint -> --constraint,
-no-index -> --no-index; a local path or file:// URL that does not exist is left out (pip ignores those with a
-warning). Both tools then pick from all indexes alike (`--index-strategy unsafe-best-match`, pip's behaviour).
+no-index -> --no-index (and no index flags); a local path or file:// URL that does not exist is left out (pip
+ignores those with a warning). Both tools then pick from all indexes alike (`--index-strategy unsafe-best-match`,
+pip's behaviour).
 Runs with the standard library only, before the project is installed.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ def _exists(src: str) -> bool:
     u = urlparse(src)
     if u.scheme == "file":
         return os.path.exists(u.path)
-    return bool(u.scheme and u.scheme != "file") or os.path.exists(src)
+    return bool(u.scheme) or os.path.exists(src)
 
 
 def uv_flags(config_lines: list[str]) -> list[str]:
@@ -37,12 +38,16 @@ def uv_flags(config_lines: list[str]) -> list[str]:
             env_index = value  # PIP_INDEX_URL wins over the config files, as in pip
         vals.setdefault(name, []).extend(value.split())
     flags = ["--index-strategy", "unsafe-best-match"]
-    if vals.get("no-index", ["false"])[-1].lower() in ("1", "true", "yes", "on"):
+    no_index = vals.get("no-index", ["false"])[-1].lower() in ("1", "true", "yes", "on")
+    sources = [("find-links", "--find-links"), ("constraint", "--constraint")]
+    if no_index:  # pip then reads no index at all, only find-links
         flags.append("--no-index")
-    index = env_index or (vals["index-url"][-1] if vals.get("index-url") else None)
-    if index and _exists(index):
-        flags += ["--default-index", index]
-    for name, flag in (("extra-index-url", "--index"), ("find-links", "--find-links"), ("constraint", "--constraint")):
+    else:
+        index = env_index or (vals["index-url"][-1] if vals.get("index-url") else None)
+        if index and _exists(index):
+            flags += ["--default-index", index]
+        sources.insert(0, ("extra-index-url", "--index"))
+    for name, flag in sources:
         for src in dict.fromkeys(vals.get(name, [])):  # the same source listed twice (env + file) once
             if _exists(src):
                 flags += [flag, src]

@@ -39,3 +39,8 @@ def test_no_config_gives_pypi_defaults_and_no_index_is_kept(tmp_path):
     flags = uv_sources.uv_flags(["global.no-index='true'", f"global.constraint='{missing}'",
                                  "global.index-url='file:///no/such/index'"])
     assert flags == ["--index-strategy", "unsafe-best-match", "--no-index"]
+    # under no-index pip reads no index, only find-links: the same for uv
+    flags = uv_sources.uv_flags(["global.no-index='1'", "global.index-url='https://mirror.example/simple'",
+                                 "global.extra-index-url='https://extra.example/simple'",
+                                 f"global.find-links='{tmp_path}'"])
+    assert flags == ["--index-strategy", "unsafe-best-match", "--no-index", "--find-links", str(tmp_path)]
